@@ -1,0 +1,69 @@
+// Public API of the kernel library: quantize, dequantize and the fused quantized matmul.
+//
+// Plain C++17, no BEAM. Every function validates all of its arguments (spec, shapes, buffer
+// sizes, size_t overflow) before touching memory and throws nx_quant::InvalidArgument with a
+// precise message on the first problem. Buffers are described with their byte sizes so that a
+// caller holding foreign memory (a NIF binary, an mmap'd file) cannot cause an out-of-bounds
+// access by passing a short buffer.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "nx_quant/dtype.h"
+#include "nx_quant/format.h"
+
+namespace nx_quant {
+
+struct ConstBuffer {
+  const void* data = nullptr;
+  size_t bytes = 0;
+};
+
+struct MutableBuffer {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
+// A quantized matrix as stored: `rows` x `cols` logical values packed along `cols`.
+// packed: rows x (cols*bits/32) uint32 words; scales, biases: rows x (cols/group_size) `dtype`.
+struct QuantizedMatrix {
+  ConstBuffer packed;
+  ConstBuffer scales;
+  ConstBuffer biases;
+  DType dtype = DType::F32;  // of scales and biases
+  size_t rows = 0;
+  size_t cols = 0;
+  QuantSpec spec;
+};
+
+// Which implementation runs. Auto picks the fastest one the CPU supports. Reference is the
+// plain scalar oracle (see reference.h) and exists for tests and benchmarks.
+enum class KernelChoice : uint8_t { Auto = 0, Reference = 1, Portable = 2, Avx2 = 3, Avx512 = 4 };
+
+struct ExecOptions {
+  int threads = 0;  // 0: the library default (see threading policy); 1: the calling thread only
+  KernelChoice kernel = KernelChoice::Auto;
+};
+
+// Throws InvalidArgument unless the matrix's spec, shape and buffer sizes are consistent.
+void validate_quantized_matrix(const QuantizedMatrix& w, const char* name);
+
+// Quantize a dense `rows` x `cols` matrix of `dtype` (row-major) exactly as MLX does.
+// packed receives rows x cols*bits/32 uint32; scales and biases rows x cols/group_size `dtype`.
+void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
+              MutableBuffer packed, MutableBuffer scales, MutableBuffer biases,
+              const ExecOptions& options = {});
+
+// w = scale * q + bias, computed as MLX does (product rounded to w.dtype, then the sum
+// rounded). out receives rows x cols values of w.dtype.
+void dequantize(const QuantizedMatrix& w, MutableBuffer out, const ExecOptions& options = {});
+
+// out[M, N] = x[M, K] . W, accumulated in f32, stored as out_dtype.
+//   transpose = true:  w stores W^T, i.e. w.rows = N, w.cols = K  (the usual Linear layout)
+//   transpose = false: w stores W,   i.e. w.rows = K, w.cols = N
+void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMatrix& w,
+                      bool transpose, DType out_dtype, MutableBuffer out,
+                      const ExecOptions& options = {});
+
+}  // namespace nx_quant

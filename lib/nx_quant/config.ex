@@ -1,0 +1,24 @@
+defmodule NxQuant.Config do
+  @moduledoc """
+  Quantization metadata of a quantized tensor, as in `EMLX.Quantization.Config`.
+
+    * `:scales`, `:biases` - one per group, shape `{rows, cols / group_size}` of the *stored*
+      matrix, in the quantized tensor's float dtype. In the Nx-free core they are
+      `NxQuant.Dense` structs whose binaries point into the native resource (no copy); in the
+      Nx face they are `Nx.Tensor`s.
+    * `:group_size` - 32, 64 or 128.
+    * `:bits` - 2, 3, 4, 5, 6 or 8.
+    * `:mode` - always `"affine"` (MLX's `w = scale * q + bias`).
+  """
+
+  @enforce_keys [:scales, :biases, :group_size, :bits]
+  defstruct [:scales, :biases, :group_size, :bits, mode: "affine"]
+
+  @type t :: %__MODULE__{
+          scales: term(),
+          biases: term(),
+          group_size: 32 | 64 | 128,
+          bits: 2 | 3 | 4 | 5 | 6 | 8,
+          mode: String.t()
+        }
+end
