@@ -56,8 +56,10 @@ void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const Qu
               const ExecOptions& options = {});
 
 // w = scale * q + bias, computed as MLX does (product rounded to w.dtype, then the sum
-// rounded). out receives rows x cols values of w.dtype.
-void dequantize(const QuantizedMatrix& w, MutableBuffer out, const ExecOptions& options = {});
+// rounded). out receives rows x cols values of w.dtype, or cols x rows (the transpose) when
+// transpose_out is set (a transposed view of a quantized matrix dequantizes this way).
+void dequantize(const QuantizedMatrix& w, MutableBuffer out, bool transpose_out = false,
+                const ExecOptions& options = {});
 
 // out[M, N] = x[M, K] . W, accumulated in f32, stored as out_dtype.
 //   transpose = true:  w stores W^T, i.e. w.rows = N, w.cols = K  (the usual Linear layout)
