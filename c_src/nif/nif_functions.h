@@ -1,0 +1,26 @@
+// The NIF function table, one line per function: X(elixir_name, arity, cpp_function, flags).
+//
+// To add a NIF: define `ERL_NIF_TERM fn(ErlNifEnv*, int, const ERL_NIF_TERM[])` in namespace
+// nx_quant::nif in any c_src/nif/*.cpp, add its line here, and a stub in lib/nx_quant/nif.ex.
+// flags is 0 (normal scheduler; a function may still reschedule itself onto a dirty scheduler
+// with reschedule_dirty(), see terms.h) or ERL_NIF_DIRTY_JOB_CPU_BOUND / _IO_BOUND.
+#pragma once
+
+#include <erl_nif.h>
+
+#define NX_QUANT_NIF_FUNCTIONS(X)                   \
+  X("quantize", 7, quantize_nif, 0)                 \
+  X("dequantize", 2, dequantize_nif, 0)             \
+  X("quantized_matmul", 7, quantized_matmul_nif, 0) \
+  X("quantized_tensor", 8, quantized_tensor_nif, 0) \
+  X("parts", 1, parts_nif, 0)                       \
+  X("info", 1, info_nif, 0)
+
+namespace nx_quant::nif {
+
+#define NX_QUANT_DECLARE_NIF(name, arity, fn, flags) \
+  ERL_NIF_TERM fn(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]);
+NX_QUANT_NIF_FUNCTIONS(NX_QUANT_DECLARE_NIF)
+#undef NX_QUANT_DECLARE_NIF
+
+}  // namespace nx_quant::nif

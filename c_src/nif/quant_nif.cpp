@@ -1,0 +1,222 @@
+// The quantization NIFs: decode terms, pick the scheduler, call the kernel, build the result.
+// No math here: everything numeric is the kernel library's (include/nx_quant/kernels.h).
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "nif_functions.h"
+#include "nx_quant/kernels.h"
+#include "qtensor_resource.h"
+#include "terms.h"
+
+namespace nx_quant::nif {
+
+namespace {
+
+constexpr int kMaxThreads = 1024;
+
+// An output binary released on every exit path unless handed to a term.
+class OutputBinary {
+ public:
+  explicit OutputBinary(size_t bytes) {
+    if (!enif_alloc_binary(bytes, &bin_)) throw std::bad_alloc();
+    owned_ = true;
+  }
+  ~OutputBinary() {
+    if (owned_) enif_release_binary(&bin_);
+  }
+  OutputBinary(const OutputBinary&) = delete;
+  OutputBinary& operator=(const OutputBinary&) = delete;
+
+  MutableBuffer buffer() { return {bin_.data, bin_.size}; }
+  ERL_NIF_TERM release_to_term(ErlNifEnv* env) {
+    owned_ = false;
+    return enif_make_binary(env, &bin_);
+  }
+
+ private:
+  ErlNifBinary bin_{};
+  bool owned_ = false;
+};
+
+std::string bytes_message(size_t got, size_t expected, const std::string& layout) {
+  return "has " + std::to_string(got) + " bytes, expected " + std::to_string(expected) + " (" +
+         layout + ")";
+}
+
+std::string dims(size_t a, size_t b, DType dtype) {
+  return std::to_string(a) + " x " + std::to_string(b) + " " + dtype_name(dtype);
+}
+
+// Binaries built by the VM are word-aligned, but a sub-binary (e.g. from binary_part/3) may
+// start anywhere. The kernels read elements through typed pointers, so a misaligned input is
+// copied once into an aligned buffer; the usual aligned case is read in place.
+ConstBuffer aligned_view(const ErlNifBinary& bin, size_t alignment, std::vector<uint32_t>& copy) {
+  if (reinterpret_cast<uintptr_t>(bin.data) % alignment == 0) return {bin.data, bin.size};
+  copy.resize((bin.size + 3) / 4);
+  std::memcpy(copy.data(), bin.data, bin.size);
+  return {copy.data(), bin.size};
+}
+
+}  // namespace
+
+// quantize(dense, rows, cols, dtype, bits, group_size, threads) -> ref
+ERL_NIF_TERM quantize_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return guarded(env, "quantize/7", [&] {
+    const Args args(env, "quantize/7", argv);
+    const ErlNifBinary dense = args.binary(0, "dense");
+    const size_t rows = args.size(1, "rows");
+    const size_t cols = args.size(2, "cols");
+    const DType dtype = args.dtype(3, "dtype");
+    const QuantSpec spec{args.bits(4, "bits"), args.group_size(5, "group_size")};
+    const int threads = args.integer(6, "threads", 0, kMaxThreads);
+
+    const size_t values = mul_or_fail(rows, cols, "rows * cols");
+    const size_t expected = mul_or_fail(values, dtype_size(dtype), "the dense size");
+    if (dense.size != expected) {
+      args.fail(0, "dense", bytes_message(dense.size, expected, dims(rows, cols, dtype)));
+    }
+    const QuantizedLayout layout(rows, cols, spec, dtype);  // validates the shape
+    if (should_go_dirty(values)) return reschedule_dirty(env, "quantize", quantize_nif, argc, argv);
+
+    std::vector<uint32_t> copy;
+    const ConstBuffer input = aligned_view(dense, dtype_size(dtype), copy);
+    OwnedQTensor out = allocate_owned_qtensor(rows, cols, spec, dtype);
+    nx_quant::quantize(input, dtype, rows, cols, spec, {out.packed, layout.packed_bytes},
+                       {out.scales, layout.scales_bytes}, {out.biases, layout.scales_bytes},
+                       ExecOptions{threads, KernelChoice::Auto});
+    return make_qtensor_term(env, out.matrix, std::move(out.keeper));
+  });
+}
+
+// dequantize(ref, transpose_out) -> binary of rows x cols (or cols x rows) dtype values
+ERL_NIF_TERM dequantize_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return guarded(env, "dequantize/2", [&] {
+    const Args args(env, "dequantize/2", argv);
+    const QTensor& tensor = get_qtensor(args, 0, "tensor");
+    const bool transpose_out = args.boolean(1, "transpose_out");
+    const QuantizedMatrix& w = tensor.matrix;
+
+    const size_t values = mul_or_fail(w.rows, w.cols, "rows * cols");
+    if (should_go_dirty(values)) {
+      return reschedule_dirty(env, "dequantize", dequantize_nif, argc, argv);
+    }
+    OutputBinary out(mul_or_fail(values, dtype_size(w.dtype), "the dense size"));
+    nx_quant::dequantize(w, out.buffer(), transpose_out, ExecOptions{});
+    return out.release_to_term(env);
+  });
+}
+
+// quantized_matmul(x, x_dtype, m, ref, transpose, out_dtype, threads) -> binary of m x n
+ERL_NIF_TERM quantized_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return guarded(env, "quantized_matmul/7", [&] {
+    const Args args(env, "quantized_matmul/7", argv);
+    const ErlNifBinary x = args.binary(0, "x");
+    const DType x_dtype = args.dtype(1, "x_dtype");
+    const size_t m = args.size(2, "m");
+    const QTensor& tensor = get_qtensor(args, 3, "w");
+    const bool transpose = args.boolean(4, "transpose");
+    const DType out_dtype = args.dtype(5, "out_dtype");
+    const int threads = args.integer(6, "threads", 0, kMaxThreads);
+    const QuantizedMatrix& w = tensor.matrix;
+
+    const size_t k = transpose ? w.cols : w.rows;
+    const size_t n = transpose ? w.rows : w.cols;
+    const size_t x_bytes = mul_or_fail(mul_or_fail(m, k, "m * k"), dtype_size(x_dtype), "x size");
+    if (x.size != x_bytes) {
+      args.fail(0, "x",
+                bytes_message(x.size, x_bytes, dims(m, k, x_dtype)) + ", k being the " +
+                    (transpose ? "cols" : "rows") + " of w");
+    }
+    const size_t mn = mul_or_fail(m, n, "m * n");
+    if (should_go_dirty(mul_or_fail(mn, k, "m * n * k"))) {
+      return reschedule_dirty(env, "quantized_matmul", quantized_matmul_nif, argc, argv);
+    }
+
+    // x is read in place from the argument binary (no copy unless misaligned); the result is
+    // written straight into a new binary that becomes the return value.
+    std::vector<uint32_t> copy;
+    const ConstBuffer input = aligned_view(x, dtype_size(x_dtype), copy);
+    OutputBinary out(mul_or_fail(mn, dtype_size(out_dtype), "the output size"));
+    nx_quant::quantized_matmul(input, x_dtype, m, w, transpose, out_dtype, out.buffer(),
+                               ExecOptions{threads, KernelChoice::Auto});
+    return out.release_to_term(env);
+  });
+}
+
+// quantized_tensor(packed, scales, biases, rows, cols, dtype, bits, group_size) -> ref
+//
+// The three binaries are copied once into aligned storage owned by the resource. Keeping the
+// argument binaries alive instead (zero copy) would tie the resource to arbitrary binaries:
+// sub-binaries of a whole file read would pin the whole file and may be misaligned for the
+// kernels. The copy costs one memcpy of the packed size; the zero-copy checkpoint path is the
+// safetensors loader, which builds resources over mmap'd memory directly.
+ERL_NIF_TERM quantized_tensor_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return guarded(env, "quantized_tensor/8", [&] {
+    const Args args(env, "quantized_tensor/8", argv);
+    const ErlNifBinary packed = args.binary(0, "packed");
+    const ErlNifBinary scales = args.binary(1, "scales");
+    const ErlNifBinary biases = args.binary(2, "biases");
+    const size_t rows = args.size(3, "rows");
+    const size_t cols = args.size(4, "cols");
+    const DType dtype = args.dtype(5, "dtype");
+    const QuantSpec spec{args.bits(6, "bits"), args.group_size(7, "group_size")};
+
+    const QuantizedLayout layout(rows, cols, spec, dtype);
+    const std::string shape = "rows " + std::to_string(rows) + ", cols " + std::to_string(cols) +
+                              ", bits " + std::to_string(spec.bits) + ", group_size " +
+                              std::to_string(spec.group_size);
+    if (packed.size != layout.packed_bytes) {
+      args.fail(0, "packed",
+                bytes_message(packed.size, layout.packed_bytes,
+                              std::to_string(rows) + " x " + std::to_string(layout.words_per_row) +
+                                  " uint32 words for " + shape));
+    }
+    const std::string groups = dims(rows, layout.groups_per_row, dtype) + " for " + shape;
+    if (scales.size != layout.scales_bytes) {
+      args.fail(1, "scales", bytes_message(scales.size, layout.scales_bytes, groups));
+    }
+    if (biases.size != layout.scales_bytes) {
+      args.fail(2, "biases", bytes_message(biases.size, layout.scales_bytes, groups));
+    }
+    const size_t bytes = layout.packed_bytes + 2 * layout.scales_bytes;
+    // memcpy runs at ~10 GB/s: copies above ~8 MB (about 1 ms) go to a dirty scheduler.
+    if (should_go_dirty(bytes / 40)) {
+      return reschedule_dirty(env, "quantized_tensor", quantized_tensor_nif, argc, argv);
+    }
+
+    OwnedQTensor out = allocate_owned_qtensor(rows, cols, spec, dtype);
+    std::memcpy(out.packed, packed.data, packed.size);
+    std::memcpy(out.scales, scales.data, scales.size);
+    std::memcpy(out.biases, biases.data, biases.size);
+    return make_qtensor_term(env, out.matrix, std::move(out.keeper));
+  });
+}
+
+// parts(ref) -> {packed, scales, biases}, binaries over the resource's memory (no copy; they
+// keep the resource alive).
+ERL_NIF_TERM parts_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
+  return guarded(env, "parts/1", [&] {
+    const Args args(env, "parts/1", argv);
+    const QTensor& tensor = get_qtensor(args, 0, "tensor");
+    return enif_make_tuple3(env, make_view_binary(env, tensor, tensor.matrix.packed),
+                            make_view_binary(env, tensor, tensor.matrix.scales),
+                            make_view_binary(env, tensor, tensor.matrix.biases));
+  });
+}
+
+// info(ref) -> {rows, cols, dtype, bits, group_size}
+ERL_NIF_TERM info_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
+  return guarded(env, "info/1", [&] {
+    const Args args(env, "info/1", argv);
+    const QuantizedMatrix& w = get_qtensor(args, 0, "tensor").matrix;
+    ERL_NIF_TERM items[5] = {enif_make_uint64(env, w.rows), enif_make_uint64(env, w.cols),
+                             make_dtype_atom(env, w.dtype), enif_make_int(env, w.spec.bits),
+                             enif_make_int(env, w.spec.group_size)};
+    return enif_make_tuple_from_array(env, items, 5);
+  });
+}
+
+}  // namespace nx_quant::nif

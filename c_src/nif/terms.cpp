@@ -1,0 +1,166 @@
+#include "terms.h"
+
+#include <climits>
+#include <cstring>
+
+namespace nx_quant::nif {
+
+namespace {
+
+ERL_NIF_TERM raise_exception(ErlNifEnv* env, const char* module, const char* message) noexcept {
+  const size_t length = std::strlen(message);
+  ERL_NIF_TERM text;
+  unsigned char* bytes = enif_make_new_binary(env, length, &text);
+  if (bytes == nullptr) return enif_make_badarg(env);
+  std::memcpy(bytes, message, length);
+  ERL_NIF_TERM keys[3] = {enif_make_atom(env, "__struct__"), enif_make_atom(env, "__exception__"),
+                          enif_make_atom(env, "message")};
+  ERL_NIF_TERM values[3] = {enif_make_atom(env, module), enif_make_atom(env, "true"), text};
+  ERL_NIF_TERM exception;
+  if (!enif_make_map_from_arrays(env, keys, values, 3, &exception)) return enif_make_badarg(env);
+  return enif_raise_exception(env, exception);
+}
+
+std::string format_term(ERL_NIF_TERM term) {
+  char buffer[128];
+  int n = enif_snprintf(buffer, sizeof buffer, "%T", term);
+  if (n < 0) return "a term";
+  if (static_cast<size_t>(n) >= sizeof buffer) return std::string(buffer) + "...";
+  return buffer;
+}
+
+}  // namespace
+
+ERL_NIF_TERM raise_argument_error(ErlNifEnv* env, const char* message) noexcept {
+  return raise_exception(env, "Elixir.ArgumentError", message);
+}
+
+ERL_NIF_TERM raise_runtime_error(ErlNifEnv* env, const char* message) noexcept {
+  return raise_exception(env, "Elixir.RuntimeError", message);
+}
+
+std::string describe_term(ErlNifEnv* env, ERL_NIF_TERM term) {
+  switch (enif_term_type(env, term)) {
+    case ERL_NIF_TERM_TYPE_ATOM:
+      return ":" + format_term(term);
+    case ERL_NIF_TERM_TYPE_INTEGER:
+    case ERL_NIF_TERM_TYPE_FLOAT:
+      return format_term(term);
+    case ERL_NIF_TERM_TYPE_BITSTRING: {
+      ErlNifBinary bin;
+      if (enif_inspect_binary(env, term, &bin)) {
+        return "a binary of " + std::to_string(bin.size) + " bytes";
+      }
+      return "a bitstring";
+    }
+    case ERL_NIF_TERM_TYPE_LIST:
+      return "a list";
+    case ERL_NIF_TERM_TYPE_TUPLE: {
+      int arity = 0;
+      const ERL_NIF_TERM* elements;
+      enif_get_tuple(env, term, &arity, &elements);
+      return "a tuple of size " + std::to_string(arity);
+    }
+    case ERL_NIF_TERM_TYPE_MAP:
+      return "a map";
+    case ERL_NIF_TERM_TYPE_REFERENCE:
+      return "a reference";
+    case ERL_NIF_TERM_TYPE_PID:
+      return "a pid";
+    case ERL_NIF_TERM_TYPE_PORT:
+      return "a port";
+    case ERL_NIF_TERM_TYPE_FUN:
+      return "a function";
+    default:
+      return "an unknown term";
+  }
+}
+
+void Args::fail(int i, const char* name, const std::string& problem) const {
+  throw BadArg(std::string(fun_) + ": argument " + std::to_string(i + 1) + " (" + name + ") " +
+               problem);
+}
+
+void Args::expected(int i, const char* name, const char* expected) const {
+  fail(i, name, std::string("must be ") + expected + ", got: " + describe_term(env_, argv_[i]));
+}
+
+size_t Args::size(int i, const char* name) const {
+  ErlNifUInt64 value;
+  if (!enif_get_uint64(env_, argv_[i], &value) || value > SIZE_MAX) {
+    expected(i, name, "a non-negative integer below 2^64");
+  }
+  return static_cast<size_t>(value);
+}
+
+int Args::integer(int i, const char* name, int lo, int hi) const {
+  int value;
+  if (!enif_get_int(env_, argv_[i], &value) || value < lo || value > hi) {
+    const std::string range = "an integer in " + std::to_string(lo) + ".." + std::to_string(hi);
+    expected(i, name, range.c_str());
+  }
+  return value;
+}
+
+int Args::bits(int i, const char* name) const {
+  int value;
+  if (!enif_get_int(env_, argv_[i], &value) ||
+      !(value == 2 || value == 3 || value == 4 || value == 5 || value == 6 || value == 8)) {
+    expected(i, name, "one of 2, 3, 4, 5, 6, 8");
+  }
+  return value;
+}
+
+int Args::group_size(int i, const char* name) const {
+  int value;
+  if (!enif_get_int(env_, argv_[i], &value) || !(value == 32 || value == 64 || value == 128)) {
+    expected(i, name, "one of 32, 64, 128");
+  }
+  return value;
+}
+
+bool Args::boolean(int i, const char* name) const {
+  char atom[8];
+  if (enif_get_atom(env_, argv_[i], atom, sizeof atom, ERL_NIF_LATIN1) > 0) {
+    if (std::strcmp(atom, "true") == 0) return true;
+    if (std::strcmp(atom, "false") == 0) return false;
+  }
+  expected(i, name, "true or false");
+}
+
+DType Args::dtype(int i, const char* name) const {
+  char atom[8];
+  if (enif_get_atom(env_, argv_[i], atom, sizeof atom, ERL_NIF_LATIN1) > 0) {
+    if (std::strcmp(atom, "f32") == 0) return DType::F32;
+    if (std::strcmp(atom, "f16") == 0) return DType::F16;
+    if (std::strcmp(atom, "bf16") == 0) return DType::BF16;
+  }
+  expected(i, name, "one of :f32, :f16, :bf16");
+}
+
+ErlNifBinary Args::binary(int i, const char* name) const {
+  ErlNifBinary bin;
+  if (!enif_inspect_binary(env_, argv_[i], &bin)) expected(i, name, "a binary");
+  return bin;
+}
+
+size_t mul_or_fail(size_t a, size_t b, const char* what) {
+  if (a != 0 && b > SIZE_MAX / a) throw BadArg(std::string(what) + " overflows size_t");
+  return a * b;
+}
+
+ERL_NIF_TERM make_dtype_atom(ErlNifEnv* env, DType dtype) {
+  return enif_make_atom(env, dtype_name(dtype));
+}
+
+bool should_go_dirty(size_t work) {
+  return work > kDirtyWorkThreshold && enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
+}
+
+ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name,
+                              ERL_NIF_TERM (*fn)(ErlNifEnv*, int, const ERL_NIF_TERM[]), int argc,
+                              const ERL_NIF_TERM argv[]) {
+  return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, fn, argc, argv);
+}
+
+}  // namespace nx_quant::nif

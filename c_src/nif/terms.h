@@ -1,0 +1,114 @@
+// Decoding NIF arguments with precise errors, and turning C++ exceptions into Elixir ones.
+//
+// Every NIF body runs inside guarded(): argument problems become an Elixir ArgumentError whose
+// message names the function, the argument (position and name) and what was expected; the
+// kernel's nx_quant::InvalidArgument becomes an ArgumentError too; std::bad_alloc and any
+// other exception become a RuntimeError. No exception ever crosses into the VM.
+#pragma once
+
+#include <erl_nif.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "nx_quant/dtype.h"
+#include "nx_quant/error.h"
+
+namespace nx_quant::nif {
+
+// A bad NIF argument; the message is complete (function, argument, expectation, what came).
+class BadArg : public std::runtime_error {
+ public:
+  explicit BadArg(const std::string& what) : std::runtime_error(what) {}
+};
+
+// Raise %ArgumentError{message: message} / %RuntimeError{message: message} from a NIF.
+// Both only allocate on the process heap, never throw.
+ERL_NIF_TERM raise_argument_error(ErlNifEnv* env, const char* message) noexcept;
+ERL_NIF_TERM raise_runtime_error(ErlNifEnv* env, const char* message) noexcept;
+
+// A short description of a term for error messages ("-1", ":foo", "a binary of 12 bytes",
+// "a list", ...): never prints a whole large term.
+std::string describe_term(ErlNifEnv* env, ERL_NIF_TERM term);
+
+// The arguments of one NIF call, decoded by position. `fun` is "name/arity", used in messages.
+class Args {
+ public:
+  Args(ErlNifEnv* env, const char* fun, const ERL_NIF_TERM argv[])
+      : env_(env), fun_(fun), argv_(argv) {}
+
+  ErlNifEnv* env() const { return env_; }
+  const char* fun() const { return fun_; }
+  ERL_NIF_TERM term(int i) const { return argv_[i]; }
+
+  // A non-negative integer that fits size_t.
+  size_t size(int i, const char* name) const;
+  // An integer in [lo, hi].
+  int integer(int i, const char* name, int lo, int hi) const;
+  // One of 2, 3, 4, 5, 6, 8 / one of 32, 64, 128.
+  int bits(int i, const char* name) const;
+  int group_size(int i, const char* name) const;
+  // The atom true or false.
+  bool boolean(int i, const char* name) const;
+  // The atom f32, f16 or bf16.
+  DType dtype(int i, const char* name) const;
+  // A binary (no copy: the bytes stay owned by the term, valid for the whole call).
+  ErlNifBinary binary(int i, const char* name) const;
+
+  // Throws BadArg: "<fun>: argument <i+1> (<name>) <problem>".
+  [[noreturn]] void fail(int i, const char* name, const std::string& problem) const;
+  // Throws BadArg: "<fun>: argument <i+1> (<name>) must be <expected>, got: <description>".
+  [[noreturn]] void expected(int i, const char* name, const char* expected) const;
+
+ private:
+  ErlNifEnv* env_;
+  const char* fun_;
+  const ERL_NIF_TERM* argv_;
+};
+
+// a * b for sizes, throwing BadArg naming `what` on overflow.
+size_t mul_or_fail(size_t a, size_t b, const char* what);
+
+ERL_NIF_TERM make_dtype_atom(ErlNifEnv* env, DType dtype);
+
+// Runs body() (returning the NIF's result term) and converts every exception as described at
+// the top of this file. `fun` prefixes messages that do not carry it already.
+template <typename Body>
+ERL_NIF_TERM guarded(ErlNifEnv* env, const char* fun, Body&& body) noexcept {
+  char message[512];
+  try {
+    return body();
+  } catch (const BadArg& e) {
+    return raise_argument_error(env, e.what());
+  } catch (const nx_quant::InvalidArgument& e) {
+    std::snprintf(message, sizeof message, "%s: %s", fun, e.what());
+    return raise_argument_error(env, message);
+  } catch (const std::bad_alloc&) {
+    std::snprintf(message, sizeof message, "%s: out of memory", fun);
+    return raise_runtime_error(env, message);
+  } catch (const std::exception& e) {
+    std::snprintf(message, sizeof message, "%s: internal error: %s", fun, e.what());
+    return raise_runtime_error(env, message);
+  } catch (...) {
+    std::snprintf(message, sizeof message, "%s: internal error (unknown C++ exception)", fun);
+    return raise_runtime_error(env, message);
+  }
+}
+
+// Work above this many values (about 1 ms on one core) runs on a dirty CPU scheduler; below
+// it the call stays on the normal scheduler, where a NIF call costs far less.
+inline constexpr size_t kDirtyWorkThreshold = 200'000;
+
+// True when the caller should return reschedule_dirty(...) instead of doing `work` here.
+bool should_go_dirty(size_t work);
+
+// Re-runs `fn` with the same arguments on a dirty CPU scheduler.
+ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name,
+                              ERL_NIF_TERM (*fn)(ErlNifEnv*, int, const ERL_NIF_TERM[]), int argc,
+                              const ERL_NIF_TERM argv[]);
+
+}  // namespace nx_quant::nif

@@ -1,0 +1,279 @@
+defmodule NxQuant.Core do
+  @moduledoc """
+  The Nx-free core: quantize, dequantize and the fused quantized matmul on `NxQuant.Dense`
+  tensors and `NxQuant.QuantizedTensor`s, through the NIF.
+
+  Shapes, types and options are validated here (cheaply, with Elixir-level messages); the NIF
+  checks everything again as the last line of defence. Every error is an `ArgumentError`.
+  """
+
+  alias NxQuant.{Config, Dense, NIF, QuantizedTensor, Validate}
+
+  @doc """
+  Quantizes a dense float tensor of any rank >= 1 along its last axis (leading axes are
+  flattened into rows).
+
+  Options: `:type` (`{:s, 2 | 3 | 4 | 5 | 6 | 8}`, default `{:s, 4}`) or `:bits`,
+  `:group_size` (32, 64 or 128, default 64), `:threads` (0: the library default).
+
+  The result has the input's shape, type `{:s, bits}` and `dtype` the input's type; its
+  config's scales and biases are `{rows, cols / group_size}` dense tensors whose binaries
+  point into the native resource (no copy).
+  """
+  @spec quantize(Dense.t(), keyword()) :: QuantizedTensor.t()
+  def quantize(tensor, opts \\ []) do
+    fun = "quantize/2"
+    %Dense{data: data, shape: shape, type: type} = Validate.float_dense!(tensor, "#{fun} tensor")
+    Validate.dense!(data, shape, type, "#{fun} tensor")
+    opts = Validate.keyword!(opts, [:type, :bits, :group_size, :threads], fun)
+    {bits, group_size} = Validate.quant_spec!(opts, fun)
+    threads = Validate.threads!(opts, fun)
+    {rows, cols} = rows_cols!(shape, group_size, fun, "tensor")
+
+    data
+    |> NIF.quantize(rows, cols, Validate.dtype_atom(type), bits, group_size, threads)
+    |> wrap(shape, type, bits, group_size, rows, cols)
+  end
+
+  @doc """
+  The dense tensor a quantized tensor stands for: shape `qt.shape`, type `qt.dtype`. A
+  transposed view dequantizes to the transposed matrix.
+  """
+  @spec dequantize(QuantizedTensor.t()) :: Dense.t()
+  def dequantize(qt) do
+    %QuantizedTensor{ref: ref, shape: shape, dtype: dtype, transposed: transposed} =
+      quantized!(qt, "dequantize/1")
+
+    %Dense{data: NIF.dequantize(ref, transposed == true), shape: shape, type: dtype}
+  end
+
+  @doc """
+  The fused quantized matmul on the STORED matrix `{rows, cols}` =
+  `NxQuant.QuantizedTensor.stored_shape(qt)`:
+
+    * `transpose: true` (default): `x . stored^T`; x's last axis must be `cols`, the
+      output's last axis is `rows`.
+    * `transpose: false`: `x . stored`; x's last axis must be `rows`, the output's last
+      axis is `cols`.
+
+  Leading axes of `x` are batch axes (flattened for the kernel, restored on output).
+  Options: `:transpose`, `:out_type` (default x's type), `:threads`.
+  """
+  @spec quantized_matmul(Dense.t(), QuantizedTensor.t(), keyword()) :: Dense.t()
+  def quantized_matmul(x, qt, opts \\ []) do
+    fun = "quantized_matmul/3"
+    %Dense{data: data, shape: x_shape, type: x_type} = Validate.float_dense!(x, "#{fun} x")
+    Validate.dense!(data, x_shape, x_type, "#{fun} x")
+    %QuantizedTensor{ref: ref} = qt = quantized!(qt, fun)
+    opts = Validate.keyword!(opts, [:transpose, :out_type, :threads], fun)
+    transpose = Validate.boolean_opt!(opts, :transpose, true, fun)
+    out_type = Validate.float_type_opt!(opts, :out_type, x_type, fun)
+    threads = Validate.threads!(opts, fun)
+
+    {rows, cols} = QuantizedTensor.stored_shape(qt)
+    {k, n, k_name} = if transpose, do: {cols, rows, "cols"}, else: {rows, cols, "rows"}
+    rank = tuple_size(x_shape)
+
+    if rank == 0 do
+      raise ArgumentError, "#{fun} x must have rank >= 1, got shape {}"
+    end
+
+    last = elem(x_shape, rank - 1)
+
+    if last != k do
+      raise ArgumentError,
+            "#{fun} x has shape #{inspect(x_shape)}: its last axis must be #{k}, the #{k_name} " <>
+              "of the stored #{rows}x#{cols} weight, with transpose: #{transpose}"
+    end
+
+    m = x_shape |> Tuple.delete_at(rank - 1) |> Validate.size()
+
+    out =
+      NIF.quantized_matmul(
+        data,
+        Validate.dtype_atom(x_type),
+        m,
+        ref,
+        transpose,
+        Validate.dtype_atom(out_type),
+        threads
+      )
+
+    %Dense{data: out, shape: put_elem(x_shape, rank - 1, n), type: out_type}
+  end
+
+  @doc """
+  Builds a quantized tensor from its parts (e.g. read from a checkpoint).
+
+    * `packed`: `%NxQuant.Dense{type: {:u, 32}}` or a raw binary of the packed words;
+    * `scales`, `biases`: `%NxQuant.Dense{}` of one float type (f32, f16 or bf16);
+    * `shape`: the logical dense shape, quantized along its last axis.
+
+  Parts may have the stored 2-D shape `{rows, n}` or the logical shape's leading axes
+  followed by `n`. Options: `:type` / `:bits`, `:group_size` (defaults `{:s, 4}` / 64).
+  The parts are copied once into the native resource.
+  """
+  @spec quantized_tensor(Dense.t() | binary(), Dense.t(), Dense.t(), tuple(), keyword()) ::
+          QuantizedTensor.t()
+  def quantized_tensor(packed, scales, biases, shape, opts \\ []) do
+    fun = "quantized_tensor/5"
+    opts = Validate.keyword!(opts, [:type, :bits, :group_size], fun)
+    {bits, group_size} = Validate.quant_spec!(opts, fun)
+    Validate.shape!(shape, "#{fun} shape")
+    {rows, cols} = rows_cols!(shape, group_size, fun, "shape")
+    words = div(cols * bits, 32)
+    groups = div(cols, group_size)
+
+    packed_data = packed!(packed, shape, rows, words, bits, fun)
+
+    %Dense{type: dtype} = scales = part!(scales, "scales", shape, rows, groups, group_size, fun)
+
+    %Dense{} = biases = part!(biases, "biases", shape, rows, groups, group_size, fun)
+
+    if biases.type != dtype do
+      raise ArgumentError,
+            "#{fun} biases has type #{inspect(biases.type)}, expected scales' type #{inspect(dtype)}"
+    end
+
+    packed_data
+    |> NIF.quantized_tensor(
+      scales.data,
+      biases.data,
+      rows,
+      cols,
+      Validate.dtype_atom(dtype),
+      bits,
+      group_size
+    )
+    |> wrap(shape, dtype, bits, group_size, rows, cols)
+  end
+
+  @doc """
+  The stored parts, as dense tensors whose binaries point into the native resource (no copy):
+  packed `{rows, cols * bits / 32}` u32, scales and biases `{rows, cols / group_size}`.
+  """
+  @spec parts(QuantizedTensor.t()) :: %{packed: Dense.t(), scales: Dense.t(), biases: Dense.t()}
+  def parts(qt) do
+    %QuantizedTensor{ref: ref, dtype: dtype, config: %Config{bits: bits, group_size: gs}} =
+      qt = quantized!(qt, "parts/1")
+
+    {rows, cols} = QuantizedTensor.stored_shape(qt)
+    {packed, scales, biases} = NIF.parts(ref)
+
+    %{
+      packed: %Dense{data: packed, shape: {rows, div(cols * bits, 32)}, type: {:u, 32}},
+      scales: %Dense{data: scales, shape: {rows, div(cols, gs)}, type: dtype},
+      biases: %Dense{data: biases, shape: {rows, div(cols, gs)}, type: dtype}
+    }
+  end
+
+  @doc "True for an `NxQuant.QuantizedTensor`."
+  @spec quantized?(term()) :: boolean()
+  def quantized?(%QuantizedTensor{ref: ref}) when is_reference(ref), do: true
+  def quantized?(_), do: false
+
+  # ---- helpers ---------------------------------------------------------------------------
+
+  defp wrap(ref, shape, dtype, bits, group_size, rows, cols) do
+    {_packed, scales, biases} = NIF.parts(ref)
+    groups_shape = {rows, div(cols, group_size)}
+
+    %QuantizedTensor{
+      ref: ref,
+      shape: shape,
+      type: {:s, bits},
+      dtype: dtype,
+      config: %Config{
+        scales: %Dense{data: scales, shape: groups_shape, type: dtype},
+        biases: %Dense{data: biases, shape: groups_shape, type: dtype},
+        bits: bits,
+        group_size: group_size
+      }
+    }
+  end
+
+  defp quantized!(%QuantizedTensor{ref: ref} = qt, _fun) when is_reference(ref), do: qt
+
+  defp quantized!(other, fun) do
+    raise ArgumentError,
+          "#{fun} expects an %NxQuant.QuantizedTensor{}, got: #{Validate.describe(other)}"
+  end
+
+  # {rows, cols} of the stored matrix for a logical shape, checking the last axis.
+  defp rows_cols!(shape, group_size, fun, name) do
+    rank = tuple_size(shape)
+
+    if rank == 0 do
+      raise ArgumentError, "#{fun} #{name} must have rank >= 1 (got shape {})"
+    end
+
+    cols = elem(shape, rank - 1)
+
+    if cols == 0 or rem(cols, group_size) != 0 do
+      raise ArgumentError,
+            "#{fun} #{name} has shape #{inspect(shape)}: its last axis (#{cols}) must be a " <>
+              "positive multiple of group_size #{group_size}"
+    end
+
+    {div(Validate.size(shape), cols), cols}
+  end
+
+  # The accepted shapes of a part whose last axis holds `n` items: the stored 2-D form, or
+  # the logical shape's leading axes followed by n. The first is the one named in errors.
+  defp part_shapes(shape, rows, n) do
+    leading = put_elem(shape, tuple_size(shape) - 1, n)
+    if tuple_size(shape) == 2, do: [leading], else: [leading, {rows, n}]
+  end
+
+  defp shape_error!(name, got, shape, rows, n, what, fun) do
+    expected = shape |> part_shapes(rows, n) |> Enum.map_join(" or ", &inspect/1)
+
+    raise ArgumentError,
+          "#{fun} #{name} has shape #{inspect(got)}, expected #{expected} " <>
+            "for shape #{inspect(shape)} with #{what}"
+  end
+
+  defp packed!(packed, shape, rows, words, bits, fun) when is_binary(packed) do
+    expected = rows * words * 4
+
+    if byte_size(packed) != expected do
+      raise ArgumentError,
+            "#{fun} packed has #{byte_size(packed)} bytes, expected #{expected} " <>
+              "(#{rows} x #{words} uint32 words) for shape #{inspect(shape)} with bits #{bits}"
+    end
+
+    packed
+  end
+
+  defp packed!(%Dense{type: {:u, 32}, shape: p_shape, data: data}, shape, rows, words, bits, fun) do
+    Validate.dense!(data, p_shape, {:u, 32}, "#{fun} packed")
+
+    unless p_shape in part_shapes(shape, rows, words) do
+      shape_error!("packed", p_shape, shape, rows, words, "bits #{bits}", fun)
+    end
+
+    data
+  end
+
+  defp packed!(%Dense{type: type}, _shape, _rows, _words, _bits, fun) do
+    raise ArgumentError, "#{fun} packed has type #{inspect(type)}, expected {:u, 32}"
+  end
+
+  defp packed!(other, _shape, _rows, _words, _bits, fun) do
+    raise ArgumentError,
+          "#{fun} packed must be a binary or an %NxQuant.Dense{type: {:u, 32}}, " <>
+            "got: #{Validate.describe(other)}"
+  end
+
+  defp part!(part, name, shape, rows, groups, group_size, fun) do
+    %Dense{data: data, shape: p_shape, type: type} = Validate.float_dense!(part, "#{fun} #{name}")
+
+    Validate.dense!(data, p_shape, type, "#{fun} #{name}")
+
+    unless p_shape in part_shapes(shape, rows, groups) do
+      shape_error!(name, p_shape, shape, rows, groups, "group_size #{group_size}", fun)
+    end
+
+    part
+  end
+end

@@ -1,0 +1,52 @@
+defmodule NxQuant.NIF do
+  @moduledoc false
+  # Raw bindings to priv/libnx_quant_nif.so (c_src/nif/). Callers go through NxQuant.Core,
+  # which validates arguments first; the NIF validates everything again and raises
+  # ArgumentError naming the argument, so nothing here can crash the VM.
+  #
+  # If the library cannot be loaded the module still loads (so the error is not a confusing
+  # UndefinedFunctionError) and every function raises with the reason.
+
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    with dir when is_list(dir) <- :code.priv_dir(:nx_quant),
+         :ok <- :erlang.load_nif(:filename.join(dir, ~c"libnx_quant_nif"), 0) do
+      :ok
+    else
+      {:error, {reason, text}} -> remember_load_error("#{reason}: #{text}")
+      {:error, reason} -> remember_load_error("priv dir of :nx_quant: #{inspect(reason)}")
+    end
+  end
+
+  defp remember_load_error(reason) do
+    :persistent_term.put({__MODULE__, :load_error}, reason)
+    :ok
+  end
+
+  defp not_loaded! do
+    reason = :persistent_term.get({__MODULE__, :load_error}, "unknown reason")
+    raise "nx_quant's native library (priv/libnx_quant_nif.so) is not loaded: #{reason}"
+  end
+
+  @doc false
+  def quantize(_dense, _rows, _cols, _dtype, _bits, _group_size, _threads), do: not_loaded!()
+
+  @doc false
+  def dequantize(_ref, _transpose_out), do: not_loaded!()
+
+  @doc false
+  def quantized_matmul(_x, _x_dtype, _m, _ref, _transpose, _out_dtype, _threads),
+    do: not_loaded!()
+
+  @doc false
+  def quantized_tensor(_packed, _scales, _biases, _rows, _cols, _dtype, _bits, _group_size),
+    do: not_loaded!()
+
+  @doc false
+  def parts(_ref), do: not_loaded!()
+
+  @doc false
+  def info(_ref), do: not_loaded!()
+end
