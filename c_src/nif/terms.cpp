@@ -41,11 +41,24 @@ ERL_NIF_TERM raise_runtime_error(ErlNifEnv* env, const char* message) noexcept {
 
 std::string describe_term(ErlNifEnv* env, ERL_NIF_TERM term) {
   switch (enif_term_type(env, term)) {
-    case ERL_NIF_TERM_TYPE_ATOM:
-      return ":" + format_term(term);
+    case ERL_NIF_TERM_TYPE_ATOM: {
+      // As Elixir prints it: nil/true/false bare, modules without "Elixir.", others as :name.
+      const std::string name = format_term(term);
+      if (name == "nil" || name == "true" || name == "false") return name;
+      if (name.rfind("Elixir.", 0) == 0) return name.substr(7);
+      return ":" + name;
+    }
     case ERL_NIF_TERM_TYPE_INTEGER:
-    case ERL_NIF_TERM_TYPE_FLOAT:
       return format_term(term);
+    case ERL_NIF_TERM_TYPE_FLOAT: {
+      double value = 0;
+      enif_get_double(env, term, &value);
+      char buffer[40];
+      std::snprintf(buffer, sizeof buffer, "%.17g", value);
+      std::string text = buffer;
+      if (text.find_first_of(".e") == std::string::npos) text += ".0";
+      return text;
+    }
     case ERL_NIF_TERM_TYPE_BITSTRING: {
       ErlNifBinary bin;
       if (enif_inspect_binary(env, term, &bin)) {
