@@ -149,6 +149,27 @@ defmodule NxQuant.CoreTest do
       assert_close(out, x, qt, true, {:bf, 16})
     end
 
+    test "work large enough for a dirty scheduler (dequantize and matmul)" do
+      # 512 x 512 weight: both calls exceed the NIF's dirty-scheduling threshold
+      qt = Core.quantize(Ref.random_dense({512, 512}, {:f, 32}, 81), group_size: 128)
+      x = Ref.random_dense({1, 512}, {:f, 32}, 82)
+      out = Core.quantized_matmul(x, qt)
+      assert out.shape == {1, 512}
+      assert_close(out, x, qt, true, {:f, 32})
+    end
+
+    test "empty batches and empty weights" do
+      qt = Core.quantize(Ref.random_dense({4, 64}, {:f, 32}, 91), group_size: 64)
+      out = Core.quantized_matmul(Dense.new(<<>>, {0, 64}, {:f, 32}), qt)
+      assert out == %Dense{data: <<>>, shape: {0, 4}, type: {:f, 32}}
+
+      empty = Core.quantize(Dense.new(<<>>, {0, 64}, {:f, 32}))
+      assert Core.dequantize(empty) == %Dense{data: <<>>, shape: {0, 64}, type: {:f, 32}}
+      assert Core.parts(empty).packed.shape == {0, 8}
+      x = Ref.random_dense({2, 64}, {:f, 32}, 92)
+      assert Core.quantized_matmul(x, empty).shape == {2, 0}
+    end
+
     test "the thread count does not change the result" do
       qt = Core.quantize(Ref.random_dense({64, 256}, {:f, 32}, 51), group_size: 64)
       x = Ref.random_dense({5, 256}, {:f, 32}, 52)
