@@ -10,7 +10,9 @@ namespace nx_quant {
 // Floating dtypes of activations, dense weights, scales and biases.
 enum class DType : uint8_t { F32 = 0, F16 = 1, BF16 = 2 };
 
-inline constexpr size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+inline constexpr size_t dtype_size(DType t) {
+  return t == DType::F32 ? 4 : 2;
+}
 
 inline constexpr const char* dtype_name(DType t) {
   return t == DType::F32 ? "f32" : (t == DType::F16 ? "f16" : "bf16");
@@ -32,7 +34,9 @@ inline uint16_t f32_to_bf16_bits(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-inline float bf16_bits_to_f32(uint16_t h) { return bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+inline float bf16_bits_to_f32(uint16_t h) {
+  return bit_cast<float>(static_cast<uint32_t>(h) << 16);
+}
 
 // f32 -> IEEE binary16, round to nearest even, subnormals and overflow to infinity handled
 // exactly (same results as a hardware conversion, e.g. F16C's vcvtps2ph with RNE).

@@ -35,9 +35,10 @@ uint32_t quantize_value(float w, GroupParams params, int bits);
 void quantize(const void* dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
               uint32_t* packed, void* scales, void* biases);
 
-void dequantize(const QuantizedMatrix& w, void* out);
+void dequantize(const QuantizedMatrix& w, void* out, bool transpose_out = false);
 
-// Dequantize-then-dot with a double accumulator, result rounded to out_dtype.
+// Dequantize-then-dot in double (W taken exactly from its f32 scale and bias, no dtype
+// rounding), result rounded to out_dtype.
 void quantized_matmul(const void* x, DType x_dtype, size_t m, const QuantizedMatrix& w,
                       bool transpose, DType out_dtype, void* out);
 

@@ -1,0 +1,154 @@
+// Public entry points: validate everything, then dispatch to an implementation.
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "nx_quant/kernels.h"
+#include "nx_quant/reference.h"
+#include "parallel.h"
+#include "portable.h"
+
+namespace nx_quant {
+
+namespace {
+
+void validate_dtype(DType t, const char* name) {
+  if (static_cast<unsigned>(t) > static_cast<unsigned>(DType::BF16)) {
+    throw InvalidArgument(std::string(name) + " dtype must be f32, f16 or bf16 (got enum value " +
+                          std::to_string(static_cast<unsigned>(t)) + ")");
+  }
+}
+
+void validate_buffer(const void* data, size_t bytes, size_t expected, const char* name,
+                     const std::string& what_for) {
+  if (bytes != expected) {
+    throw InvalidArgument(std::string(name) + " has " + std::to_string(bytes) +
+                          " bytes, expected " + std::to_string(expected) + " for " + what_for);
+  }
+  if (data == nullptr && expected != 0) {
+    throw InvalidArgument(std::string(name) + " is a null pointer");
+  }
+}
+
+std::string matrix_desc(size_t rows, size_t cols, const QuantSpec& spec) {
+  return "a " + std::to_string(rows) + " x " + std::to_string(cols) + " matrix at " +
+         std::to_string(spec.bits) + " bits, group_size " + std::to_string(spec.group_size);
+}
+
+void validate_options(const ExecOptions& options) {
+  if (options.threads < 0) {
+    throw InvalidArgument("threads must be >= 0 (got " + std::to_string(options.threads) + ")");
+  }
+  if (static_cast<unsigned>(options.kernel) > static_cast<unsigned>(KernelChoice::Avx512)) {
+    throw InvalidArgument("kernel choice is not a KernelChoice value");
+  }
+}
+
+std::vector<float> to_f32(ConstBuffer x, DType dtype, size_t count) {
+  std::vector<float> out(count);
+  if (dtype == DType::F32) {
+    std::memcpy(out.data(), x.data, count * sizeof(float));
+  } else {
+    for (size_t i = 0; i < count; ++i) out[i] = load_as_f32(x.data, dtype, i);
+  }
+  return out;
+}
+
+}  // namespace
+
+void validate_quantized_matrix(const QuantizedMatrix& w, const char* name) {
+  validate_dtype(w.dtype, name);
+  const std::string prefix = std::string(name) + ": ";
+  QuantizedLayout layout;
+  try {
+    layout = QuantizedLayout(w.rows, w.cols, w.spec, w.dtype);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(prefix + e.what());
+  }
+  const std::string desc = matrix_desc(w.rows, w.cols, w.spec);
+  validate_buffer(w.packed.data, w.packed.bytes, layout.packed_bytes,
+                  (std::string(name) + ".packed").c_str(), desc);
+  validate_buffer(w.scales.data, w.scales.bytes, layout.scales_bytes,
+                  (std::string(name) + ".scales").c_str(),
+                  desc + " with " + dtype_name(w.dtype) + " scales");
+  validate_buffer(w.biases.data, w.biases.bytes, layout.scales_bytes,
+                  (std::string(name) + ".biases").c_str(),
+                  desc + " with " + dtype_name(w.dtype) + " biases");
+}
+
+void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
+              MutableBuffer packed, MutableBuffer scales, MutableBuffer biases,
+              const ExecOptions& options) {
+  validate_options(options);
+  validate_dtype(dtype, "dense");
+  const QuantizedLayout layout(rows, cols, spec, dtype);
+  const std::string desc = matrix_desc(rows, cols, spec);
+  const size_t dense_bytes =
+      checked_mul(checked_mul(rows, cols, "rows * cols"), dtype_size(dtype), "dense byte size");
+  validate_buffer(dense.data, dense.bytes, dense_bytes, "dense", desc + " of " + dtype_name(dtype));
+  validate_buffer(packed.data, packed.bytes, layout.packed_bytes, "packed", desc);
+  validate_buffer(scales.data, scales.bytes, layout.scales_bytes, "scales", desc);
+  validate_buffer(biases.data, biases.bytes, layout.scales_bytes, "biases", desc);
+  auto* words = static_cast<uint32_t*>(packed.data);
+  if (options.kernel == KernelChoice::Reference) {
+    reference::quantize(dense.data, dtype, rows, cols, spec, words, scales.data, biases.data);
+    return;
+  }
+  detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {
+    portable::quantize(dense.data, dtype, cols, spec, begin, end, words, scales.data, biases.data);
+  });
+}
+
+void dequantize(const QuantizedMatrix& w, MutableBuffer out, bool transpose_out,
+                const ExecOptions& options) {
+  validate_options(options);
+  validate_quantized_matrix(w, "w");
+  const size_t out_bytes =
+      checked_mul(checked_mul(w.rows, w.cols, "rows * cols"), dtype_size(w.dtype), "out bytes");
+  validate_buffer(out.data, out.bytes, out_bytes, "out",
+                  "the dequantized " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
+                      " " + dtype_name(w.dtype) + " matrix");
+  if (options.kernel == KernelChoice::Reference) {
+    reference::dequantize(w, out.data, transpose_out);
+    return;
+  }
+  detail::parallel_for(w.rows, 1, options.threads, [&](size_t begin, size_t end) {
+    portable::dequantize(w, transpose_out, begin, end, out.data);
+  });
+}
+
+void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMatrix& w,
+                      bool transpose, DType out_dtype, MutableBuffer out,
+                      const ExecOptions& options) {
+  validate_options(options);
+  validate_dtype(x_dtype, "x");
+  validate_dtype(out_dtype, "out");
+  validate_quantized_matrix(w, "w");
+  const size_t k_dim = transpose ? w.cols : w.rows;
+  const size_t n_dim = transpose ? w.rows : w.cols;
+  const size_t x_bytes =
+      checked_mul(checked_mul(m, k_dim, "m * K"), dtype_size(x_dtype), "x bytes");
+  const size_t out_bytes =
+      checked_mul(checked_mul(m, n_dim, "m * N"), dtype_size(out_dtype), "out bytes");
+  const std::string layout =
+      transpose ? " (transpose=true: w is [N, K])" : " (transpose=false: w is [K, N])";
+  validate_buffer(x.data, x.bytes, x_bytes, "x",
+                  "x of shape [" + std::to_string(m) + ", " + std::to_string(k_dim) + "] in " +
+                      dtype_name(x_dtype) + layout);
+  validate_buffer(out.data, out.bytes, out_bytes, "out",
+                  "out of shape [" + std::to_string(m) + ", " + std::to_string(n_dim) + "] in " +
+                      dtype_name(out_dtype));
+  if (m == 0 || n_dim == 0) return;
+  if (options.kernel == KernelChoice::Reference) {
+    reference::quantized_matmul(x.data, x_dtype, m, w, transpose, out_dtype, out.data);
+    return;
+  }
+  const std::vector<float> xf = to_f32(x, x_dtype, m * k_dim);
+  // Split the output columns; for transpose=false keep splits on group boundaries.
+  const size_t grain = transpose ? 1 : static_cast<size_t>(w.spec.group_size);
+  detail::parallel_for(n_dim, grain, options.threads, [&](size_t begin, size_t end) {
+    portable::matmul(xf.data(), m, w, transpose, out_dtype, begin, end, out.data);
+  });
+}
+
+}  // namespace nx_quant

@@ -1,0 +1,159 @@
+#include "portable.h"
+
+#include <vector>
+
+#include "nx_quant/reference.h"
+#include "unpack.h"
+
+namespace nx_quant::portable {
+
+void quantize(const void* dense, DType dtype, size_t cols, const QuantSpec& spec, size_t row_begin,
+              size_t row_end, uint32_t* packed, void* scales, void* biases) {
+  // Same per-group helpers as the reference, so the output is bit-identical by construction;
+  // only the packing is done word by word instead of value by value.
+  const size_t gs = static_cast<size_t>(spec.group_size);
+  const size_t words_per_row = cols * static_cast<size_t>(spec.bits) / 32;
+  const size_t groups_per_row = cols / gs;
+  const size_t words_per_group = gs * static_cast<size_t>(spec.bits) / 32;
+  std::vector<float> group(gs);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t g = 0; g < groups_per_row; ++g) {
+      const size_t base = r * cols + g * gs;
+      for (size_t j = 0; j < gs; ++j) group[j] = load_as_f32(dense, dtype, base + j);
+      const auto params = reference::group_params(group.data(), spec.group_size, spec.bits);
+      uint32_t* words = packed + r * words_per_row + g * words_per_group;
+      uint64_t buffer = 0;
+      int buffered = 0;
+      for (size_t j = 0; j < gs; ++j) {
+        buffer |= static_cast<uint64_t>(reference::quantize_value(group[j], params, spec.bits))
+                  << buffered;
+        buffered += spec.bits;
+        if (buffered >= 32) {
+          *words++ = static_cast<uint32_t>(buffer);
+          buffer >>= 32;
+          buffered -= 32;
+        }
+      }
+      store_from_f32(scales, dtype, r * groups_per_row + g, params.scale);
+      store_from_f32(biases, dtype, r * groups_per_row + g, params.bias);
+    }
+  }
+}
+
+void dequantize(const QuantizedMatrix& w, bool transpose_out, size_t row_begin, size_t row_end,
+                void* out) {
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t words_per_row = w.cols * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t groups_per_row = w.cols / gs;
+  const auto* packed = static_cast<const uint32_t*>(w.packed.data);
+  std::vector<uint8_t> q(gs);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t g = 0; g < groups_per_row; ++g) {
+      detail::unpack_aligned(w.spec.bits, packed + r * words_per_row + g * words_per_group, gs,
+                             q.data());
+      const float scale = load_as_f32(w.scales.data, w.dtype, r * groups_per_row + g);
+      const float bias = load_as_f32(w.biases.data, w.dtype, r * groups_per_row + g);
+      for (size_t j = 0; j < gs; ++j) {
+        // MLX's rounding: the product rounded to the dtype, then the sum rounded.
+        const float v = round_to_dtype(
+            round_to_dtype(static_cast<float>(q[j]) * scale, w.dtype) + bias, w.dtype);
+        const size_t c = g * gs + j;
+        store_from_f32(out, w.dtype, transpose_out ? c * w.rows + r : r * w.cols + c, v);
+      }
+    }
+  }
+}
+
+namespace {
+
+// transpose=true: W is stored [N, K]. Per output element, per group g:
+//   acc += scale_g * sum_j(x_j * q_j) + bias_g * sum_j(x_j)
+// (scale * dot first, then bias * xsum, then both added to acc), groups in order.
+void matmul_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+               size_t n_end, void* out) {
+  const size_t k_dim = w.cols, n_dim = w.rows;
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = k_dim / gs;
+  const size_t words_per_row = k_dim * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
+  const auto* packed = static_cast<const uint32_t*>(w.packed.data);
+
+  std::vector<float> xsum(m * groups);
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t g = 0; g < groups; ++g) {
+      float s = 0.0f;
+      for (size_t j = 0; j < gs; ++j) s += x[i * k_dim + g * gs + j];
+      xsum[i * groups + g] = s;
+    }
+  }
+  std::vector<uint8_t> q(gs);
+  std::vector<float> acc(m);
+  for (size_t n = n_begin; n < n_end; ++n) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (size_t g = 0; g < groups; ++g) {
+      detail::unpack_aligned(w.spec.bits, packed + n * words_per_row + g * words_per_group, gs,
+                             q.data());
+      const float scale = load_as_f32(w.scales.data, w.dtype, n * groups + g);
+      const float bias = load_as_f32(w.biases.data, w.dtype, n * groups + g);
+      for (size_t i = 0; i < m; ++i) {
+        const float* xg = x + i * k_dim + g * gs;
+        float dot = 0.0f;
+        for (size_t j = 0; j < gs; ++j) dot += xg[j] * static_cast<float>(q[j]);
+        acc[i] += scale * dot + bias * xsum[i * groups + g];
+      }
+    }
+    for (size_t i = 0; i < m; ++i) store_from_f32(out, out_dtype, i * n_dim + n, acc[i]);
+  }
+}
+
+// transpose=false: W is stored [K, N], packed along N. Streams over k in order:
+//   acc[n] += (x_k * scale_kg) * q_kn + x_k * bias_kg
+void matmul_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+               size_t n_end, void* out) {
+  const size_t k_dim = w.rows, n_dim = w.cols;
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = n_dim / gs;
+  const size_t words_per_row = n_dim * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
+  const auto* packed = static_cast<const uint32_t*>(w.packed.data);
+  const size_t width = n_end - n_begin;
+  const size_t g_begin = n_begin / gs, g_end = (n_end + gs - 1) / gs;
+
+  std::vector<float> acc(m * width, 0.0f);
+  std::vector<uint8_t> q(width);
+  for (size_t k = 0; k < k_dim; ++k) {
+    detail::unpack_aligned(w.spec.bits, packed + k * words_per_row + g_begin * words_per_group,
+                           width, q.data());
+    for (size_t g = g_begin; g < g_end; ++g) {
+      const float scale = load_as_f32(w.scales.data, w.dtype, k * groups + g);
+      const float bias = load_as_f32(w.biases.data, w.dtype, k * groups + g);
+      const size_t j0 = g * gs - n_begin;
+      for (size_t i = 0; i < m; ++i) {
+        const float xk = x[i * k_dim + k];
+        const float a = xk * scale, c = xk * bias;
+        float* row = acc.data() + i * width + j0;
+        for (size_t j = 0; j < gs; ++j) row[j] += a * static_cast<float>(q[j0 + j]) + c;
+      }
+    }
+  }
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t j = 0; j < width; ++j) {
+      store_from_f32(out, out_dtype, i * n_dim + n_begin + j, acc[i * width + j]);
+    }
+  }
+}
+
+}  // namespace
+
+void matmul(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
+            size_t n_begin, size_t n_end, void* out) {
+  if (n_begin >= n_end || m == 0) return;
+  if (transpose) {
+    matmul_nk(x, m, w, out_dtype, n_begin, n_end, out);
+  } else {
+    matmul_kn(x, m, w, out_dtype, n_begin, n_end, out);
+  }
+}
+
+}  // namespace nx_quant::portable
