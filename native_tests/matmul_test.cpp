@@ -184,3 +184,15 @@ TEST(Dequantize, RoundsProductThenSumInTheScalesDtype) {
   volatile float product = 3.0f * scale32;
   EXPECT_EQ(bit_cast<uint32_t>(out32[0]), bit_cast<uint32_t>(product + bias32));
 }
+
+// Found by fuzz/kernel_args_fuzz: a [0, N] weight with transpose=false contracts over K = 0,
+// so x is an empty (null) buffer and the result is all zeros.
+TEST(QuantizedMatmul, EmptyContractionGivesZeros) {
+  QuantizedMatrix w;
+  w.rows = 0;
+  w.cols = 64;
+  w.spec = {4, 64};
+  std::vector<float> out(3 * 64, 1.0f);
+  quantized_matmul({nullptr, 0}, DType::F32, 3, w, false, DType::F32, {out.data(), out.size() * 4});
+  for (float v : out) EXPECT_EQ(v, 0.0f);
+}

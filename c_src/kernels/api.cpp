@@ -46,6 +46,7 @@ void validate_options(const ExecOptions& options) {
 
 std::vector<float> to_f32(ConstBuffer x, DType dtype, size_t count) {
   std::vector<float> out(count);
+  if (count == 0) return out;  // K = 0 (a [0, N] weight): x may be an empty, null buffer
   if (dtype == DType::F32) {
     std::memcpy(out.data(), x.data, count * sizeof(float));
   } else {
