@@ -182,13 +182,23 @@ defmodule NxQuant.CoreTest do
       w = Ref.rows(Core.dequantize(qt))
       x_rows = Ref.rows(x)
       expected = Ref.dot(x_rows, w, transpose)
-      bound = Ref.abs_dot(x_rows, w, transpose)
-      eps = 2 * TestFloat.epsilon(qt.dtype) + TestFloat.epsilon(out_type) + 1.0e-6
+      # The kernel uses w = scale * q + bias in f32; dequantize/1 rounds q * scale and then the
+      # sum to the dtype, moving each weight by up to eps * (|q * scale| + |w|) <=
+      # eps * (2|w| + |bias|). Plus f32 accumulation and the output's own rounding.
+      %{biases: biases} = Core.parts(qt)
+      group = qt.config.group_size
+      bias_rows = for row <- Ref.rows(biases), do: Enum.flat_map(row, &List.duplicate(&1, group))
+      w_bound = Ref.abs_dot(x_rows, w, transpose)
+      b_bound = Ref.abs_dot(x_rows, bias_rows, transpose)
+      eps_w = TestFloat.epsilon(qt.dtype) + 1.0e-6
+      eps_out = TestFloat.epsilon(out_type)
       got = Ref.rows(out)
 
-      for {{g_row, e_row}, b_row} <- Enum.zip(Enum.zip(got, expected), bound),
-          {{g, e}, b} <- Enum.zip(Enum.zip(g_row, e_row), b_row) do
-        assert abs(g - e) <= eps * b + 1.0e-6, "got #{g}, expected #{e} (scale #{b})"
+      for {{{g_row, e_row}, wb_row}, bb_row} <-
+            Enum.zip(Enum.zip(Enum.zip(got, expected), w_bound), b_bound),
+          {{{g, e}, wb}, bb} <- Enum.zip(Enum.zip(Enum.zip(g_row, e_row), wb_row), bb_row) do
+        bound = eps_w * (2 * wb + bb) + eps_out * abs(e) + 1.0e-6
+        assert abs(g - e) <= bound, "got #{g}, expected #{e} (bound #{bound})"
       end
     end
   end
