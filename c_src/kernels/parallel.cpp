@@ -1,20 +1,128 @@
 #include "parallel.h"
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 namespace nx_quant::detail {
 
-int default_threads() {
-  if (const char* env = std::getenv("NX_QUANT_THREADS")) {
-    const int n = std::atoi(env);
-    if (n >= 1) return n;
+namespace {
+
+// A persistent pool: workers sleep on a condition variable between jobs. A job is a set of
+// chunks claimed through an atomic counter; the submitting thread works on chunks too.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int workers) {
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { worker_loop(); });
   }
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw);
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  int workers() const { return static_cast<int>(threads_.size()); }
+
+  // Runs chunk(i) for i in [0, chunks) using the caller and up to `helpers` workers.
+  // Returns false without running anything if another job holds the pool.
+  bool try_run(size_t chunks, int helpers, const std::function<void(size_t)>& chunk) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &chunk;
+      chunks_ = chunks;
+      next_.store(0);
+      error_ = nullptr;
+      active_helpers_ = std::min(helpers, workers());
+      pending_ = active_helpers_;
+      ++generation_;
+    }
+    wake_.notify_all();
+    work();
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+    return true;
+  }
+
+ private:
+  void work() {
+    for (size_t i = next_.fetch_add(1); i < chunks_; i = next_.fetch_add(1)) {
+      try {
+        (*job_)(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
+  }
+
+  void worker_loop() {
+    size_t seen = 0;
+    int index;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      index = started_++;
+    }
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+        if (stopping_) return;
+        seen = generation_;
+        if (index >= active_helpers_) continue;  // not needed for this job
+      }
+      work();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --pending_;
+      }
+      done_.notify_one();
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex busy_;  // held by the one job using the pool
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(size_t)>* job_ = nullptr;
+  size_t chunks_ = 0;
+  std::atomic<size_t> next_{0};
+  std::exception_ptr error_;
+  size_t generation_ = 0;
+  int active_helpers_ = 0;
+  int pending_ = 0;
+  int started_ = 0;
+  bool stopping_ = false;
+};
+
+ThreadPool& pool() {
+  static ThreadPool instance(default_threads() - 1);
+  return instance;
+}
+
+}  // namespace
+
+int default_threads() {
+  static const int threads = [] {
+    if (const char* env = std::getenv("NX_QUANT_THREADS")) {
+      const int n = std::atoi(env);
+      if (n >= 1) return std::min(n, 256);
+    }
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw == 0 ? 1 : static_cast<int>(std::min(hw, 256u));
+  }();
+  return threads;
 }
 
 void parallel_for(size_t count, size_t grain, int threads,
@@ -22,30 +130,23 @@ void parallel_for(size_t count, size_t grain, int threads,
   if (count == 0) return;
   if (grain == 0) grain = 1;
   const size_t units = (count + grain - 1) / grain;
-  size_t n_threads = static_cast<size_t>(threads <= 0 ? default_threads() : threads);
-  n_threads = std::min(n_threads, units);
+  const size_t wanted = static_cast<size_t>(threads <= 0 ? default_threads() : threads);
+  const size_t n_threads = std::min(wanted, units);
   if (n_threads <= 1) {
     fn(0, count);
     return;
   }
-  const size_t per_thread = (units + n_threads - 1) / n_threads;
-  std::vector<std::thread> workers;
-  std::vector<std::exception_ptr> errors(n_threads);
-  auto run = [&](size_t t) {
-    const size_t begin = std::min(count, t * per_thread * grain);
-    const size_t end = std::min(count, (t + 1) * per_thread * grain);
-    if (begin >= end) return;
-    try {
-      fn(begin, end);
-    } catch (...) {
-      errors[t] = std::current_exception();
-    }
+  // Chunk boundaries depend on n_threads only through the chunk count; since each work item
+  // is computed entirely within one chunk, the results do not depend on it at all.
+  const size_t chunks = std::min(units, n_threads * 4);
+  const size_t per_chunk = (units + chunks - 1) / chunks;
+  const std::function<void(size_t)> chunk = [&](size_t i) {
+    const size_t begin = std::min(count, i * per_chunk * grain);
+    const size_t end = std::min(count, (i + 1) * per_chunk * grain);
+    if (begin < end) fn(begin, end);
   };
-  for (size_t t = 1; t < n_threads; ++t) workers.emplace_back(run, t);
-  run(0);
-  for (auto& worker : workers) worker.join();
-  for (auto& error : errors) {
-    if (error) std::rethrow_exception(error);
+  if (!pool().try_run(chunks, static_cast<int>(n_threads) - 1, chunk)) {
+    fn(0, count);  // the pool is serving another caller: run here, single-threaded
   }
 }
 

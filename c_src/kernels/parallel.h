@@ -1,5 +1,15 @@
-// Splitting a range of independent work items over threads. Each item is processed entirely by
-// one thread, so results never depend on the thread count or the split.
+// Splitting independent work items over threads.
+//
+// Determinism: fn(begin, end) is called on fixed chunks whose boundaries depend only on
+// (count, grain, chunk count), and every work item is processed entirely inside one call, so
+// results never depend on the thread count or on which thread ran which chunk.
+//
+// Threading policy (no oversubscription): one process-wide pool of default_threads() - 1
+// workers (default_threads() = NX_QUANT_THREADS if set, else the hardware's thread count). A
+// call uses the pool only if it is free; a call that finds it busy (another BEAM dirty
+// scheduler is already using it) runs single-threaded on its own thread instead of queueing.
+// So at most default_threads() + (concurrent callers - 1) threads compute at any time, and
+// concurrent callers each still make progress.
 #pragma once
 
 #include <cstddef>
@@ -7,7 +17,6 @@
 
 namespace nx_quant::detail {
 
-// The default thread count: NX_QUANT_THREADS if set (>= 1), else the hardware's.
 int default_threads();
 
 // Calls fn(begin, end) over [0, count) in chunks whose boundaries are multiples of `grain`
