@@ -67,16 +67,47 @@ void check_case(const Case& c, KernelChoice kernel, int threads) {
 
 }  // namespace
 
-TEST(QuantizedMatmul, AllBitsAndGroupSizesBothLayouts) {
-  for (bool transpose : {true, false}) {
-    for (int bits : kAllBits) {
-      for (int gs : kAllGroupSizes) {
-        for (size_t m : {1, 3, 17}) {
-          check_case(
-              {bits, gs, DType::F32, DType::F32, DType::F32, m, 256, 2 * 128 + 128, transpose},
-              KernelChoice::Auto, 0);
+// Every implementation this CPU can run: the portable one, and AVX-512 where available
+// (its GEMV path for m < 8 with transpose=true, its panel GEMM path otherwise).
+std::vector<KernelChoice> runnable_kernels() {
+  std::vector<KernelChoice> kernels = {KernelChoice::Portable};
+  ExecOptions probe;
+  probe.kernel = KernelChoice::Avx512;
+  try {
+    TypedBuffer dense(DType::F32, random_values(32, 1));
+    OwnedQuantized w(dense, 1, 32, {4, 32});
+    std::vector<float> x(32), out(1);
+    quantized_matmul({x.data(), 128}, DType::F32, 1, w.matrix, true, DType::F32, {out.data(), 4},
+                     probe);
+    kernels.push_back(KernelChoice::Avx512);
+  } catch (const InvalidArgument&) {
+  }
+  return kernels;
+}
+
+TEST(QuantizedMatmul, AllBitsAndGroupSizesBothLayoutsEveryKernel) {
+  for (KernelChoice kernel : runnable_kernels()) {
+    for (bool transpose : {true, false}) {
+      for (int bits : kAllBits) {
+        for (int gs : kAllGroupSizes) {
+          for (size_t m : {1, 3, 17}) {
+            check_case(
+                {bits, gs, DType::F32, DType::F32, DType::F32, m, 256, 2 * 128 + 128, transpose},
+                kernel, 0);
+          }
         }
       }
+    }
+  }
+}
+
+TEST(QuantizedMatmul, OddShapesEveryKernel) {
+  for (KernelChoice kernel : runnable_kernels()) {
+    // N not a multiple of the 32-column panels, K spanning several 256-wide panels, m crossing
+    // the 6-row microkernel and the GEMV/GEMM switch.
+    for (size_t m : {1, 7, 8, 13}) {
+      check_case({4, 64, DType::BF16, DType::F16, DType::F32, m, 640, 45, true}, kernel, 2);
+      check_case({3, 128, DType::F16, DType::BF16, DType::BF16, m, 300, 128, false}, kernel, 2);
     }
   }
 }
@@ -103,22 +134,24 @@ TEST(QuantizedMatmul, OddShapes) {
 
 TEST(QuantizedMatmul, ResultsAreBitIdenticalWhateverTheThreadCount) {
   for (bool transpose : {true, false}) {
-    const size_t m = 6, k = 256, n = 384;
-    const size_t rows = transpose ? n : k, cols = transpose ? k : n;
-    TypedBuffer dense(DType::BF16, random_values(rows * cols, 5, cols));
-    OwnedQuantized w(dense, rows, cols, {4, 64});
-    TypedBuffer x(DType::F32, random_values(m * k, 6));
-    std::vector<uint8_t> first;
-    for (int threads : {1, 2, 3, 7}) {
-      TypedBuffer out(DType::F32, m * n);
-      ExecOptions options;
-      options.threads = threads;
-      quantized_matmul(x.cbuf(), DType::F32, m, w.matrix, transpose, DType::F32, out.mbuf(),
-                       options);
-      if (first.empty()) {
-        first = out.bytes;
-      } else {
-        ASSERT_EQ(out.bytes, first) << "threads " << threads << " transpose " << transpose;
+    for (size_t m : {1, 6, 20}) {  // GEMV and GEMM paths
+      const size_t k = 256, n = 384;
+      const size_t rows = transpose ? n : k, cols = transpose ? k : n;
+      TypedBuffer dense(DType::BF16, random_values(rows * cols, 5, cols));
+      OwnedQuantized w(dense, rows, cols, {4, 64});
+      TypedBuffer x(DType::F32, random_values(m * k, 6));
+      std::vector<uint8_t> first;
+      for (int threads : {1, 2, 3, 7}) {
+        TypedBuffer out(DType::F32, m * n);
+        ExecOptions options;
+        options.threads = threads;
+        quantized_matmul(x.cbuf(), DType::F32, m, w.matrix, transpose, DType::F32, out.mbuf(),
+                         options);
+        if (first.empty()) {
+          first = out.bytes;
+        } else {
+          ASSERT_EQ(out.bytes, first) << "threads " << threads << " transpose " << transpose;
+        }
       }
     }
   }

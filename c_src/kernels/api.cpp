@@ -3,10 +3,14 @@
 #include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "nx_quant/kernels.h"
 #include "nx_quant/reference.h"
 #include "parallel.h"
 #include "portable.h"
+#if defined(__x86_64__)
+#include "simd_kernels.h"
+#endif
 
 namespace nx_quant {
 
@@ -53,6 +57,35 @@ std::vector<float> to_f32(ConstBuffer x, DType dtype, size_t count) {
     for (size_t i = 0; i < count; ++i) out[i] = load_as_f32(x.data, dtype, i);
   }
   return out;
+}
+
+// Below this many rows of x, transpose=true runs the GEMV kernel.
+constexpr size_t kGemvMaxRows = 8;
+
+// The kernel a call runs: Auto becomes the best one this CPU supports; an explicit choice the
+// CPU (or this build) cannot run is an error rather than a silent fallback.
+KernelChoice resolve_kernel(KernelChoice choice) {
+  const auto& cpu = detail::cpu_features();
+#if defined(__x86_64__)
+  const bool have_avx512 = cpu.avx512;
+#else
+  const bool have_avx512 = false;
+  (void)cpu;
+#endif
+  switch (choice) {
+    case KernelChoice::Auto:
+      return have_avx512 ? KernelChoice::Avx512 : KernelChoice::Portable;
+    case KernelChoice::Avx512:
+      if (!have_avx512) {
+        throw InvalidArgument(
+            "kernel Avx512 needs AVX-512 F/BW/VL/DQ/VBMI, which this CPU does not have");
+      }
+      return choice;
+    case KernelChoice::Avx2:
+      throw InvalidArgument("kernel Avx2 is not implemented yet (use Auto or Portable)");
+    default:
+      return choice;
+  }
 }
 
 }  // namespace
@@ -139,13 +172,33 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
   validate_buffer(out.data, out.bytes, out_bytes, "out",
                   "out of shape [" + std::to_string(m) + ", " + std::to_string(n_dim) + "] in " +
                       dtype_name(out_dtype));
+  resolve_kernel(options.kernel);  // an unavailable explicit choice fails before any work
   if (m == 0 || n_dim == 0) return;
   if (options.kernel == KernelChoice::Reference) {
     reference::quantized_matmul(x.data, x_dtype, m, w, transpose, out_dtype, out.data);
     return;
   }
   const std::vector<float> xf = to_f32(x, x_dtype, m * k_dim);
-  // Split the output columns; for transpose=false keep splits on group boundaries.
+  const KernelChoice kernel = resolve_kernel(options.kernel);
+#if defined(__x86_64__)
+  if (kernel == KernelChoice::Avx512) {
+    // Decode-sized batches read each packed word once per 4 rows of x; larger ones dequantize
+    // panels of W once and reuse them across all rows (GEMM). transpose=false always streams
+    // W row by row through panels.
+    if (transpose && m < kGemvMaxRows) {
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        avx512::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);
+      });
+    } else {
+      detail::parallel_for(
+          n_dim, avx512::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
+            avx512::gemm(xf.data(), m, w, transpose, out_dtype, begin, end, out.data);
+          });
+    }
+    return;
+  }
+#endif
+  // Portable: split the output columns; for transpose=false keep splits on group boundaries.
   const size_t grain = transpose ? 1 : static_cast<size_t>(w.spec.group_size);
   detail::parallel_for(n_dim, grain, options.threads, [&](size_t begin, size_t end) {
     portable::matmul(xf.data(), m, w, transpose, out_dtype, begin, end, out.data);

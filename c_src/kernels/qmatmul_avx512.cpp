@@ -1,0 +1,307 @@
+// AVX-512 fused quantized matmul (F, BW, VL, DQ, VBMI).
+//
+// Unpacking: 16 consecutive values of any bit width span exactly 2*bits bytes. A masked load
+// reads those bytes (never past them), one byte permute (vpermb) gathers, for lane i, the four
+// bytes starting at byte (i*bits)/8, a variable shift by (i*bits)%8 and a mask leave q_i in
+// lane i. So 2-, 3-, 4-, 5-, 6- and 8-bit words all unpack with the same four instructions.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "simd_kernels.h"
+
+namespace nx_quant::avx512 {
+
+namespace {
+
+struct Unpacker {
+  __mmask64 load_mask;
+  __m512i index;
+  __m512i shift;
+  __m512i mask;
+  size_t chunk_bytes;  // bytes holding 16 values
+
+  explicit Unpacker(int bits) : chunk_bytes(2 * static_cast<size_t>(bits)) {
+    alignas(64) uint8_t idx[64];
+    alignas(64) uint32_t sh[16];
+    for (int i = 0; i < 16; ++i) {
+      const int bit = i * bits;
+      for (int j = 0; j < 4; ++j) idx[4 * i + j] = static_cast<uint8_t>((bit >> 3) + j);
+      sh[i] = static_cast<uint32_t>(bit & 7);
+    }
+    index = _mm512_load_si512(idx);
+    shift = _mm512_load_si512(sh);
+    mask = _mm512_set1_epi32((1 << bits) - 1);
+    load_mask = _cvtu64_mask64((uint64_t{1} << chunk_bytes) - 1);
+  }
+
+  __m512 operator()(const uint8_t* p) const {
+    __m512i v = _mm512_maskz_loadu_epi8(load_mask, p);
+    v = _mm512_permutexvar_epi8(index, v);
+    v = _mm512_and_si512(_mm512_srlv_epi32(v, shift), mask);
+    return _mm512_cvtepi32_ps(v);
+  }
+};
+
+struct Params {  // one group's scale and bias, loaded as f32
+  const void* scales;
+  const void* biases;
+  DType dtype;
+  float scale(size_t i) const { return load_as_f32(scales, dtype, i); }
+  float bias(size_t i) const { return load_as_f32(biases, dtype, i); }
+};
+
+template <typename T>
+struct AlignedBuffer {
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> data;
+  explicit AlignedBuffer(size_t count) {
+    const size_t bytes = ((count * sizeof(T) + 63) / 64) * 64;
+    data.reset(static_cast<T*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
+    if (!data) throw std::bad_alloc();
+  }
+  T* get() const { return data.get(); }
+};
+
+// ---- GEMV (transpose = true, small m) --------------------------------------------------------
+// Per output: for each group g, t = sum over the group of q * x (16 lanes), acc += t * scale_g
+// (16 lanes), bias_sum += bias_g * sum(x_g) (scalar); result = reduce(acc) + bias_sum. The order
+// is fixed, so a result never depends on how rows are split over threads.
+template <int MR>
+void gemv_rows(const float* x, size_t k_dim, const float* xsum, size_t groups, const uint8_t* row,
+               const Params& params, size_t param_base, int group_size, const Unpacker& unpack,
+               float* result) {
+  __m512 acc[MR];
+  float bias_sum[MR];
+  for (int r = 0; r < MR; ++r) {
+    acc[r] = _mm512_setzero_ps();
+    bias_sum[r] = 0.0f;
+  }
+  const size_t chunks_per_group = static_cast<size_t>(group_size) / 16;
+  for (size_t g = 0; g < groups; ++g) {
+    __m512 t[MR];
+    for (int r = 0; r < MR; ++r) t[r] = _mm512_setzero_ps();
+    const uint8_t* group_bytes = row + g * chunks_per_group * unpack.chunk_bytes;
+    const float* xg = x + g * static_cast<size_t>(group_size);
+    for (size_t c = 0; c < chunks_per_group; ++c) {
+      const __m512 q = unpack(group_bytes + c * unpack.chunk_bytes);
+      for (int r = 0; r < MR; ++r) {
+        t[r] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xg + r * k_dim + c * 16), t[r]);
+      }
+    }
+    const __m512 scale = _mm512_set1_ps(params.scale(param_base + g));
+    const float bias = params.bias(param_base + g);
+    for (int r = 0; r < MR; ++r) {
+      acc[r] = _mm512_fmadd_ps(t[r], scale, acc[r]);
+      bias_sum[r] += bias * xsum[r * groups + g];
+    }
+  }
+  for (int r = 0; r < MR; ++r) result[r] = _mm512_reduce_add_ps(acc[r]) + bias_sum[r];
+}
+
+// ---- GEMM ------------------------------------------------------------------------------------
+constexpr size_t kNR = kGemmBlock;  // output columns per panel (two zmm)
+constexpr size_t kKB = 256;         // K per panel: 256 x 32 f32 = 32 KB, L1/L2 resident
+constexpr int kMR = 6;              // rows of x per microkernel call: 12 accumulators
+
+// In-register 16 x 16 transpose: r[j] becomes column j.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int c = 0; c < 4; ++c) {
+      t[8 * h + c] = _mm512_shuffle_f32x4(r[8 * h + c], r[8 * h + 4 + c], 0x88);
+      t[8 * h + 4 + c] = _mm512_shuffle_f32x4(r[8 * h + c], r[8 * h + 4 + c], 0xdd);
+    }
+  }
+  for (int c = 0; c < 8; ++c) {
+    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
+  }
+}
+
+// panel[k][0..32) = W[k0 + k][n0 .. n0 + 32) (W logical [K, N]), as f32 scale * q + bias.
+// transpose = true: W is stored [N, K]; rows past N are zero.
+void dequantize_panel_nk(const QuantizedMatrix& w, const Unpacker& unpack, size_t n0, size_t k0,
+                         size_t kb, float* panel) {
+  const Params params{w.scales.data, w.biases.data, w.dtype};
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = w.cols / gs;
+  const size_t row_bytes = w.cols * static_cast<size_t>(w.spec.bits) / 8;
+  const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
+  for (size_t half = 0; half < 2; ++half) {
+    for (size_t kc = 0; kc < kb; kc += 16) {
+      __m512 r[16];
+      for (size_t j = 0; j < 16; ++j) {
+        const size_t n = n0 + half * 16 + j;
+        if (n >= w.rows) {
+          r[j] = _mm512_setzero_ps();
+          continue;
+        }
+        const size_t k = k0 + kc;
+        const size_t g = n * groups + k / gs;
+        const __m512 q = unpack(bytes + n * row_bytes + (k / 16) * unpack.chunk_bytes);
+        r[j] = _mm512_fmadd_ps(q, _mm512_set1_ps(params.scale(g)), _mm512_set1_ps(params.bias(g)));
+      }
+      transpose16(r);
+      for (size_t i = 0; i < 16; ++i) _mm512_store_ps(panel + (kc + i) * kNR + half * 16, r[i]);
+    }
+  }
+}
+
+// transpose = false: W is stored [K, N] packed along N; n0 is a multiple of 32 and N of the
+// group size (>= 32), so a panel's 32 columns are always present and inside one group.
+void dequantize_panel_kn(const QuantizedMatrix& w, const Unpacker& unpack, size_t n0, size_t k0,
+                         size_t kb, float* panel) {
+  const Params params{w.scales.data, w.biases.data, w.dtype};
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = w.cols / gs;
+  const size_t row_bytes = w.cols * static_cast<size_t>(w.spec.bits) / 8;
+  const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
+  for (size_t k = 0; k < kb; ++k) {
+    const size_t g = (k0 + k) * groups + n0 / gs;
+    const __m512 scale = _mm512_set1_ps(params.scale(g));
+    const __m512 bias = _mm512_set1_ps(params.bias(g));
+    const uint8_t* row = bytes + (k0 + k) * row_bytes + (n0 / 16) * unpack.chunk_bytes;
+    _mm512_store_ps(panel + k * kNR, _mm512_fmadd_ps(unpack(row), scale, bias));
+    _mm512_store_ps(panel + k * kNR + 16,
+                    _mm512_fmadd_ps(unpack(row + unpack.chunk_bytes), scale, bias));
+  }
+}
+
+// c[r][0..32) += sum_k x[r][k] * panel[k][0..32) for r < MR, k < kb (k in order).
+template <int MR>
+void microkernel(const float* x, size_t ldx, const float* panel, size_t kb, float* c) {
+  __m512 a0[MR], a1[MR];
+  for (int r = 0; r < MR; ++r) {
+    a0[r] = _mm512_loadu_ps(c + r * kNR);
+    a1[r] = _mm512_loadu_ps(c + r * kNR + 16);
+  }
+  for (size_t k = 0; k < kb; ++k) {
+    const __m512 b0 = _mm512_load_ps(panel + k * kNR);
+    const __m512 b1 = _mm512_load_ps(panel + k * kNR + 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 xr = _mm512_set1_ps(x[r * ldx + k]);
+      a0[r] = _mm512_fmadd_ps(xr, b0, a0[r]);
+      a1[r] = _mm512_fmadd_ps(xr, b1, a1[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm512_storeu_ps(c + r * kNR, a0[r]);
+    _mm512_storeu_ps(c + r * kNR + 16, a1[r]);
+  }
+}
+
+void microkernel_tail(int rows, const float* x, size_t ldx, const float* panel, size_t kb,
+                      float* c) {
+  switch (rows) {
+    case 1:
+      return microkernel<1>(x, ldx, panel, kb, c);
+    case 2:
+      return microkernel<2>(x, ldx, panel, kb, c);
+    case 3:
+      return microkernel<3>(x, ldx, panel, kb, c);
+    case 4:
+      return microkernel<4>(x, ldx, panel, kb, c);
+    case 5:
+      return microkernel<5>(x, ldx, panel, kb, c);
+    default:
+      return microkernel<6>(x, ldx, panel, kb, c);
+  }
+}
+
+void store_row(const float* values, size_t count, DType dtype, void* out, size_t offset) {
+  if (dtype == DType::F32) {
+    std::memcpy(static_cast<float*>(out) + offset, values, count * sizeof(float));
+  } else {
+    for (size_t j = 0; j < count; ++j) store_from_f32(out, dtype, offset + j, values[j]);
+  }
+}
+
+}  // namespace
+
+void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+             size_t n_end, void* out) {
+  const Unpacker unpack(w.spec.bits);
+  const Params params{w.scales.data, w.biases.data, w.dtype};
+  const size_t k_dim = w.cols, n_dim = w.rows;
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = k_dim / gs;
+  const size_t row_bytes = k_dim * static_cast<size_t>(w.spec.bits) / 8;
+  const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
+
+  std::vector<float> xsum(m * groups);
+  for (size_t i = 0; i < m * groups; ++i) {
+    __m512 s = _mm512_setzero_ps();
+    for (size_t c = 0; c < gs; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + i * gs + c));
+    xsum[i] = _mm512_reduce_add_ps(s);
+  }
+  float result[4];
+  for (size_t i0 = 0; i0 < m; i0 += 4) {
+    const int rows = static_cast<int>(std::min<size_t>(4, m - i0));
+    const float* xi = x + i0 * k_dim;
+    const float* si = xsum.data() + i0 * groups;
+    for (size_t n = n_begin; n < n_end; ++n) {
+      const uint8_t* row = bytes + n * row_bytes;
+      const int g = w.spec.group_size;
+      switch (rows) {
+        case 1:
+          gemv_rows<1>(xi, k_dim, si, groups, row, params, n * groups, g, unpack, result);
+          break;
+        case 2:
+          gemv_rows<2>(xi, k_dim, si, groups, row, params, n * groups, g, unpack, result);
+          break;
+        case 3:
+          gemv_rows<3>(xi, k_dim, si, groups, row, params, n * groups, g, unpack, result);
+          break;
+        default:
+          gemv_rows<4>(xi, k_dim, si, groups, row, params, n * groups, g, unpack, result);
+      }
+      for (int r = 0; r < rows; ++r)
+        store_from_f32(out, out_dtype, (i0 + r) * n_dim + n, result[r]);
+    }
+  }
+}
+
+void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
+          size_t n_begin, size_t n_end, void* out) {
+  const Unpacker unpack(w.spec.bits);
+  const size_t k_dim = transpose ? w.cols : w.rows;
+  const size_t n_dim = transpose ? w.rows : w.cols;
+  AlignedBuffer<float> panel(kKB * kNR);
+  AlignedBuffer<float> c(m * kNR);
+  for (size_t n0 = n_begin; n0 < n_end; n0 += kNR) {
+    const size_t nr = std::min(kNR, n_dim - n0);
+    std::fill(c.get(), c.get() + m * kNR, 0.0f);
+    for (size_t k0 = 0; k0 < k_dim; k0 += kKB) {
+      const size_t kb = std::min(kKB, k_dim - k0);
+      if (transpose) {
+        dequantize_panel_nk(w, unpack, n0, k0, kb, panel.get());
+      } else {
+        dequantize_panel_kn(w, unpack, n0, k0, kb, panel.get());
+      }
+      for (size_t i0 = 0; i0 < m; i0 += kMR) {
+        const int rows = static_cast<int>(std::min<size_t>(kMR, m - i0));
+        microkernel_tail(rows, x + i0 * k_dim + k0, k_dim, panel.get(), kb, c.get() + i0 * kNR);
+      }
+    }
+    for (size_t i = 0; i < m; ++i) store_row(c.get() + i * kNR, nr, out_dtype, out, i * n_dim + n0);
+  }
+}
+
+}  // namespace nx_quant::avx512

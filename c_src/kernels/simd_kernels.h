@@ -1,0 +1,24 @@
+// Entry points of the ISA-specific kernels (compiled only on x86-64; see CMakeLists.txt).
+// Arguments are validated by api.cpp; x is already f32, row-major [m, K].
+#pragma once
+
+#include <cstddef>
+
+#include "nx_quant/kernels.h"
+
+namespace nx_quant::avx512 {
+
+// Output columns are split in blocks of this many for the GEMM path.
+constexpr size_t kGemmBlock = 32;
+
+// transpose=true, for small m (decode): output columns [n_begin, n_end), any boundaries.
+void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+             size_t n_end, void* out);
+
+// Both layouts, any m (prefill): W is dequantized tile by tile into an L1/L2-resident f32
+// panel that a register-blocked microkernel reuses across all rows of x. n_begin must be a
+// multiple of kGemmBlock.
+void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
+          size_t n_begin, size_t n_end, void* out);
+
+}  // namespace nx_quant::avx512
