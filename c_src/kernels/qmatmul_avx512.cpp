@@ -72,37 +72,57 @@ struct AlignedBuffer {
 // ---- GEMV (transpose = true, small m) --------------------------------------------------------
 // Per output: for each group g, t = sum over the group of q * x (16 lanes), acc += t * scale_g
 // (16 lanes), bias_sum += bias_g * sum(x_g) (scalar); result = reduce(acc) + bias_sum. The order
-// is fixed, so a result never depends on how rows are split over threads.
-template <int MR>
-void gemv_rows(const float* x, size_t k_dim, const float* xsum, size_t groups, const uint8_t* row,
-               const Params& params, size_t param_base, int group_size, const Unpacker& unpack,
-               float* result) {
-  __m512 acc[MR];
-  float bias_sum[MR];
+// is fixed, so a result never depends on how rows are split over threads. MR rows of x and NW
+// rows of W are computed together: independent FMA chains hide latency, and each unpacked
+// chunk and each loaded x chunk is used MR resp. NW times.
+constexpr size_t kPrefetchBytes = 2048;
+
+template <int MR, int NW>
+void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, const uint8_t* rows,
+                size_t row_bytes, const Params& params, size_t param_base, size_t group_size,
+                const Unpacker& unpack, float* result /* [MR][NW] */) {
+  __m512 acc[MR][NW];
+  float bias_sum[MR][NW];
   for (int r = 0; r < MR; ++r) {
-    acc[r] = _mm512_setzero_ps();
-    bias_sum[r] = 0.0f;
+    for (int v = 0; v < NW; ++v) {
+      acc[r][v] = _mm512_setzero_ps();
+      bias_sum[r][v] = 0.0f;
+    }
   }
-  const size_t chunks_per_group = static_cast<size_t>(group_size) / 16;
+  const size_t chunks_per_group = group_size / 16;
+  const size_t group_bytes = chunks_per_group * unpack.chunk_bytes;
   for (size_t g = 0; g < groups; ++g) {
-    __m512 t[MR];
-    for (int r = 0; r < MR; ++r) t[r] = _mm512_setzero_ps();
-    const uint8_t* group_bytes = row + g * chunks_per_group * unpack.chunk_bytes;
-    const float* xg = x + g * static_cast<size_t>(group_size);
+    __m512 t[MR][NW];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NW; ++v) t[r][v] = _mm512_setzero_ps();
+    const uint8_t* group = rows + g * group_bytes;
+    const float* xg = x + g * group_size;
+    // W streams from DRAM once: fetch a few groups ahead on each of the NW row streams.
+    for (int v = 0; v < NW; ++v) {
+      _mm_prefetch(reinterpret_cast<const char*>(group + v * row_bytes + kPrefetchBytes),
+                   _MM_HINT_T0);
+    }
     for (size_t c = 0; c < chunks_per_group; ++c) {
-      const __m512 q = unpack(group_bytes + c * unpack.chunk_bytes);
+      __m512 q[NW];
+      for (int v = 0; v < NW; ++v) q[v] = unpack(group + v * row_bytes + c * unpack.chunk_bytes);
       for (int r = 0; r < MR; ++r) {
-        t[r] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xg + r * k_dim + c * 16), t[r]);
+        const __m512 xv = _mm512_loadu_ps(xg + r * k_dim + c * 16);
+        for (int v = 0; v < NW; ++v) t[r][v] = _mm512_fmadd_ps(q[v], xv, t[r][v]);
       }
     }
-    const __m512 scale = _mm512_set1_ps(params.scale(param_base + g));
-    const float bias = params.bias(param_base + g);
-    for (int r = 0; r < MR; ++r) {
-      acc[r] = _mm512_fmadd_ps(t[r], scale, acc[r]);
-      bias_sum[r] += bias * xsum[r * groups + g];
+    for (int v = 0; v < NW; ++v) {
+      const size_t p = param_base + v * groups + g;
+      const __m512 scale = _mm512_set1_ps(params.scale(p));
+      const float bias = params.bias(p);
+      for (int r = 0; r < MR; ++r) {
+        acc[r][v] = _mm512_fmadd_ps(t[r][v], scale, acc[r][v]);
+        bias_sum[r][v] += bias * xsum[r * groups + g];
+      }
     }
   }
-  for (int r = 0; r < MR; ++r) result[r] = _mm512_reduce_add_ps(acc[r]) + bias_sum[r];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NW; ++v)
+      result[r * NW + v] = _mm512_reduce_add_ps(acc[r][v]) + bias_sum[r][v];
 }
 
 // ---- GEMM ------------------------------------------------------------------------------------
@@ -251,29 +271,40 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
     for (size_t c = 0; c < gs; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + i * gs + c));
     xsum[i] = _mm512_reduce_add_ps(s);
   }
-  float result[4];
-  for (size_t i0 = 0; i0 < m; i0 += 4) {
-    const int rows = static_cast<int>(std::min<size_t>(4, m - i0));
+  float result[8];
+  for (size_t i0 = 0; i0 < m; i0 += 2) {
+    const bool pair = m - i0 >= 2;
     const float* xi = x + i0 * k_dim;
     const float* si = xsum.data() + i0 * groups;
-    for (size_t n = n_begin; n < n_end; ++n) {
-      const uint8_t* row = bytes + n * row_bytes;
-      const int g = w.spec.group_size;
-      switch (rows) {
-        case 1:
-          gemv_rows<1>(xi, k_dim, si, groups, row, params, n * groups, g, unpack, result);
-          break;
-        case 2:
-          gemv_rows<2>(xi, k_dim, si, groups, row, params, n * groups, g, unpack, result);
-          break;
-        case 3:
-          gemv_rows<3>(xi, k_dim, si, groups, row, params, n * groups, g, unpack, result);
-          break;
-        default:
-          gemv_rows<4>(xi, k_dim, si, groups, row, params, n * groups, g, unpack, result);
+    size_t n = n_begin;
+    auto store = [&](int mr, int nw) {
+      for (int r = 0; r < mr; ++r)
+        for (int v = 0; v < nw; ++v)
+          store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * nw + v]);
+    };
+    for (; n + 4 <= n_end; n += 4) {
+      const uint8_t* rows = bytes + n * row_bytes;
+      if (pair) {
+        gemv_block<2, 4>(xi, k_dim, si, groups, rows, row_bytes, params, n * groups, gs, unpack,
+                         result);
+        store(2, 4);
+      } else {
+        gemv_block<1, 4>(xi, k_dim, si, groups, rows, row_bytes, params, n * groups, gs, unpack,
+                         result);
+        store(1, 4);
       }
-      for (int r = 0; r < rows; ++r)
-        store_from_f32(out, out_dtype, (i0 + r) * n_dim + n, result[r]);
+    }
+    for (; n < n_end; ++n) {
+      const uint8_t* rows = bytes + n * row_bytes;
+      if (pair) {
+        gemv_block<2, 1>(xi, k_dim, si, groups, rows, row_bytes, params, n * groups, gs, unpack,
+                         result);
+        store(2, 1);
+      } else {
+        gemv_block<1, 1>(xi, k_dim, si, groups, rows, row_bytes, params, n * groups, gs, unpack,
+                         result);
+        store(1, 1);
+      }
     }
   }
 }

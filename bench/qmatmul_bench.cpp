@@ -1,0 +1,221 @@
+// Benchmarks of the fused quantized matmul against the machine's own limits, in one run:
+//   * BM_ReadBandwidth: streaming read of 512 MB (the memory-bandwidth ceiling of GEMV),
+//   * BM_Quantized: our kernel (Auto = AVX-512 here), per shape / batch M / bits / threads,
+//   * BM_EigenDense: dense f32 Eigen on the dequantized weight, same shape and threads,
+//   * BM_Reference: the scalar oracle (one small case: it is slow).
+// Decode-sized cases (M <= 8) rotate over copies of the weight totalling > 256 MB, so every
+// call reads W from DRAM, as a model's successive layers do. Run: see bench/RESULTS.md.
+#include <benchmark/benchmark.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <Eigen/Core>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "nx_quant/kernels.h"
+
+using namespace nx_quant;
+
+namespace {
+
+constexpr size_t kRotationBytes = size_t{300} << 20;  // > 256 MB: weights come from DRAM
+
+struct QuantizedSet {  // `copies` identical quantized matrices stored one after another
+  size_t rows, cols, copies;
+  QuantSpec spec;
+  std::vector<uint32_t> packed;
+  std::vector<uint16_t> scales, biases;  // bf16, as MLX-community checkpoints ship them
+  QuantizedMatrix matrix(size_t i) const {
+    const size_t words = rows * cols * spec.bits / 32, groups = rows * cols / spec.group_size;
+    QuantizedMatrix w;
+    w.packed = {packed.data() + i * words, words * 4};
+    w.scales = {scales.data() + i * groups, groups * 2};
+    w.biases = {biases.data() + i * groups, groups * 2};
+    w.dtype = DType::BF16;
+    w.rows = rows;
+    w.cols = cols;
+    w.spec = spec;
+    return w;
+  }
+  size_t bytes_per_matrix() const {
+    return rows * cols * spec.bits / 8 + 2 * (rows * cols / spec.group_size) * 2;
+  }
+};
+
+std::vector<uint16_t> random_bf16(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) x = f32_to_bf16_bits(normal(rng));
+  return v;
+}
+
+const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits, bool rotate) {
+  static std::vector<std::unique_ptr<QuantizedSet>> cache;
+  for (auto& s : cache) {
+    if (s->rows == rows && s->cols == cols && s->spec.bits == bits && (s->copies > 1) == rotate)
+      return *s;
+  }
+  auto set = std::make_unique<QuantizedSet>();
+  set->rows = rows;
+  set->cols = cols;
+  set->spec = {bits, 64};
+  const size_t words = rows * cols * bits / 32, groups = rows * cols / 64;
+  const size_t one = words * 4 + groups * 4;
+  set->copies = rotate ? (kRotationBytes + one - 1) / one : 1;
+  set->packed.resize(words * set->copies);
+  set->scales.resize(groups * set->copies);
+  set->biases.resize(groups * set->copies);
+  const auto dense = random_bf16(rows * cols, 1);
+  quantize({dense.data(), dense.size() * 2}, DType::BF16, rows, cols, set->spec,
+           {set->packed.data(), words * 4}, {set->scales.data(), groups * 2},
+           {set->biases.data(), groups * 2});
+  for (size_t c = 1; c < set->copies; ++c) {
+    std::memcpy(set->packed.data() + c * words, set->packed.data(), words * 4);
+    std::memcpy(set->scales.data() + c * groups, set->scales.data(), groups * 2);
+    std::memcpy(set->biases.data() + c * groups, set->biases.data(), groups * 2);
+  }
+  cache.push_back(std::move(set));
+  return *cache.back();
+}
+
+// Arguments: N, K, M, bits, threads. transpose = true (weight stored [N, K]).
+void run_quantized(benchmark::State& state, bool rotate) {
+  const size_t n = state.range(0), k = state.range(1), m = state.range(2);
+  const int bits = static_cast<int>(state.range(3));
+  const QuantizedSet& set = quantized_set(n, k, bits, rotate);
+  std::vector<float> x(m * k, 0.5f), out(m * n);
+  ExecOptions options;
+  options.threads = static_cast<int>(state.range(4));
+  size_t i = 0;
+  for (auto _ : state) {
+    quantized_matmul({x.data(), x.size() * 4}, DType::F32, m, set.matrix(i++ % set.copies), true,
+                     DType::F32, {out.data(), out.size() * 4}, options);
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double bytes = static_cast<double>(set.bytes_per_matrix() + x.size() * 4);
+  state.counters["GB/s"] =
+      benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * m * n * k, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_Quantized(benchmark::State& state) {
+  run_quantized(state, state.range(2) <= 8);
+}
+
+// The same weight every call (cache-resident when it fits): compute cost without DRAM, and the
+// figure the NIF bench (bench/nif_bench.exs) compares its per-call time with.
+void BM_QuantizedCached(benchmark::State& state) {
+  run_quantized(state, false);
+}
+
+// Dense f32 Eigen on a weight of the same shape (Eigen parallelises GEMM with OpenMP;
+// its GEMV is single-threaded whatever the setting). Rotates over > 256 MB for M <= 8.
+void BM_EigenDense(benchmark::State& state) {
+  const size_t n = state.range(0), k = state.range(1), m = state.range(2);
+  const int threads = static_cast<int>(state.range(4));
+  using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const size_t one = n * k * 4;
+  const size_t copies = m <= 8 ? (kRotationBytes + one - 1) / one : 1;
+  static std::vector<Matrix> weights;
+  static size_t cached_n = 0, cached_k = 0;
+  if (cached_n != n || cached_k != k || weights.size() != copies) {
+    weights.assign(copies, Matrix::Constant(n, k, 0.01f));
+    cached_n = n;
+    cached_k = k;
+  }
+  Matrix x = Matrix::Constant(m, k, 0.5f), out(m, n);
+  Eigen::setNbThreads(threads);
+  omp_set_num_threads(threads);
+  size_t i = 0;
+  for (auto _ : state) {
+    out.noalias() = x * weights[i++ % copies].transpose();
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(one + m * k * 4) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * m * n * k, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_Reference(benchmark::State& state) {
+  const size_t n = state.range(0), k = state.range(1), m = state.range(2);
+  const QuantizedSet& set = quantized_set(n, k, static_cast<int>(state.range(3)), false);
+  std::vector<float> x(m * k, 0.5f), out(m * n);
+  ExecOptions options;
+  options.kernel = KernelChoice::Reference;
+  for (auto _ : state) {
+    quantized_matmul({x.data(), x.size() * 4}, DType::F32, m, set.matrix(0), true, DType::F32,
+                     {out.data(), out.size() * 4}, options);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * m * n * k, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Streaming read of 512 MB with AVX-512 loads, split over `threads` threads.
+void BM_ReadBandwidth(benchmark::State& state) {
+  const size_t bytes = size_t{512} << 20;
+  static std::vector<float> buffer(bytes / 4, 1.0f);
+  const int threads = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    std::vector<std::thread> pool;
+    std::vector<float> sums(threads);
+    const size_t per = buffer.size() / threads;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        const float* p = buffer.data() + t * per;
+        __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(),
+               d = _mm512_setzero_ps();
+        for (size_t i = 0; i < per; i += 64) {
+          a = _mm512_add_ps(a, _mm512_load_ps(p + i));
+          b = _mm512_add_ps(b, _mm512_load_ps(p + i + 16));
+          c = _mm512_add_ps(c, _mm512_load_ps(p + i + 32));
+          d = _mm512_add_ps(d, _mm512_load_ps(p + i + 48));
+        }
+        sums[t] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+      });
+    }
+    for (auto& t : pool) t.join();
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void Shapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2}) {
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+      for (int m : {1, 8, 32, 128, 512}) b->Args({n, k, m, 4, threads});
+    }
+    for (int bits : {2, 3, 8}) {
+      for (int m : {1, 512}) b->Args({4096, 4096, m, bits, threads});
+    }
+  }
+}
+
+void DenseShapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2}) {
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+      for (int m : {1, 8, 32, 128, 512}) b->Args({n, k, m, 32, threads});
+    }
+  }
+}
+
+}  // namespace
+
+BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_QuantizedCached)
+    ->Args({4096, 4096, 1, 4, 1})
+    ->Args({4096, 4096, 1, 4, 2})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_EigenDense)->Apply(DenseShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Reference)->Args({512, 4096, 1, 4, 1})->Unit(benchmark::kMillisecond);
+BENCHMARK_MAIN();
