@@ -1,0 +1,210 @@
+defmodule NxQuant.DotPlan do
+  @moduledoc """
+  Decides how `Nx.dot/6` is computed when an operand is quantized. Nx-free: it works on
+  descriptions of the operands, so every decision is tested without Nx.
+
+  `Nx.dot(left, contract_left, batch_left, right, contract_right, batch_right)` returns the
+  batch axes, then `left`'s free axes, then `right`'s free axes. The fused kernel
+  (`NxQuant.Core.quantized_matmul/3`) computes `x . stored^T` (`transpose: true`) or
+  `x . stored` (`transpose: false`) with x's *last* axis contracted, and returns x's other axes
+  followed by the weight's free axis. A plan says how to get from one to the other:
+
+    * `:activation` - which operand is the dense one (`:left` or `:right`);
+    * `:activation_perm` - the axis order that moves the activation's contracted axis last
+      (`nil` when it already is);
+    * `:transpose` - the kernel's layout flag: contracting the weight's *stored* `cols` (K of an
+      MLX `{N, K}` weight) is `transpose: true`, its stored `rows` is `transpose: false`. A
+      transposed view (`Nx.transpose/1` of a quantized tensor) swaps which logical axis is which;
+    * `:out_perm` - the axis order that turns the kernel's output into Nx's (`nil` when it
+      already is: the quantized operand on the right). With the quantized operand on the left,
+      its free axis must come first;
+    * `:activation_type` - the type the activation is given to the kernel in (f32, f16 and bf16
+      as they are, anything else as f32);
+    * `:kernel_type` / `:out_type` - the kernel's output type and the type Nx expects (the
+      caller's `out` type, which Nx computes as `Nx.Type.merge/2` of the operands' types: for a
+      float activation, the activation's type). When they differ the result is cast.
+
+  Cases without a fused kernel return `{:dequantize, sides, reason}`: the quantized operand(s)
+  on `sides` are dequantized and the dense dot runs on the result — a correct answer that costs
+  memory, never a silently wrong one. They are: both operands quantized (the left one is
+  dequantized), batch axes, a contraction over zero or several axes, and a quantized operand
+  whose rank is not 2.
+  """
+
+  alias NxQuant.QuantizedTensor
+
+  @kernel_types [{:f, 32}, {:f, 16}, {:bf, 16}]
+
+  @type type :: {atom(), pos_integer()}
+  @type operand ::
+          {:dense, tuple(), type()}
+          | {:quantized,
+             %{
+               shape: tuple(),
+               transposed: boolean(),
+               dtype: type(),
+               bits: pos_integer(),
+               group_size: pos_integer()
+             }}
+  @type kernel_plan :: %{
+          activation: :left | :right,
+          activation_perm: [non_neg_integer()] | nil,
+          activation_type: type(),
+          transpose: boolean(),
+          out_perm: [non_neg_integer()] | nil,
+          out_shape: tuple(),
+          kernel_type: type(),
+          out_type: type()
+        }
+
+  @doc "Describes a quantized tensor for `plan/7`."
+  @spec describe(QuantizedTensor.t()) :: operand()
+  def describe(%QuantizedTensor{} = qt) do
+    {:quantized,
+     %{
+       shape: qt.shape,
+       transposed: qt.transposed,
+       dtype: qt.dtype,
+       bits: qt.config.bits,
+       group_size: qt.config.group_size
+     }}
+  end
+
+  @doc """
+  Plans `Nx.dot(left, contract_left, batch_left, right, contract_right, batch_right)` whose
+  result Nx expects in `out_type`. Axes are normalized (non-negative) axis lists, as Nx passes
+  them to a backend.
+
+  Returns `:dense` (no operand is quantized), `{:kernel, plan}`, `{:dequantize, sides, reason}`
+  or `{:error, message}`.
+  """
+  @spec plan(type(), operand(), [integer()], [integer()], operand(), [integer()], [integer()]) ::
+          :dense
+          | {:kernel, kernel_plan()}
+          | {:dequantize, [:left | :right], String.t()}
+          | {:error, String.t()}
+  def plan(out_type, left, contract_left, batch_left, right, contract_right, batch_right) do
+    with :ok <- check_axes(left, contract_left, batch_left, "left"),
+         :ok <- check_axes(right, contract_right, batch_right, "right"),
+         :ok <- check_sizes(left, contract_left, right, contract_right) do
+      case {left, right} do
+        {{:dense, _, _}, {:dense, _, _}} ->
+          :dense
+
+        {{:quantized, _}, {:quantized, _}} ->
+          {:dequantize, [:left],
+           "both operands are quantized and the fused kernel needs one dense operand"}
+
+        {{:quantized, q}, {:dense, _, _} = x} ->
+          kernel_or_dequantize(
+            :left,
+            q,
+            contract_left,
+            batch_left,
+            x,
+            contract_right,
+            batch_right,
+            out_type
+          )
+
+        {{:dense, _, _} = x, {:quantized, q}} ->
+          kernel_or_dequantize(
+            :right,
+            q,
+            contract_right,
+            batch_right,
+            x,
+            contract_left,
+            batch_left,
+            out_type
+          )
+      end
+    end
+  end
+
+  defp kernel_or_dequantize(q_side, q, q_contract, q_batch, x, x_contract, x_batch, out_type) do
+    {:dense, x_shape, x_type} = x
+
+    cond do
+      q_batch != [] or x_batch != [] ->
+        {:dequantize, [q_side],
+         "batch axes over a quantized operand have no fused kernel (batch_axes: #{inspect(q_batch)} / #{inspect(x_batch)})"}
+
+      tuple_size(q.shape) != 2 ->
+        {:dequantize, [q_side],
+         "the fused kernel needs a 2-D quantized operand, got shape #{inspect(q.shape)}"}
+
+      length(q_contract) != 1 ->
+        {:dequantize, [q_side],
+         "the fused kernel contracts exactly one axis, got contraction axes #{inspect(q_contract)}"}
+
+      true ->
+        [q_axis] = q_contract
+        [x_axis] = x_contract
+        {:kernel, kernel_plan(q_side, q, q_axis, x_shape, x_type, x_axis, out_type)}
+    end
+  end
+
+  defp kernel_plan(q_side, q, q_axis, x_shape, x_type, x_axis, out_type) do
+    # The weight's stored matrix is {rows, cols}; a transposed view shows it as {cols, rows}.
+    stored_axis = if q.transposed, do: 1 - q_axis, else: q_axis
+    q_free = elem(q.shape, 1 - q_axis)
+    rank = tuple_size(x_shape)
+    x_free = for axis <- 0..(rank - 1)//1, axis != x_axis, do: elem(x_shape, axis)
+
+    activation_perm =
+      if x_axis == rank - 1,
+        do: nil,
+        else: (Enum.to_list(0..(rank - 1)//1) -- [x_axis]) ++ [x_axis]
+
+    {out_perm, out_dims} =
+      case {q_side, length(x_free)} do
+        {:right, _} -> {nil, x_free ++ [q_free]}
+        {:left, 0} -> {nil, [q_free]}
+        {:left, n} -> {[n | Enum.to_list(0..(n - 1))], [q_free | x_free]}
+      end
+
+    %{
+      activation: if(q_side == :left, do: :right, else: :left),
+      activation_perm: activation_perm,
+      activation_type: if(x_type in @kernel_types, do: x_type, else: {:f, 32}),
+      transpose: stored_axis == 1,
+      out_perm: out_perm,
+      out_shape: List.to_tuple(out_dims),
+      kernel_type: if(out_type in @kernel_types, do: out_type, else: {:f, 32}),
+      out_type: out_type
+    }
+  end
+
+  defp check_axes(operand, contract, batch, side) do
+    rank = tuple_size(shape(operand))
+    axes = contract ++ batch
+
+    cond do
+      not Enum.all?(axes, &(is_integer(&1) and &1 >= 0 and &1 < rank)) ->
+        {:error,
+         "#{side} axes #{inspect(axes)} are not valid axes of shape #{inspect(shape(operand))}"}
+
+      length(Enum.uniq(axes)) != length(axes) ->
+        {:error, "#{side} axes #{inspect(axes)} repeat an axis"}
+
+      true ->
+        :ok
+    end
+  end
+
+  defp check_sizes(left, contract_left, right, contract_right) do
+    left_sizes = Enum.map(contract_left, &elem(shape(left), &1))
+    right_sizes = Enum.map(contract_right, &elem(shape(right), &1))
+
+    if left_sizes == right_sizes do
+      :ok
+    else
+      {:error,
+       "contracted axes differ in size: left #{inspect(contract_left)} of #{inspect(shape(left))} vs right #{inspect(contract_right)} of #{inspect(shape(right))}"}
+    end
+  end
+
+  defp shape({:dense, shape, _}), do: shape
+  defp shape({:quantized, %{shape: shape}}), do: shape
+end

@@ -1,0 +1,229 @@
+defmodule NxQuant.DotPlanTest do
+  # Every way Nx.dot/6 can meet a quantized operand, planned without Nx: first the exact plans,
+  # then the plans executed with NxQuant.Core on small data and compared numerically with a plain
+  # dense dot of the dequantized weight (which proves the axis bookkeeping).
+  use ExUnit.Case, async: true
+
+  alias NxQuant.{Core, Dense, DotPlan, TestFloat}
+  alias NxQuant.TestTensor, as: T
+
+  @f32 {:f, 32}
+
+  # An MLX-layout weight: logical {n, k} = stored {rows, cols}, quantized along k.
+  defp q(shape, opts \\ []) do
+    {:quantized,
+     %{
+       shape: shape,
+       transposed: Keyword.get(opts, :transposed, false),
+       dtype: Keyword.get(opts, :dtype, {:bf, 16}),
+       bits: 4,
+       group_size: 64
+     }}
+  end
+
+  defp d(shape, type \\ @f32), do: {:dense, shape, type}
+
+  describe "quantized right operand" do
+    test "x {M, K} . W {N, K} contracting K (MLX layout): transpose=true, nothing permuted" do
+      assert {:kernel, plan} = DotPlan.plan(@f32, d({3, 128}), [1], [], q({256, 128}), [1], [])
+
+      assert plan == %{
+               activation: :left,
+               activation_perm: nil,
+               activation_type: @f32,
+               transpose: true,
+               out_perm: nil,
+               out_shape: {3, 256},
+               kernel_type: @f32,
+               out_type: @f32
+             }
+    end
+
+    test "Nx.dot(x, w) contracts the weight's axis 0: transpose=false" do
+      assert {:kernel, %{transpose: false, out_shape: {3, 128}, out_perm: nil}} =
+               DotPlan.plan(@f32, d({3, 256}), [1], [], q({256, 128}), [0], [])
+    end
+
+    test "a transposed view {K, N} contracted on axis 0 is the stored K: transpose=true" do
+      # Nx.transpose of an MLX {out, in} = {256, 128} checkpoint: logical {128, 256}
+      view = q({128, 256}, transposed: true)
+
+      assert {:kernel, %{transpose: true, out_shape: {3, 256}}} =
+               DotPlan.plan(@f32, d({3, 128}), [1], [], view, [0], [])
+
+      assert {:kernel, %{transpose: false, out_shape: {3, 128}}} =
+               DotPlan.plan(@f32, d({3, 256}), [1], [], view, [1], [])
+    end
+
+    test "any activation rank, contracted axis anywhere: moved last" do
+      assert {:kernel, plan} = DotPlan.plan(@f32, d({2, 128, 5}), [1], [], q({64, 128}), [1], [])
+      assert plan.activation_perm == [0, 2, 1]
+      assert plan.out_shape == {2, 5, 64}
+      assert plan.out_perm == nil
+
+      assert {:kernel, %{activation_perm: nil, out_shape: {2, 3, 4, 64}}} =
+               DotPlan.plan(@f32, d({2, 3, 4, 128}), [3], [], q({64, 128}), [1], [])
+
+      assert {:kernel, %{activation_perm: nil, out_shape: {64}}} =
+               DotPlan.plan(@f32, d({128}), [0], [], q({64, 128}), [1], [])
+    end
+
+    test "f16/bf16 activations go to the kernel as they are; others as f32 and cast back" do
+      assert {:kernel, %{activation_type: {:bf, 16}, kernel_type: {:bf, 16}}} =
+               DotPlan.plan({:bf, 16}, d({1, 128}, {:bf, 16}), [1], [], q({64, 128}), [1], [])
+
+      assert {:kernel, %{activation_type: @f32, kernel_type: @f32, out_type: {:f, 64}}} =
+               DotPlan.plan({:f, 64}, d({1, 128}, {:f, 64}), [1], [], q({64, 128}), [1], [])
+
+      assert {:kernel, %{activation_type: @f32, kernel_type: @f32, out_type: {:s, 32}}} =
+               DotPlan.plan({:s, 32}, d({1, 128}, {:s, 32}), [1], [], q({64, 128}), [1], [])
+    end
+  end
+
+  describe "quantized left operand" do
+    test "W {N, K} . x {K, M}: x's K moved last, result's N axis moved first" do
+      assert {:kernel, plan} = DotPlan.plan(@f32, q({64, 128}), [1], [], d({128, 3}), [0], [])
+      assert plan.activation == :right
+      assert plan.activation_perm == [1, 0]
+      assert plan.transpose == true
+      assert plan.out_perm == [1, 0]
+      assert plan.out_shape == {64, 3}
+    end
+
+    test "rank-3 activation and a rank-1 activation" do
+      assert {:kernel, %{activation_perm: nil, out_perm: [2, 0, 1], out_shape: {64, 2, 3}}} =
+               DotPlan.plan(@f32, q({64, 128}), [1], [], d({2, 3, 128}), [2], [])
+
+      assert {:kernel, %{out_perm: nil, out_shape: {64}}} =
+               DotPlan.plan(@f32, q({64, 128}), [1], [], d({128}), [0], [])
+
+      assert {:kernel, %{transpose: false, out_shape: {128, 5}}} =
+               DotPlan.plan(@f32, q({64, 128}), [0], [], d({64, 5}), [0], [])
+    end
+  end
+
+  describe "cases with no fused kernel" do
+    test "both quantized: the left one is dequantized" do
+      assert {:dequantize, [:left], msg} =
+               DotPlan.plan(@f32, q({64, 128}), [1], [], q({32, 128}), [1], [])
+
+      assert msg =~ "both operands are quantized"
+    end
+
+    test "batch axes, several or no contracted axes, a quantized operand of rank != 2" do
+      assert {:dequantize, [:right], msg} =
+               DotPlan.plan(@f32, d({64, 3, 128}), [2], [0], q({64, 128}), [1], [0])
+
+      assert msg =~ "batch axes"
+
+      assert {:dequantize, [:right], msg} =
+               DotPlan.plan(@f32, d({64, 128}), [0, 1], [], q({64, 128}), [0, 1], [])
+
+      assert msg =~ "exactly one axis"
+
+      assert {:dequantize, [:left], _} = DotPlan.plan(@f32, q({64, 128}), [], [], d({3}), [], [])
+
+      assert {:dequantize, [:right], msg} =
+               DotPlan.plan(@f32, d({3, 128}), [1], [], q({2, 4, 128}), [2], [])
+
+      assert msg =~ "2-D"
+    end
+
+    test "neither operand quantized: :dense" do
+      assert :dense = DotPlan.plan(@f32, d({2, 3}), [1], [], d({3, 4}), [0], [])
+    end
+
+    test "invalid axes and mismatched sizes are errors" do
+      assert {:error, msg} = DotPlan.plan(@f32, d({2, 3}), [2], [], q({64, 128}), [1], [])
+      assert msg =~ "not valid axes"
+
+      assert {:error, msg} = DotPlan.plan(@f32, d({2, 100}), [1], [], q({64, 128}), [1], [])
+      assert msg =~ "differ in size"
+
+      assert {:error, msg} = DotPlan.plan(@f32, d({2, 128}), [1], [1], q({64, 128}), [1], [])
+      assert msg =~ "repeat"
+    end
+  end
+
+  describe "plans executed through NxQuant.Core agree with a dense dot" do
+    # A weight stored {16, 64} (quantized along 64) and every way Nx.dot can contract it.
+    setup do
+      :rand.seed(:exsss, {1, 2, 3})
+      w_values = for _ <- 1..(16 * 64), do: :rand.normal()
+
+      qt =
+        Core.quantize(Dense.new(TestFloat.encode(w_values, @f32), {16, 64}, @f32), group_size: 64)
+
+      w = TestFloat.decode(Core.dequantize(qt).data, @f32)
+      %{qt: qt, w: w}
+    end
+
+    defp run_plan(plan, x_values, x_shape, qt) do
+      {x_values, x_shape} =
+        if plan.activation_perm,
+          do: T.permute(x_values, x_shape, plan.activation_perm),
+          else: {x_values, x_shape}
+
+      x = Dense.new(TestFloat.encode(x_values, @f32), x_shape, @f32)
+      out = Core.quantized_matmul(x, qt, transpose: plan.transpose, out_type: plan.kernel_type)
+      values = TestFloat.decode(out.data, @f32)
+      if plan.out_perm, do: T.permute(values, out.shape, plan.out_perm), else: {values, out.shape}
+    end
+
+    defp assert_close({got, got_shape}, {want, want_shape}) do
+      assert got_shape == want_shape
+      for {g, e} <- Enum.zip(got, want), do: assert(abs(g - e) <= 1.0e-4 * (1 + abs(e)))
+    end
+
+    defp random(n), do: for(_ <- 1..n, do: :rand.uniform() - 0.5)
+
+    test "every operand side, contracted axis, view and activation rank", %{qt: qt, w: w} do
+      view = %{qt | shape: {64, 16}, transposed: true}
+      {wt, _} = T.permute(w, {16, 64}, [1, 0])
+
+      cases = [
+        # {left, contract_left, right, contract_right}; :w is the quantized operand
+        {{:x, {3, 64}}, 1, {:w, qt}, 1},
+        {{:x, {2, 16}}, 1, {:w, qt}, 0},
+        {{:x, {64, 2, 3}}, 0, {:w, qt}, 1},
+        {{:x, {2, 16, 3}}, 1, {:w, qt}, 0},
+        {{:x, {64}}, 0, {:w, qt}, 1},
+        {{:x, {3, 64}}, 1, {:w, view}, 0},
+        {{:x, {3, 16}}, 1, {:w, view}, 1},
+        {{:w, qt}, 1, {:x, {64, 3}}, 0},
+        {{:w, qt}, 0, {:x, {2, 16, 3}}, 1},
+        {{:w, view}, 0, {:x, {3, 64}}, 1},
+        {{:w, view}, 1, {:x, {16}}, 0}
+      ]
+
+      for {left, cl, right, cr} <- cases do
+        [{x_side, x_shape}] = for {:x, s} = side <- [left, right], do: {side, s}
+        x_values = random(Tuple.product(x_shape))
+
+        {qw, w_values, w_shape} =
+          case Enum.find([left, right], &match?({:w, _}, &1)) do
+            {:w, %{transposed: true} = t} -> {t, wt, {64, 16}}
+            {:w, t} -> {t, w, {16, 64}}
+          end
+
+        desc = DotPlan.describe(qw)
+
+        {l, r} =
+          if x_side == left,
+            do: {{:dense, x_shape, @f32}, desc},
+            else: {desc, {:dense, x_shape, @f32}}
+
+        assert {:kernel, plan} = DotPlan.plan(@f32, l, [cl], [], r, [cr], [])
+
+        expected =
+          if x_side == left,
+            do: T.dot(x_values, x_shape, cl, w_values, w_shape, cr),
+            else: T.dot(w_values, w_shape, cl, x_values, x_shape, cr)
+
+        result = run_plan(plan, x_values, x_shape, qw)
+        assert elem(result, 1) == plan.out_shape
+        assert_close(result, expected)
+      end
+    end
+  end
+end
