@@ -68,15 +68,33 @@ defmodule NxQuant.DotPlanTest do
                DotPlan.plan(@f32, d({128}), [0], [], q({64, 128}), [1], [])
     end
 
-    test "f16/bf16 activations go to the kernel as they are; others as f32 and cast back" do
+    test "f16/bf16 activations go to the kernel as they are; f64 as f32 and cast back" do
       assert {:kernel, %{activation_type: {:bf, 16}, kernel_type: {:bf, 16}}} =
                DotPlan.plan({:bf, 16}, d({1, 128}, {:bf, 16}), [1], [], q({64, 128}), [1], [])
 
       assert {:kernel, %{activation_type: @f32, kernel_type: @f32, out_type: {:f, 64}}} =
                DotPlan.plan({:f, 64}, d({1, 128}, {:f, 64}), [1], [], q({64, 128}), [1], [])
 
-      assert {:kernel, %{activation_type: @f32, kernel_type: @f32, out_type: {:s, 32}}} =
-               DotPlan.plan({:s, 32}, d({1, 128}, {:s, 32}), [1], [], q({64, 128}), [1], [])
+      # An f32 activation with an f64 result (Nx's merge of f32 and f64 elsewhere) likewise.
+      assert {:kernel, %{activation_type: @f32, kernel_type: @f32, out_type: {:f, 64}}} =
+               DotPlan.plan({:f, 64}, d({1, 128}), [1], [], q({64, 128}), [1], [])
+    end
+
+    test "an integer result type (integer activation) is an error, not a truncated product" do
+      for side <- [:left, :right], type <- [{:s, 32}, {:u, 8}] do
+        {l, cl, r, cr} =
+          if side == :right,
+            do: {d({1, 128}, type), [1], q({64, 128}), [1]},
+            else: {q({64, 128}), [1], d({128, 1}, type), [0]}
+
+        assert {:error, message} = DotPlan.plan(type, l, cl, [], r, cr, [])
+        assert message =~ "cast the dense operand to a float type"
+        assert message =~ inspect(type)
+      end
+
+      # Integer dense dots are not ours to judge.
+      assert :dense =
+               DotPlan.plan({:s, 32}, d({1, 2}, {:s, 32}), [1], [], d({2, 2}, {:s, 32}), [0], [])
     end
   end
 

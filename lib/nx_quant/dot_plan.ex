@@ -24,6 +24,11 @@ defmodule NxQuant.DotPlan do
       caller's `out` type, which Nx computes as `Nx.Type.merge/2` of the operands' types: for a
       float activation, the activation's type). When they differ the result is cast.
 
+  A result type Nx computes as an integer (an integer activation against the weight's nominal
+  `{:s, bits}` type) is an error: the product is real-valued. (Two quantized operands also get
+  an integer type from Nx; their dot dequantizes the left one and runs the fused kernel on the right one; the result
+  takes the dequantized operand's float type.)
+
   Cases without a fused kernel return `{:dequantize, sides, reason}`: the quantized operand(s)
   on `sides` are dequantized and the dense dot runs on the result — a correct answer that costs
   memory, never a silently wrong one. They are: both operands quantized (the left one is
@@ -85,6 +90,7 @@ defmodule NxQuant.DotPlan do
           | {:error, String.t()}
   def plan(out_type, left, contract_left, batch_left, right, contract_right, batch_right) do
     with :ok <- check_axes(left, contract_left, batch_left, "left"),
+         :ok <- check_out_type(out_type, left, right),
          :ok <- check_axes(right, contract_right, batch_right, "right"),
          :ok <- check_sizes(left, contract_left, right, contract_right) do
       case {left, right} do
@@ -192,6 +198,22 @@ defmodule NxQuant.DotPlan do
         :ok
     end
   end
+
+  # A quantized operand's nominal type is {:s, bits}, so Nx computes an integer result type
+  # when the other operand is an integer tensor too; casting the real-valued product to an
+  # integer would be a silently wrong answer.
+  defp check_out_type({kind, _} = out_type, left, right) when kind in [:s, :u] do
+    if match?({:quantized, _}, left) != match?({:quantized, _}, right) do
+      {:error,
+       "the result type would be #{inspect(out_type)} because the dense operand has an " <>
+         "integer type; the product with a quantized weight is real-valued, so cast the " <>
+         "dense operand to a float type first (Nx.as_type(x, :f32))"}
+    else
+      :ok
+    end
+  end
+
+  defp check_out_type(_out_type, _left, _right), do: :ok
 
   defp check_sizes(left, contract_left, right, contract_right) do
     left_sizes = Enum.map(contract_left, &elem(shape(left), &1))

@@ -1,0 +1,320 @@
+if Code.ensure_loaded?(Nx) do
+  defmodule NxQuant do
+    @moduledoc """
+    MLX-compatible affine group-wise quantization on `Nx.Tensor`s, with the API of
+    `EMLX.Quantization`: code written for EMLX runs here by renaming the module, on any CPU.
+
+        w = Nx.iota({512, 4096}, type: :f32)
+        qw = NxQuant.quantize(w, type: {:s, 4}, group_size: 64)
+        x = Nx.iota({1, 8, 4096}, type: :f32)
+        NxQuant.quantized_matmul(x, qw)   # {1, 8, 512}
+        Nx.dot(x, [2], qw, [1])           # the same fused kernel, through NxQuant.Backend
+
+    A quantized tensor is an ordinary `%Nx.Tensor{}`: its shape is the logical dense shape, its
+    type `{:s, bits}`, its data an `NxQuant.Backend` holding the packed words, scales and
+    biases in a native resource. `w = scale * q + bias` per group of `group_size` values along
+    the last axis, bit for bit as MLX computes it (see the README).
+
+    `quantize/2`, `dequantize/2` and `quantized_matmul/3` go through `Nx.runtime_call/4` (when
+    the Nx version has it), so they are safe inside `Nx.Defn.jit` with the default evaluator;
+    `Nx.dot/2,4,6` on a quantized operand needs nothing special at all.
+
+    ## Types
+
+      * `quantize/2`: f32, f16 and bf16 are quantized as they are, f64 as f32; scales and
+        biases take that type.
+      * `dequantize/2`: the scales' type (inside `defn`, where the traced tensor does not show
+        it, pass `:type`; the default there is f32).
+      * `quantized_matmul/3`: the scales' type, as in EMLX (`:out_type` overrides; inside `defn`
+        the default is the activation's type).
+      * `Nx.dot/2,4,6`: the type Nx computes (the activation's float type).
+    """
+
+    import Nx.Defn, only: [deftransform: 2]
+
+    alias NxQuant.{Backend, Config, Core, Dense, Validate}
+
+    @runtime_call? function_exported?(Nx, :runtime_call, 4)
+
+    ## quantize -------------------------------------------------------------------------
+
+    @doc """
+    Quantizes a dense float tensor (rank >= 1, quantized along its last axis) and returns the
+    quantized `%Nx.Tensor{}` of the same logical shape and type `{:s, bits}`.
+
+    Options: `:type` (`{:s, 2 | 3 | 4 | 5 | 6 | 8}`, default `{:s, 4}`), `:group_size`
+    (32, 64 or 128, default 64; must divide the last axis), `:threads`.
+    """
+    deftransform quantize(tensor, opts \\ []) do
+      tensor = Nx.to_tensor(tensor)
+      opts = Validate.keyword!(opts, [:type, :group_size, :threads], "NxQuant.quantize/2")
+      {bits, _group_size} = Validate.quant_spec!(opts, "NxQuant.quantize/2")
+
+      call(
+        template(tensor.shape, {:s, bits}, tensor.names),
+        tensor,
+        opts,
+        &__MODULE__.__quantize__/2
+      )
+    end
+
+    @doc """
+    `quantize/2` run eagerly, without `Nx.runtime_call/4` (EMLX's name for the from-scratch
+    path). Same options.
+    """
+    @spec from_dense(Nx.Tensor.t(), keyword()) :: Nx.Tensor.t()
+    def from_dense(tensor, opts \\ []) do
+      opts = Validate.keyword!(opts, [:type, :group_size, :threads], "NxQuant.from_dense/2")
+      __quantize__(Nx.to_tensor(tensor), opts)
+    end
+
+    @doc false
+    def __quantize__(tensor, opts) do
+      if Backend.quantized(tensor) do
+        raise ArgumentError, "NxQuant.quantize/2 expects a dense tensor, got a quantized one"
+      end
+
+      tensor =
+        case tensor.type do
+          {:f, 64} ->
+            Nx.as_type(tensor, :f32)
+
+          {kind, _} when kind in [:f, :bf] ->
+            tensor
+
+          other ->
+            raise ArgumentError,
+                  "NxQuant.quantize/2 expects a float tensor, got type #{inspect(other)}"
+        end
+
+      tensor
+      |> Backend.to_dense()
+      |> Core.quantize(opts)
+      |> Backend.quantized_nx(backend_of(tensor))
+      |> Nx.rename(tensor.names)
+    end
+
+    ## dequantize -----------------------------------------------------------------------
+
+    @doc """
+    The dense tensor a quantized tensor stands for (a transposed view gives the transposed
+    matrix), in the scales' type. Option `:type`: cast the result (the only way to name the
+    type inside `defn`).
+    """
+    deftransform dequantize(tensor, opts \\ []) do
+      opts = Validate.keyword!(opts, [:type], "NxQuant.dequantize/2")
+
+      type =
+        case {opts[:type], Backend.quantized(tensor)} do
+          {nil, nil} -> {:f, 32}
+          {nil, qt} -> qt.dtype
+          {type, _} -> Nx.Type.normalize!(type)
+        end
+
+      call(
+        template(tensor.shape, type, tensor.names),
+        tensor,
+        [type: type],
+        &__MODULE__.__dequantize__/2
+      )
+    end
+
+    @doc false
+    def __dequantize__(tensor, opts) do
+      qt = quantized!(tensor, "NxQuant.dequantize/2")
+
+      dense =
+        qt
+        |> Core.dequantize()
+        |> Backend.from_dense(tensor.data.backend)
+        |> Nx.rename(tensor.names)
+
+      if dense.type == opts[:type], do: dense, else: Nx.as_type(dense, opts[:type])
+    end
+
+    ## quantized_matmul -----------------------------------------------------------------
+
+    @doc """
+    `x . qwᵀ` with `qw` a quantized `{out_features, in_features}` weight (the MLX layout):
+    x's last axis is contracted with qw's last axis. Output shape
+    `{batch_dims..., out_features}`, type the scales' type (option `:out_type` overrides).
+    A transposed view of `qw` is contracted the same way, on its logical last axis.
+    """
+    deftransform quantized_matmul(x, qw, opts \\ []) do
+      fun = "NxQuant.quantized_matmul/3"
+      opts = Validate.keyword!(opts, [:out_type], fun)
+      x = Nx.to_tensor(x)
+
+      if tuple_size(qw.shape) != 2 do
+        raise ArgumentError,
+              "#{fun} expects a 2-D quantized weight, got shape #{inspect(qw.shape)}"
+      end
+
+      {out_features, in_features} = qw.shape
+      rank = tuple_size(x.shape)
+
+      if rank == 0 or elem(x.shape, rank - 1) != in_features do
+        raise ArgumentError,
+              "#{fun}: x's last axis must be the weight's in_features #{in_features}, got x " <>
+                "of shape #{inspect(x.shape)} against a weight of shape #{inspect(qw.shape)}"
+      end
+
+      out_type =
+        case {opts[:out_type], Backend.quantized(qw)} do
+          {nil, nil} -> x.type
+          {nil, qt} -> qt.dtype
+          {type, _} -> Nx.Type.normalize!(type)
+        end
+
+      unless Nx.Type.float?(out_type) do
+        raise ArgumentError, "#{fun} :out_type must be a float type, got #{inspect(out_type)}"
+      end
+
+      out_shape = put_elem(x.shape, rank - 1, out_features)
+      names = List.replace_at(x.names, rank - 1, nil)
+
+      call(
+        template(out_shape, out_type, names),
+        {x, qw},
+        [out_type: out_type],
+        &__MODULE__.__quantized_matmul__/2
+      )
+    end
+
+    @doc false
+    def __quantized_matmul__({x, qw}, opts) do
+      quantized!(qw, "NxQuant.quantized_matmul/3")
+      rank = tuple_size(x.shape)
+      {out_features, _} = qw.shape
+      out_shape = put_elem(x.shape, rank - 1, out_features)
+
+      out = %{
+        x
+        | shape: out_shape,
+          type: opts[:out_type],
+          names: List.replace_at(x.names, rank - 1, nil)
+      }
+
+      Backend.dot(out, x, [rank - 1], [], qw, [1], [])
+    end
+
+    ## quantized_tensor, parts, config, quantized? ----------------------------------------
+
+    @doc """
+    Builds a quantized tensor from checkpoint parts (e.g. MLX's `NAME.weight`, `NAME.scales`,
+    `NAME.biases`): `packed` a u32 tensor `{rows, cols * bits / 32}` (or a binary of those
+    words), `scales` and `biases` float tensors `{rows, cols / group_size}` of one type (or
+    binaries, with the `:dtype` option), `shape` the logical dense shape `{..., cols}`.
+    Every size is validated; the parts are copied once into the native resource.
+
+    Options: `:type` (`{:s, bits}`, default `{:s, 4}`), `:group_size` (default 64), `:dtype`.
+    """
+    @spec quantized_tensor(term(), term(), term(), tuple(), keyword()) :: Nx.Tensor.t()
+    def quantized_tensor(packed, scales, biases, shape, opts \\ []) do
+      fun = "NxQuant.quantized_tensor/5"
+      opts = Validate.keyword!(opts, [:type, :group_size, :dtype], fun)
+      dtype = opts[:dtype] && Nx.Type.normalize!(opts[:dtype])
+      backend = Enum.find_value([packed, scales, biases], {Nx.BinaryBackend, []}, &nx_backend/1)
+
+      Validate.shape!(shape, "#{fun} shape")
+
+      if tuple_size(shape) == 0 do
+        raise ArgumentError, "#{fun} shape must have rank >= 1, got {}"
+      end
+
+      Core.quantized_tensor(
+        part(packed, {:u, 32}, "packed", fun, shape),
+        part(scales, dtype, "scales", fun, shape),
+        part(biases, dtype, "biases", fun, shape),
+        shape,
+        Keyword.delete(opts, :dtype)
+      )
+      |> Backend.quantized_nx(backend)
+    end
+
+    defp part(%Nx.Tensor{} = t, _type, name, fun, _shape) do
+      if Backend.quantized(t), do: raise(ArgumentError, "#{fun} #{name} is a quantized tensor")
+      Backend.to_dense(t)
+    end
+
+    defp part(binary, {:u, 32}, "packed", _fun, _shape) when is_binary(binary), do: binary
+
+    # A binary part has no shape of its own: it gets the stored {rows, n} shape of the logical
+    # shape's rows (the core then checks n).
+    defp part(binary, type, name, fun, shape) when is_binary(binary) do
+      if type == nil do
+        raise ArgumentError,
+              "#{fun} #{name} given as a binary needs the :dtype option (e.g. dtype: :bf16)"
+      end
+
+      size = Validate.type_size(type)
+      count = div(byte_size(binary), size)
+      rows = shape |> Tuple.delete_at(tuple_size(shape) - 1) |> Validate.size()
+
+      if rem(byte_size(binary), size) != 0 or rows == 0 or rem(count, rows) != 0 do
+        raise ArgumentError,
+              "#{fun} #{name} has #{byte_size(binary)} bytes: not #{rows} rows of " <>
+                "#{inspect(type)} values for shape #{inspect(shape)}"
+      end
+
+      %Dense{data: binary, shape: {rows, div(count, rows)}, type: type}
+    end
+
+    defp part(other, _type, name, fun, _shape) do
+      raise ArgumentError,
+            "#{fun} #{name} must be an Nx tensor or a binary, got: #{Validate.describe(other)}"
+    end
+
+    @doc "The stored parts as Nx tensors: packed u32 `{rows, words}`, scales and biases `{rows, groups}`."
+    @spec parts(Nx.Tensor.t()) :: %{
+            packed: Nx.Tensor.t(),
+            scales: Nx.Tensor.t(),
+            biases: Nx.Tensor.t()
+          }
+    def parts(tensor) do
+      qt = quantized!(tensor, "NxQuant.parts/1")
+      backend = tensor.data.backend
+      Map.new(Core.parts(qt), fn {key, dense} -> {key, Backend.from_dense(dense, backend)} end)
+    end
+
+    @doc "The quantization config (`NxQuant.Config`), scales and biases as Nx tensors."
+    @spec config(Nx.Tensor.t()) :: Config.t()
+    def config(tensor) do
+      qt = quantized!(tensor, "NxQuant.config/1")
+      %{scales: scales, biases: biases} = parts(tensor)
+      %{qt.config | scales: scales, biases: biases}
+    end
+
+    @doc "True when `tensor` is a quantized `%Nx.Tensor{}` on `NxQuant.Backend`."
+    @spec quantized?(term()) :: boolean()
+    def quantized?(tensor), do: Backend.quantized(tensor) != nil
+
+    ## helpers --------------------------------------------------------------------------
+
+    defp quantized!(tensor, fun) do
+      Backend.quantized(tensor) ||
+        raise ArgumentError,
+              "#{fun} expects a quantized tensor (from NxQuant.quantize/2 or " <>
+                "NxQuant.quantized_tensor/5), got: #{Validate.describe(tensor)}"
+    end
+
+    defp template(shape, type, names),
+      do: %Nx.Tensor{data: %Nx.TemplateBackend{}, shape: shape, type: type, names: names}
+
+    defp backend_of(%Nx.Tensor{data: %Backend{backend: backend}}), do: backend
+
+    defp backend_of(%Nx.Tensor{data: %mod{}}) when mod != Nx.TemplateBackend,
+      do: {mod, mod.init([])}
+
+    defp backend_of(_), do: {Nx.BinaryBackend, []}
+
+    defp nx_backend(%Nx.Tensor{} = t), do: backend_of(t)
+    defp nx_backend(_), do: nil
+
+    if @runtime_call? do
+      defp call(template, args, opts, fun), do: Nx.runtime_call(template, args, opts, fun)
+    else
+      defp call(_template, args, opts, fun), do: fun.(args, opts)
+    end
+  end
+end

@@ -1,0 +1,437 @@
+if Code.ensure_loaded?(Nx) do
+  defmodule NxQuant.Backend do
+    @moduledoc """
+    An `Nx.Backend` shim: dense tensors wrap a tensor of an inner backend (default
+    `Nx.BinaryBackend`; `{NxQuant.Backend, backend: EXLA.Backend}` picks another) and every
+    callback delegates to it, except what touches a quantized tensor. So a plain
+    `Nx.dot(x, qw)` with `qw` quantized runs the fused kernel and everything else runs where it
+    ran before.
+
+    A quantized tensor is an `%Nx.Tensor{}` whose shape is the logical dense shape and whose
+    type is `{:s, bits}`; its data is this struct with `:quantized` set. What each callback
+    does with one is the table in `NxQuant.QuantizedOps` (kept there, Nx-free, so it is
+    tested without Nx): `dot/7` fused, `transpose/3` a free view, `gather/4` (`Nx.take/3`) of
+    rows dequantizes only those rows, `as_type/2` to a float dequantizes, transfers to other
+    backends dequantize, `to_binary/2` and everything else raise an `ArgumentError` that says
+    what to do.
+
+    `dot/7` follows `NxQuant.DotPlan`: the activation's contracted axis against the weight's K
+    axis (`transpose: true`) or N axis (`transpose: false`), any activation rank, the quantized
+    operand on either side, transposed views; batch axes, both operands quantized or several
+    contracted axes dequantize explicitly (logged at debug level). The result has the type Nx
+    computed for the dot (`Nx.Type.merge/2` of the operands: the activation's float type).
+    """
+
+    @behaviour Nx.Backend
+
+    alias NxQuant.{Core, Dense, DotPlan, QuantizedOps, QuantizedTensor}
+    require Logger
+
+    defstruct inner: nil, quantized: nil, backend: {Nx.BinaryBackend, []}
+
+    @type t :: %__MODULE__{
+            inner: struct() | nil,
+            quantized: QuantizedTensor.t() | nil,
+            backend: {module(), term()}
+          }
+
+    # Callbacks whose first argument is a tensor to read (not an output template).
+    @tensor_first [
+      :to_binary,
+      :inspect,
+      :backend_copy,
+      :backend_transfer,
+      :backend_deallocate,
+      :to_pointer
+    ]
+
+    # Written out below; every other callback is generated from the behaviour.
+    @own [
+      init: 1,
+      constant: 3,
+      eye: 2,
+      iota: 3,
+      from_binary: 3,
+      from_pointer: 5,
+      to_binary: 2,
+      to_pointer: 2,
+      inspect: 2,
+      backend_copy: 3,
+      backend_transfer: 3,
+      backend_deallocate: 1,
+      to_batched: 3,
+      block: 4,
+      optional: 3,
+      dot: 7,
+      transpose: 3,
+      gather: 4,
+      as_type: 2
+    ]
+
+    ## Options and wrapping --------------------------------------------------------------
+
+    @impl true
+    def init(opts) do
+      opts = Keyword.validate!(opts, backend: Nx.BinaryBackend)
+      [backend: inner_backend(opts)]
+    end
+
+    defp inner_backend(opts) do
+      case Keyword.get(opts, :backend, Nx.BinaryBackend) do
+        {mod, mod_opts} when is_atom(mod) and is_list(mod_opts) ->
+          {mod, mod.init(mod_opts)}
+
+        mod when is_atom(mod) and mod != __MODULE__ ->
+          {mod, mod.init([])}
+
+        other ->
+          raise ArgumentError,
+                "NxQuant.Backend :backend must be a backend module or {module, opts}, got: #{inspect(other)}"
+      end
+    end
+
+    @doc false
+    def wrap(%Nx.Tensor{data: %__MODULE__{}} = t, _backend), do: t
+
+    def wrap(%Nx.Tensor{data: data} = t, backend),
+      do: %{t | data: %__MODULE__{inner: data, backend: backend}}
+
+    def wrap(tuple, backend) when is_tuple(tuple),
+      do: tuple |> Tuple.to_list() |> Enum.map(&wrap(&1, backend)) |> List.to_tuple()
+
+    def wrap(list, backend) when is_list(list), do: Enum.map(list, &wrap(&1, backend))
+    def wrap(other, _backend), do: other
+
+    @doc "Builds the `%Nx.Tensor{}` for a core quantized tensor."
+    @spec quantized_nx(QuantizedTensor.t(), {module(), term()}) :: Nx.Tensor.t()
+    def quantized_nx(%QuantizedTensor{} = qt, backend \\ {Nx.BinaryBackend, []}) do
+      %Nx.Tensor{
+        data: %__MODULE__{quantized: qt, backend: backend},
+        shape: qt.shape,
+        type: qt.type,
+        names: List.duplicate(nil, tuple_size(qt.shape))
+      }
+    end
+
+    @doc "The core quantized tensor inside an Nx tensor, or nil."
+    @spec quantized(term()) :: QuantizedTensor.t() | nil
+    def quantized(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}}), do: qt
+    def quantized(_), do: nil
+
+    @doc "A dense Nx tensor as an `NxQuant.Dense` (its bytes, read once)."
+    @spec to_dense(Nx.Tensor.t()) :: Dense.t()
+    def to_dense(%Nx.Tensor{shape: shape, type: type} = t),
+      do: %Dense{data: Nx.to_binary(t), shape: shape, type: type}
+
+    @doc "An `NxQuant.Dense` as an Nx tensor on this backend over `backend`."
+    @spec from_dense(Dense.t(), {module(), term()}) :: Nx.Tensor.t()
+    def from_dense(%Dense{data: data, shape: shape, type: type}, {mod, mod_opts} = backend) do
+      out = %Nx.Tensor{
+        data: nil,
+        shape: shape,
+        type: type,
+        names: List.duplicate(nil, tuple_size(shape))
+      }
+
+      wrap(mod.from_binary(out, data, mod_opts), backend)
+    end
+
+    # The inner tensors of the arguments; a quantized tensor where the callback has no meaning
+    # for one raises.
+    defp unwrap_out(%Nx.Tensor{data: %__MODULE__{inner: inner}} = t), do: %{t | data: inner}
+
+    defp unwrap_out(tuple) when is_tuple(tuple),
+      do: tuple |> Tuple.to_list() |> Enum.map(&unwrap_out/1) |> List.to_tuple()
+
+    defp unwrap_out(other), do: other
+
+    defp unwrap(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}}, name, arity),
+      do: raise(ArgumentError, QuantizedOps.unsupported_message(name, arity, qt))
+
+    defp unwrap(%Nx.Tensor{data: %__MODULE__{inner: inner}} = t, _, _), do: %{t | data: inner}
+
+    defp unwrap(tuple, name, arity) when is_tuple(tuple),
+      do: tuple |> Tuple.to_list() |> Enum.map(&unwrap(&1, name, arity)) |> List.to_tuple()
+
+    defp unwrap(list, name, arity) when is_list(list),
+      do: Enum.map(list, &unwrap(&1, name, arity))
+
+    defp unwrap(other, _, _), do: other
+
+    # The inner backend to run on: that of the first of our tensors among the arguments, else
+    # the default.
+    defp backend_of(args) do
+      Enum.find_value(List.flatten(Enum.map(args, &tensors/1)), {Nx.BinaryBackend, []}, fn
+        %Nx.Tensor{data: %__MODULE__{backend: backend}} -> backend
+        _ -> nil
+      end)
+    end
+
+    defp tensors(%Nx.Tensor{} = t), do: [t]
+    defp tensors(tuple) when is_tuple(tuple), do: Enum.flat_map(Tuple.to_list(tuple), &tensors/1)
+    defp tensors(list) when is_list(list), do: Enum.flat_map(list, &tensors/1)
+    defp tensors(_), do: []
+
+    defp delegate(name, [out | args]) do
+      arity = length(args) + 1
+      {mod, _} = backend = backend_of(args)
+      wrap(apply(mod, name, [unwrap_out(out) | unwrap(args, name, arity)]), backend)
+    end
+
+    ## Generated delegation ---------------------------------------------------------------
+
+    for {name, arity} <- Nx.Backend.behaviour_info(:callbacks),
+        {name, arity} not in @own,
+        name not in @tensor_first do
+      args = Macro.generate_arguments(arity, __MODULE__)
+      @impl true
+      def unquote(name)(unquote_splicing(args)), do: delegate(unquote(name), unquote(args))
+    end
+
+    ## Creation ---------------------------------------------------------------------------
+
+    defp creation(name, out, args, opts) do
+      {mod, mod_opts} = backend = inner_backend(opts)
+      wrap(apply(mod, name, [unwrap_out(out) | args] ++ [mod_opts]), backend)
+    end
+
+    @impl true
+    def constant(out, number, opts), do: creation(:constant, out, [number], opts)
+    @impl true
+    def eye(out, opts), do: creation(:eye, out, [], opts)
+    @impl true
+    def iota(out, axis, opts), do: creation(:iota, out, [axis], opts)
+    @impl true
+    def from_binary(out, binary, opts), do: creation(:from_binary, out, [binary], opts)
+
+    @impl true
+    def from_pointer(pointer, type, shape, opts, backend_opts) do
+      {mod, mod_opts} = backend = inner_backend(opts)
+      wrap(mod.from_pointer(pointer, type, shape, backend_opts, mod_opts), backend)
+    end
+
+    ## Reading ----------------------------------------------------------------------------
+
+    @impl true
+    def to_binary(tensor, limit) do
+      {mod, _} = tensor.data.backend
+      mod.to_binary(unwrap(tensor, :to_binary, 2), limit)
+    end
+
+    @impl true
+    def to_pointer(tensor, opts) do
+      {mod, _} = tensor.data.backend
+      mod.to_pointer(unwrap(tensor, :to_pointer, 2), opts)
+    end
+
+    @impl true
+    def inspect(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}}, _opts),
+      do: Inspect.Algebra.string(QuantizedOps.describe(qt))
+
+    def inspect(%Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = tensor, opts),
+      do: mod.inspect(unwrap(tensor, :inspect, 2), opts)
+
+    @impl true
+    def to_batched(out, tensor, opts) do
+      {mod, _} = backend = backend_of([tensor])
+
+      mod.to_batched(unwrap_out(out), unwrap(tensor, :to_batched, 3), opts)
+      |> Stream.map(&wrap(&1, backend))
+    end
+
+    ## Transfers --------------------------------------------------------------------------
+
+    @impl true
+    def backend_copy(tensor, target, opts), do: transfer(:backend_copy, tensor, target, opts)
+    @impl true
+    def backend_transfer(tensor, target, opts),
+      do: transfer(:backend_transfer, tensor, target, opts)
+
+    defp transfer(
+           _fun,
+           %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{}}} = t,
+           __MODULE__,
+           _opts
+         ),
+         do: t
+
+    defp transfer(
+           _fun,
+           %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}} = t,
+           target,
+           opts
+         ) do
+      dense = Core.dequantize(qt)
+
+      %Nx.Tensor{shape: dense.shape, type: dense.type, names: t.names, data: nil}
+      |> target.from_binary(dense.data, opts)
+    end
+
+    defp transfer(fun, %Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = t, __MODULE__, opts) do
+      # Onto this backend again, possibly over another inner backend.
+      {inner_mod, inner_opts} = backend = inner_backend(opts)
+      wrap(apply(mod, fun, [unwrap(t, fun, 3), inner_mod, inner_opts]), backend)
+    end
+
+    defp transfer(fun, %Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = t, target, opts),
+      do: apply(mod, fun, [unwrap(t, fun, 3), target, opts])
+
+    @impl true
+    def backend_deallocate(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{}}}), do: :ok
+
+    def backend_deallocate(%Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = t),
+      do: mod.backend_deallocate(unwrap(t, :backend_deallocate, 1))
+
+    ## Blocks -----------------------------------------------------------------------------
+
+    @impl true
+    def block(struct, out, args, fun) do
+      if Enum.any?(tensors(args), &quantized/1) do
+        # Nx's own composition: it reaches our dot/gather/transpose on the quantized tensor.
+        apply(fun, [struct | args])
+      else
+        {mod, _} = backend = backend_of(args)
+        wrap(mod.block(struct, unwrap_out(out), unwrap(args, :block, 4), fun), backend)
+      end
+    end
+
+    # Older Nx versions (before block/4) call optional/3 the same way.
+    @doc false
+    def optional(name, args, fun) do
+      if Enum.any?(tensors(args), &quantized/1) do
+        apply(fun, args)
+      else
+        {mod, _} = backend = backend_of(args)
+        wrap(apply(mod, :optional, [name, unwrap(args, :optional, 3), fun]), backend)
+      end
+    end
+
+    ## What a quantized tensor takes part in -------------------------------------------------
+
+    @impl true
+    def dot(out, left, contract_left, batch_left, right, contract_right, batch_right) do
+      operands = [left, right]
+
+      case DotPlan.plan(
+             out.type,
+             operand(left),
+             contract_left,
+             batch_left,
+             operand(right),
+             contract_right,
+             batch_right
+           ) do
+        :dense ->
+          delegate(:dot, [
+            out,
+            left,
+            contract_left,
+            batch_left,
+            right,
+            contract_right,
+            batch_right
+          ])
+
+        {:kernel, plan} ->
+          fused_dot(out, left, right, plan, backend_of(operands))
+
+        {:dequantize, sides, reason} ->
+          Logger.debug("NxQuant.Backend.dot/7 dequantizes #{inspect(sides)}: #{reason}")
+          left = if :left in sides, do: dequantize_nx(left), else: left
+          right = if :right in sides, do: dequantize_nx(right), else: right
+
+          result = Nx.dot(left, contract_left, batch_left, right, contract_right, batch_right)
+          # Two quantized operands get an integer type from Nx; the product keeps its float type.
+          result = if Nx.Type.float?(out.type), do: Nx.as_type(result, out.type), else: result
+          Nx.rename(result, out.names)
+
+        {:error, message} ->
+          raise ArgumentError, "Nx.dot with a quantized operand: #{message}"
+      end
+    end
+
+    defp operand(t) do
+      case quantized(t) do
+        nil -> {:dense, t.shape, t.type}
+        qt -> DotPlan.describe(qt)
+      end
+    end
+
+    defp fused_dot(out, left, right, plan, backend) do
+      {x, q} = if plan.activation == :left, do: {left, right}, else: {right, left}
+
+      x = if plan.activation_perm, do: Nx.transpose(x, axes: plan.activation_perm), else: x
+      x = if x.type == plan.activation_type, do: x, else: Nx.as_type(x, plan.activation_type)
+
+      result =
+        x
+        |> to_dense()
+        |> Core.quantized_matmul(quantized(q),
+          transpose: plan.transpose,
+          out_type: plan.kernel_type
+        )
+        |> from_dense(backend)
+
+      result = if plan.out_perm, do: Nx.transpose(result, axes: plan.out_perm), else: result
+      result = if result.type == out.type, do: result, else: Nx.as_type(result, out.type)
+      Nx.rename(result, out.names)
+    end
+
+    defp dequantize_nx(t) do
+      case quantized(t) do
+        nil -> t
+        qt -> qt |> Core.dequantize() |> from_dense(t.data.backend) |> Nx.rename(t.names)
+      end
+    end
+
+    @impl true
+    def transpose(
+          out,
+          %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}} = t,
+          axes
+        ) do
+      case QuantizedOps.transpose(qt, axes) do
+        {:ok, view} -> %{out | data: %{t.data | quantized: view}, type: t.type}
+        {:error, message} -> raise ArgumentError, message
+      end
+    end
+
+    def transpose(out, tensor, axes), do: delegate(:transpose, [out, tensor, axes])
+
+    @impl true
+    def gather(
+          out,
+          %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}} = t,
+          indices,
+          opts
+        ) do
+      ids = Nx.to_flat_list(indices)
+
+      case QuantizedOps.gather_rows(qt, indices.shape, opts[:axes], ids) do
+        {:ok, rows} ->
+          qt
+          |> QuantizedOps.take_rows(rows)
+          |> from_dense(t.data.backend)
+          |> Nx.reshape(out.shape, names: out.names)
+
+        {:error, message} ->
+          raise ArgumentError, message
+      end
+    end
+
+    def gather(out, tensor, indices, opts), do: delegate(:gather, [out, tensor, indices, opts])
+
+    @impl true
+    def as_type(out, %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}} = t) do
+      unless Nx.Type.float?(out.type) do
+        raise ArgumentError,
+              "Nx.as_type of a quantized tensor (#{QuantizedOps.describe(qt)}) to " <>
+                "#{inspect(out.type)}: only float types (dequantize, then cast) are supported"
+      end
+
+      t |> dequantize_nx() |> Nx.as_type(out.type)
+    end
+
+    def as_type(out, tensor), do: delegate(:as_type, [out, tensor])
+  end
+end
