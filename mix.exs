@@ -21,8 +21,14 @@ defmodule Mix.Tasks.Compile.NxQuantNative do
     File.mkdir_p!(priv_dir)
 
     unless File.exists?(Path.join(build_dir, "CMakeCache.txt")) do
-      cmake!(["-S", root, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release",
-              "-DNX_QUANT_PRIV_DIR=#{priv_dir}"])
+      cmake!([
+        "-S",
+        root,
+        "-B",
+        build_dir,
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DNX_QUANT_PRIV_DIR=#{priv_dir}"
+      ])
     end
 
     cmake!(["--build", build_dir, "--target", "nx_quant_nif", "-j", jobs])
@@ -35,8 +41,11 @@ defmodule Mix.Tasks.Compile.NxQuantNative do
         Mix.raise("cmake not found: install cmake (Debian: apt-get install cmake)")
 
       cmake ->
-        {_, status} = System.cmd(cmake, args, into: IO.stream(:stdio, :line), stderr_to_stdout: true)
-        if status != 0, do: Mix.raise("cmake #{Enum.join(args, " ")} failed with status #{status}")
+        {_, status} =
+          System.cmd(cmake, args, into: IO.stream(:stdio, :line), stderr_to_stdout: true)
+
+        if status != 0,
+          do: Mix.raise("cmake #{Enum.join(args, " ")} failed with status #{status}")
     end
   end
 end
@@ -55,7 +64,8 @@ defmodule NxQuant.MixProject do
       start_permanent: Mix.env() == :prod,
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: deps(),
-      description: "MLX-compatible affine group-wise quantization and fused quantized matmul for Nx on any CPU"
+      description:
+        "MLX-compatible affine group-wise quantization and fused quantized matmul for Nx on any CPU"
     ]
   end
 
