@@ -8,13 +8,20 @@
 
 #include <erl_nif.h>
 
-#define NX_QUANT_NIF_FUNCTIONS(X)                   \
-  X("quantize", 7, quantize_nif, 0)                 \
-  X("dequantize", 2, dequantize_nif, 0)             \
-  X("quantized_matmul", 7, quantized_matmul_nif, 0) \
-  X("quantized_tensor", 8, quantized_tensor_nif, 0) \
-  X("parts", 1, parts_nif, 0)                       \
-  X("info", 1, info_nif, 0)
+#define NX_QUANT_NIF_FUNCTIONS(X)                                            \
+  X("quantize", 7, quantize_nif, 0)                                          \
+  X("dequantize", 2, dequantize_nif, 0)                                      \
+  X("quantized_matmul", 7, quantized_matmul_nif, 0)                          \
+  X("quantized_tensor", 8, quantized_tensor_nif, 0)                          \
+  X("parts", 1, parts_nif, 0)                                                \
+  X("info", 1, info_nif, 0)                                                  \
+  X("safetensors_open", 1, safetensors_open_nif, ERL_NIF_DIRTY_JOB_IO_BOUND) \
+  X("safetensors_tensor", 2, safetensors_tensor_nif, 0)                      \
+  X("safetensors_quantized", 8, safetensors_quantized_nif, 0)                \
+  X("safetensors_plan", 2, safetensors_plan_nif, 0)                          \
+  X("json_decode", 1, json_decode_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND)          \
+  X("json_encode", 2, json_encode_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND)          \
+  X("live_mappings", 0, live_mappings_nif, 0)
 
 namespace nx_quant::nif {
 
@@ -22,5 +29,8 @@ namespace nx_quant::nif {
   ERL_NIF_TERM fn(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]);
 NX_QUANT_NIF_FUNCTIONS(NX_QUANT_DECLARE_NIF)
 #undef NX_QUANT_DECLARE_NIF
+
+// The safetensors file resource type (safetensors_nif.cpp). Call from load/upgrade.
+bool open_safetensors_resource_type(ErlNifEnv* env);
 
 }  // namespace nx_quant::nif

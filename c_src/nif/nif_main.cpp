@@ -11,12 +11,18 @@ ErlNifFunc nif_functions[] = {NX_QUANT_NIF_FUNCTIONS(NX_QUANT_NIF_ENTRY)};
 #undef NX_QUANT_NIF_ENTRY
 
 int load(ErlNifEnv* env, void** /*priv_data*/, ERL_NIF_TERM /*load_info*/) {
-  return nx_quant::nif::open_qtensor_resource_type(env) ? 0 : 1;
+  return nx_quant::nif::open_qtensor_resource_type(env) &&
+                 nx_quant::nif::open_safetensors_resource_type(env)
+             ? 0
+             : 1;
 }
 
 int upgrade(ErlNifEnv* env, void** /*priv_data*/, void** /*old_priv_data*/,
             ERL_NIF_TERM /*load_info*/) {
-  return nx_quant::nif::open_qtensor_resource_type(env) ? 0 : 1;
+  return nx_quant::nif::open_qtensor_resource_type(env) &&
+                 nx_quant::nif::open_safetensors_resource_type(env)
+             ? 0
+             : 1;
 }
 
 }  // namespace

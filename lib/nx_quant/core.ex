@@ -172,6 +172,14 @@ defmodule NxQuant.Core do
   def quantized?(%QuantizedTensor{ref: ref}) when is_reference(ref), do: true
   def quantized?(_), do: false
 
+  @doc false
+  # A resource made by another NIF (e.g. over a mapped checkpoint) as a quantized tensor of the
+  # logical `shape`.
+  def wrap_ref(ref, shape, dtype, bits, group_size) do
+    cols = elem(shape, tuple_size(shape) - 1)
+    wrap(ref, shape, dtype, bits, group_size, div(Validate.size(shape), cols), cols)
+  end
+
   # ---- helpers ---------------------------------------------------------------------------
 
   defp wrap(ref, shape, dtype, bits, group_size, rows, cols) do

@@ -49,4 +49,21 @@ defmodule NxQuant.NIF do
 
   @doc false
   def info(_ref), do: not_loaded!()
+
+  @doc false
+  def safetensors_open(_path), do: not_loaded!()
+  @doc false
+  def safetensors_tensor(_file, _name), do: not_loaded!()
+  @doc false
+  def safetensors_quantized(_file, _weight, _scales, _biases, _rows, _cols, _bits, _group_size),
+    do: not_loaded!()
+
+  @doc false
+  def safetensors_plan(_entries, _metadata), do: not_loaded!()
+  @doc false
+  def json_decode(_binary), do: not_loaded!()
+  @doc false
+  def json_encode(_term, _pretty), do: not_loaded!()
+  @doc false
+  def live_mappings, do: not_loaded!()
 end

@@ -1,0 +1,262 @@
+defmodule NxQuant.Checkpoint do
+  @moduledoc """
+  MLX-community checkpoints (Nx-free): a directory with `config.json` and either
+  `model.safetensors` or shards listed in `model.safetensors.index.json`. Every quantized
+  layer is a triplet `NAME.weight` (U32, packed), `NAME.scales`, `NAME.biases`; its bits and
+  group size come from config.json's `"quantization"` (or `"quantization_config"`):
+  `{"group_size": 64, "bits": 4, "model.layers.0.mlp.gate_proj": {"bits": 8, "group_size": 64}}`,
+  a per-layer `false` meaning the layer is dense.
+
+  `open/2` maps every shard (cheap, whatever the size) and `fetch!/2` builds one tensor
+  (lazy loading); `load/2` fetches all of them. Keys are tensor names as a model uses them: a
+  quantized layer is one entry, `"NAME.weight"`, whose value is an `NxQuant.QuantizedTensor`;
+  every other tensor is an `NxQuant.Dense` over the mapping.
+
+  `save/3` writes the same layout (and config.json's quantization block) so that MLX and
+  mlx-lm load it.
+  """
+
+  alias NxQuant.{Dense, NIF, QuantizedTensor, Safetensors}
+
+  @enforce_keys [:dir, :config, :files, :shard_of, :layers]
+  defstruct [:dir, :config, :files, :shard_of, :layers]
+
+  @type t :: %__MODULE__{
+          dir: String.t(),
+          config: map(),
+          files: %{String.t() => Safetensors.t()},
+          shard_of: %{String.t() => String.t()},
+          layers: %{String.t() => {:quantized, String.t()} | {:dense, String.t()}}
+        }
+
+  @index "model.safetensors.index.json"
+
+  @doc """
+  Opens a checkpoint directory (or a single .safetensors file). Options: `:bits` and
+  `:group_size` for quantized layers when config.json has no quantization block.
+  """
+  @spec open(Path.t(), keyword()) :: t()
+  def open(path, opts \\ []) do
+    path = IO.chardata_to_string(path)
+    {dir, shards} = shards!(path)
+    config = read_config(dir)
+
+    files = Map.new(shards, fn shard -> {shard, Safetensors.open!(Path.join(dir, shard))} end)
+
+    shard_of =
+      Enum.reduce(files, %{}, fn {shard, file}, acc ->
+        Enum.reduce(Map.keys(file.tensors), acc, fn name, acc ->
+          if Map.has_key?(acc, name) do
+            raise ArgumentError,
+                  "#{dir}: tensor '#{name}' is in both #{acc[name]} and #{shard}"
+          end
+
+          Map.put(acc, name, shard)
+        end)
+      end)
+
+    layers = layers(shard_of, config, opts, dir)
+    %__MODULE__{dir: dir, config: config, files: files, shard_of: shard_of, layers: layers}
+  end
+
+  @doc "Names of the tensors `fetch!/2` and `load/2` give, sorted."
+  @spec names(t()) :: [String.t()]
+  def names(%__MODULE__{layers: layers}), do: layers |> Map.keys() |> Enum.sort()
+
+  @doc "One tensor: quantized for a quantized layer's `NAME.weight`, dense otherwise."
+  @spec fetch!(t(), String.t()) :: QuantizedTensor.t() | Dense.t()
+  def fetch!(%__MODULE__{} = ckpt, name) do
+    case Map.fetch(ckpt.layers, name) do
+      {:ok, {:quantized, base, bits, group_size}} ->
+        file = ckpt.files[ckpt.shard_of["#{base}.weight"]]
+
+        for part <- ~w(scales biases),
+            ckpt.shard_of["#{base}.#{part}"] != file_shard(ckpt, base) do
+          raise ArgumentError,
+                "#{ckpt.dir}: '#{base}.#{part}' is not in the same shard as '#{base}.weight'"
+        end
+
+        Safetensors.read_quantized(file, base, bits, group_size)
+
+      {:ok, {:dense, name}} ->
+        Safetensors.read(ckpt.files[ckpt.shard_of[name]], name)
+
+      :error ->
+        raise ArgumentError, "#{ckpt.dir} has no tensor '#{name}'"
+    end
+  end
+
+  defp file_shard(ckpt, base), do: ckpt.shard_of["#{base}.weight"]
+
+  @doc """
+  Loads a checkpoint as `%{name => tensor}`. Options: `:only` (a list of names or a
+  predicate) for loading part of it, plus those of `open/2`.
+  """
+  @spec load(Path.t(), keyword()) :: %{String.t() => QuantizedTensor.t() | Dense.t()}
+  def load(path, opts \\ []) do
+    {only, opts} = Keyword.pop(opts, :only)
+    ckpt = open(path, opts)
+
+    keep =
+      case only do
+        nil -> fn _ -> true end
+        list when is_list(list) -> &(&1 in list)
+        fun when is_function(fun, 1) -> fun
+      end
+
+    for name <- names(ckpt), keep.(name), into: %{}, do: {name, fetch!(ckpt, name)}
+  end
+
+  @doc """
+  Saves `%{name => tensor}` as a checkpoint directory: `model.safetensors`, and
+  `config.json` = `:config` (a map, default `%{}`) with a `"quantization"` block (and
+  mlx-lm's `"quantization_config"` copy): the most common bits/group_size as the default,
+  other quantized layers as per-layer overrides.
+  """
+  @spec save(Path.t(), map(), keyword()) :: :ok
+  def save(dir, tensors, opts \\ []) do
+    File.mkdir_p!(dir)
+    entries = tensors |> Enum.sort_by(&elem(&1, 0))
+    Safetensors.write(Path.join(dir, "model.safetensors"), entries, %{"format" => "mlx"})
+    config = Map.merge(Keyword.get(opts, :config, %{}), quantization_config(entries))
+    write_config(dir, config)
+  end
+
+  @doc "The quantization block for a set of tensors (empty map when none is quantized)."
+  @spec quantization_config([{String.t(), term()}]) :: map()
+  def quantization_config(entries) do
+    formats =
+      for {name, %QuantizedTensor{config: c}} <- entries,
+          do: {String.replace_suffix(name, ".weight", ""), {c.bits, c.group_size}}
+
+    case formats do
+      [] ->
+        %{}
+
+      _ ->
+        {{bits, gs}, _} =
+          formats |> Enum.frequencies_by(&elem(&1, 1)) |> Enum.max_by(fn {f, n} -> {n, f} end)
+
+        overrides =
+          for {base, {b, g}} <- formats, {b, g} != {bits, gs}, into: %{} do
+            {base, %{"bits" => b, "group_size" => g}}
+          end
+
+        block = Map.merge(%{"bits" => bits, "group_size" => gs, "mode" => "affine"}, overrides)
+        %{"quantization" => block, "quantization_config" => block}
+    end
+  end
+
+  @doc false
+  def write_config(dir, config) do
+    File.write!(Path.join(dir, "config.json"), [NIF.json_encode(config, true), "\n"])
+  end
+
+  @doc false
+  def read_config(dir) do
+    path = Path.join(dir, "config.json")
+
+    if File.exists?(path) do
+      case NIF.json_decode(File.read!(path)) do
+        %{} = config -> config
+        other -> raise ArgumentError, "#{path} must hold a JSON object, got #{inspect(other)}"
+      end
+    else
+      %{}
+    end
+  rescue
+    e in ArgumentError ->
+      reraise ArgumentError, "#{dir}/config.json: #{Exception.message(e)}", __STACKTRACE__
+  end
+
+  # ---- helpers ---------------------------------------------------------------------------
+
+  defp shards!(path) do
+    cond do
+      File.regular?(path) ->
+        {Path.dirname(path), [Path.basename(path)]}
+
+      File.regular?(Path.join(path, @index)) ->
+        index = NIF.json_decode(File.read!(Path.join(path, @index)))
+
+        case index do
+          %{"weight_map" => %{} = map} ->
+            shards = map |> Map.values() |> Enum.uniq() |> Enum.sort()
+
+            for shard <- shards, not is_binary(shard) or String.contains?(shard, ["/", "\\"]) do
+              raise ArgumentError, "#{path}/#{@index}: bad shard name #{inspect(shard)}"
+            end
+
+            {path, shards}
+
+          _ ->
+            raise ArgumentError, "#{path}/#{@index} has no \"weight_map\" object"
+        end
+
+      File.dir?(path) ->
+        case path |> File.ls!() |> Enum.filter(&String.ends_with?(&1, ".safetensors")) do
+          [] -> raise ArgumentError, "#{path} holds no .safetensors file"
+          files -> {path, Enum.sort(files)}
+        end
+
+      true ->
+        raise ArgumentError, "#{path}: no such checkpoint file or directory"
+    end
+  end
+
+  defp layers(shard_of, config, opts, dir) do
+    quant = config["quantization"] || config["quantization_config"] || %{}
+    quant = if is_map(quant), do: quant, else: %{}
+    default_bits = Keyword.get(opts, :bits, quant["bits"])
+    default_gs = Keyword.get(opts, :group_size, quant["group_size"])
+
+    triplets =
+      for name <- Map.keys(shard_of),
+          String.ends_with?(name, ".scales"),
+          base = String.replace_suffix(name, ".scales", ""),
+          Map.has_key?(shard_of, "#{base}.weight"),
+          into: %{} do
+        unless Map.has_key?(shard_of, "#{base}.biases") do
+          raise ArgumentError, "#{dir}: '#{base}' has scales but no '#{base}.biases'"
+        end
+
+        {bits, gs} =
+          case quant[base] do
+            false ->
+              raise ArgumentError,
+                    "#{dir}: config.json marks '#{base}' dense (false) but it has scales"
+
+            %{} = layer ->
+              {layer["bits"] || default_bits, layer["group_size"] || default_gs}
+
+            _ ->
+              {default_bits, default_gs}
+          end
+
+        unless bits in [2, 3, 4, 5, 6, 8] and gs in [32, 64, 128] do
+          raise ArgumentError,
+                "#{dir}: quantized layer '#{base}' has bits #{inspect(bits)} and group_size " <>
+                  "#{inspect(gs)} (from config.json's \"quantization\" or the :bits/:group_size " <>
+                  "options); expected bits in 2..8 (not 7) and group_size 32, 64 or 128"
+        end
+
+        {base, {bits, gs}}
+      end
+
+    consumed =
+      for base <- Map.keys(triplets),
+          part <- ~w(weight scales biases),
+          into: MapSet.new(),
+          do: "#{base}.#{part}"
+
+    dense =
+      for name <- Map.keys(shard_of), name not in consumed, into: %{}, do: {name, {:dense, name}}
+
+    quantized =
+      for {base, {bits, gs}} <- triplets,
+          into: %{},
+          do: {"#{base}.weight", {:quantized, base, bits, gs}}
+
+    Map.merge(dense, quantized)
+  end
+end

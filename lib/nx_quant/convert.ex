@@ -1,0 +1,190 @@
+defmodule NxQuant.Convert do
+  @moduledoc """
+  Converts a dense safetensors checkpoint (one file or shards) into an MLX-community quantized
+  one, one tensor at a time: each source shard becomes an output shard of the same name whose
+  header is planned from the source header, then each tensor is read from the mapping,
+  quantized (or copied) and written before the next is touched. Memory stays around one tensor
+  whatever the checkpoint's size.
+
+  Quantized: 2-D (or higher) float `*.weight` tensors whose last axis divides by the group
+  size. Kept dense: norms, biases, 1-D tensors, non-float tensors, names matching a `:skip`
+  pattern, and embeddings (`embed` in the name) unless `embeddings: true`.
+  """
+
+  alias NxQuant.{Checkpoint, Core, Safetensors}
+
+  @float_dtypes ~w(F32 F16 BF16)
+
+  @type stats :: %{
+          bytes_in: non_neg_integer(),
+          bytes_out: non_neg_integer(),
+          seconds: float(),
+          quantized: non_neg_integer(),
+          dense: non_neg_integer()
+        }
+
+  @doc """
+  Options: `:bits` (default 4), `:group_size` (64), `:skip` (list of substrings or regexes),
+  `:embeddings` (false), `:progress` (a fun receiving `{done_bytes, total_bytes}`, or nil).
+  """
+  @spec run(Path.t(), Path.t(), keyword()) :: stats()
+  def run(src, dst, opts \\ []) do
+    bits = Keyword.get(opts, :bits, 4)
+    group_size = Keyword.get(opts, :group_size, 64)
+
+    {bits, group_size} =
+      NxQuant.Validate.quant_spec!([bits: bits, group_size: group_size], "convert")
+
+    progress = Keyword.get(opts, :progress)
+    started = System.monotonic_time()
+
+    ckpt = Checkpoint.open(src)
+
+    if Enum.any?(ckpt.layers, &match?({_, {:quantized, _, _, _}}, &1)) do
+      raise ArgumentError, "#{src} is already quantized"
+    end
+
+    File.mkdir_p!(dst)
+    total = ckpt.files |> Map.values() |> Enum.map(&File.stat!(&1.path).size) |> Enum.sum()
+    decide = &quantize?(&1, &2, group_size, opts)
+
+    {weight_map, stats} =
+      ckpt.files
+      |> Enum.sort_by(&elem(&1, 0))
+      |> Enum.reduce({%{}, %{bytes_in: 0, bytes_out: 0, quantized: 0, dense: 0}}, fn {shard, file},
+                                                                                     {map, stats} ->
+        out = Path.join(dst, shard)
+        {names, stats} = convert_file(file, out, bits, group_size, decide, progress, total, stats)
+        {Enum.reduce(names, map, &Map.put(&2, &1, shard)), stats}
+      end)
+
+    config = Map.merge(ckpt.config, quantization(bits, group_size))
+    Checkpoint.write_config(dst, config)
+
+    if map_size(ckpt.files) > 1 do
+      index = %{"metadata" => %{"total_size" => stats.bytes_out}, "weight_map" => weight_map}
+
+      File.write!(
+        Path.join(dst, "model.safetensors.index.json"),
+        NxQuant.NIF.json_encode(index, true)
+      )
+    end
+
+    copy_other_files(ckpt.dir, dst)
+
+    seconds =
+      System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond) / 1.0e6
+
+    Map.put(stats, :seconds, seconds)
+  end
+
+  @doc "Whether a tensor is quantized (see the module doc)."
+  def quantize?(name, %{dtype: dtype, shape: shape}, group_size, opts) do
+    skip = Keyword.get(opts, :skip, [])
+
+    dtype in @float_dtypes and tuple_size(shape) >= 2 and String.ends_with?(name, ".weight") and
+      rem(elem(shape, tuple_size(shape) - 1), group_size) == 0 and
+      elem(shape, tuple_size(shape) - 1) > 0 and
+      not String.contains?(name, "norm") and
+      (Keyword.get(opts, :embeddings, false) or not String.contains?(name, "embed")) and
+      not Enum.any?(skip, &matches?(name, &1))
+  end
+
+  defp matches?(name, %Regex{} = re), do: Regex.match?(re, name)
+  defp matches?(name, text) when is_binary(text), do: String.contains?(name, text)
+
+  defp quantization(bits, group_size) do
+    block = %{"bits" => bits, "group_size" => group_size, "mode" => "affine"}
+    %{"quantization" => block, "quantization_config" => block}
+  end
+
+  defp convert_file(file, out, bits, group_size, decide, progress, total, stats) do
+    # Source order (by offset) keeps reads sequential.
+    names =
+      file.tensors
+      |> Enum.sort_by(fn {name, info} -> {info.bytes == 0, name} end)
+      |> Enum.map(&elem(&1, 0))
+
+    plan =
+      Enum.flat_map(names, fn name ->
+        info = file.tensors[name]
+
+        if decide.(name, info) do
+          base = String.replace_suffix(name, ".weight", "")
+          last = tuple_size(info.shape) - 1
+          cols = elem(info.shape, last)
+          words = put_elem(info.shape, last, div(cols * bits, 32))
+          groups = put_elem(info.shape, last, div(cols, group_size))
+
+          [
+            {"#{base}.weight", {:u, 32}, words, {:quantized, name}},
+            {"#{base}.scales", info.type, groups, {:scales, name}},
+            {"#{base}.biases", info.type, groups, {:biases, name}}
+          ]
+        else
+          [{name, info.type, info.shape, {:copy, name}}]
+        end
+      end)
+
+    sources = Map.new(plan, fn {out_name, _, _, source} -> {out_name, source} end)
+    specs = Enum.map(plan, fn {n, t, s, _} -> {n, t, s} end)
+    # The quantized parts of the current tensor, made when its .weight is written.
+    Process.put({__MODULE__, :parts}, nil)
+
+    Safetensors.write_planned(out, specs, file.metadata, fn out_name ->
+      case sources[out_name] do
+        {:copy, name} ->
+          data = Safetensors.read(file, name).data
+          tick(progress, total, byte_size(data))
+          data
+
+        {:quantized, name} ->
+          dense = Safetensors.read(file, name)
+          qt = Core.quantize(dense, bits: bits, group_size: group_size)
+          parts = Core.parts(qt)
+          Process.put({__MODULE__, :parts}, parts)
+          tick(progress, total, byte_size(dense.data))
+          parts.packed.data
+
+        {part, _name} ->
+          parts = Process.get({__MODULE__, :parts})
+          if part == :biases, do: Process.put({__MODULE__, :parts}, nil)
+          :erlang.garbage_collect()
+          Map.fetch!(parts, part).data
+      end
+    end)
+
+    quantized = Enum.count(plan, &match?({_, _, _, {:quantized, _}}, &1))
+    copied = Enum.count(plan, &match?({_, _, _, {:copy, _}}, &1))
+    bytes_in = file.tensors |> Map.values() |> Enum.map(& &1.bytes) |> Enum.sum()
+
+    stats = %{
+      stats
+      | bytes_in: stats.bytes_in + bytes_in,
+        bytes_out: stats.bytes_out + File.stat!(out).size,
+        quantized: stats.quantized + quantized,
+        dense: stats.dense + copied
+    }
+
+    {Enum.map(specs, &elem(&1, 0)), stats}
+  end
+
+  defp tick(nil, _total, _bytes), do: :ok
+
+  defp tick(fun, total, bytes) do
+    done = Process.get({__MODULE__, :done}, 0) + bytes
+    Process.put({__MODULE__, :done}, done)
+    fun.({done, total})
+  end
+
+  defp copy_other_files(src_dir, dst) do
+    for name <- File.ls!(src_dir),
+        not String.ends_with?(name, ".safetensors"),
+        name not in ["config.json", "model.safetensors.index.json"],
+        File.regular?(Path.join(src_dir, name)) do
+      File.cp!(Path.join(src_dir, name), Path.join(dst, name))
+    end
+
+    :ok
+  end
+end

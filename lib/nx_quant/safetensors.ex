@@ -1,0 +1,231 @@
+defmodule NxQuant.Safetensors do
+  @moduledoc """
+  One safetensors file, memory-mapped (Nx-free). `open/1` maps the file and validates the
+  whole header (c_src/io/safetensors_format.cpp) in about the time of one system call, whatever
+  the file's size; `read/2` returns a tensor whose binary points into the mapping (no copy: only
+  the pages read are ever loaded); `read_quantized/4` builds a quantized tensor over the mapping.
+  The file stays mapped while anything made from it is alive, and is unmapped when the last of
+  them is garbage-collected.
+
+  `write/3` writes dense and quantized tensors (a quantized `NAME.weight` becomes MLX's triplet
+  `NAME.weight` (U32), `NAME.scales`, `NAME.biases`); `write_planned/4` streams the data
+  one tensor at a time for converters whose inputs do not fit in memory.
+
+  Every problem is an `ArgumentError` naming the file and the tensor.
+  """
+
+  alias NxQuant.{Core, Dense, NIF, QuantizedTensor}
+
+  @enforce_keys [:ref, :path, :tensors, :metadata]
+  defstruct [:ref, :path, :tensors, :metadata]
+
+  @type info :: %{dtype: String.t(), type: tuple(), shape: tuple(), bytes: non_neg_integer()}
+  @type t :: %__MODULE__{
+          ref: reference(),
+          path: String.t(),
+          tensors: %{String.t() => info()},
+          metadata: %{String.t() => String.t()}
+        }
+
+  @types %{
+    "F64" => {:f, 64},
+    "F32" => {:f, 32},
+    "F16" => {:f, 16},
+    "BF16" => {:bf, 16},
+    "I64" => {:s, 64},
+    "I32" => {:s, 32},
+    "I16" => {:s, 16},
+    "I8" => {:s, 8},
+    "U64" => {:u, 64},
+    "U32" => {:u, 32},
+    "U16" => {:u, 16},
+    "U8" => {:u, 8},
+    "BOOL" => {:u, 8},
+    "F8_E4M3" => {:f8_e4m3fn, 8},
+    "F8_E5M2" => {:f, 8}
+  }
+  @dtypes Map.new(Map.delete(@types, "BOOL"), fn {name, type} -> {type, name} end)
+
+  @doc "The Nx-style type of a safetensors dtype name (BOOL reads as `{:u, 8}`)."
+  def type_of(dtype), do: Map.fetch!(@types, dtype)
+
+  @doc "The safetensors dtype name for an Nx-style type."
+  def dtype_of(type) do
+    Map.get(@dtypes, type) ||
+      raise ArgumentError, "no safetensors dtype for type #{inspect(type)}"
+  end
+
+  @doc "Maps and validates a file. Raises `ArgumentError` naming the file and the problem."
+  @spec open!(Path.t()) :: t()
+  def open!(path) do
+    path = IO.chardata_to_string(path)
+    {ref, tensors, metadata, _data_start} = NIF.safetensors_open(path)
+
+    tensors =
+      Map.new(tensors, fn {name, dtype, shape, first, last} ->
+        dtype = Atom.to_string(dtype)
+        {name, %{dtype: dtype, type: type_of(dtype), shape: shape, bytes: last - first}}
+      end)
+
+    %__MODULE__{ref: ref, path: path, tensors: tensors, metadata: Map.new(metadata)}
+  end
+
+  @doc "Like `open!/1`, returning `{:ok, file}` or `{:error, message}`."
+  @spec open(Path.t()) :: {:ok, t()} | {:error, String.t()}
+  def open(path) do
+    {:ok, open!(path)}
+  rescue
+    e in ArgumentError -> {:error, Exception.message(e)}
+  end
+
+  @doc "The tensor `name` as an `NxQuant.Dense` over the mapping (no copy)."
+  @spec read(t(), String.t()) :: Dense.t()
+  def read(%__MODULE__{} = file, name) do
+    %{type: type, shape: shape} = info!(file, name)
+    %Dense{data: NIF.safetensors_tensor(file.ref, name), shape: shape, type: type}
+  end
+
+  @doc """
+  The quantized tensor of MLX's triplet `BASE.weight`, `BASE.scales`, `BASE.biases` with the
+  given `bits` and `group_size` (from config.json). Shapes are cross-checked: the weight's
+  last axis * 32 / bits must equal the scales' last axis * group_size, and the leading axes of
+  all three must agree. Built over the mapping (zero-copy when aligned, else one copy).
+  """
+  @spec read_quantized(t(), String.t(), 2..8, 32 | 64 | 128) :: QuantizedTensor.t()
+  def read_quantized(%__MODULE__{} = file, base, bits, group_size) do
+    [w, s, b] = for part <- ~w(weight scales biases), do: "#{base}.#{part}"
+    wi = info!(file, w)
+    si = info!(file, s)
+    bi = info!(file, b)
+    where = "#{file.path}: quantized layer '#{base}'"
+
+    if tuple_size(wi.shape) < 1 or tuple_size(si.shape) != tuple_size(wi.shape) or
+         bi.shape != si.shape do
+      raise ArgumentError,
+            "#{where}: weight #{inspect(wi.shape)}, scales #{inspect(si.shape)} and biases " <>
+              "#{inspect(bi.shape)} must have the same rank and scales/biases the same shape"
+    end
+
+    last = tuple_size(wi.shape) - 1
+    words = elem(wi.shape, last)
+    groups = elem(si.shape, last)
+    cols = div(words * 32, bits)
+
+    cond do
+      Tuple.delete_at(wi.shape, last) != Tuple.delete_at(si.shape, last) ->
+        raise ArgumentError,
+              "#{where}: weight #{inspect(wi.shape)} and scales #{inspect(si.shape)} differ " <>
+                "in their leading axes"
+
+      rem(words * 32, bits) != 0 or cols != groups * group_size ->
+        raise ArgumentError,
+              "#{where}: weight has #{words} packed words per row (#{words} * 32 / #{bits} = " <>
+                "#{words * 32 / bits} values) but scales have #{groups} groups of #{group_size} " <>
+                "(#{groups * group_size} values): bits #{bits} / group_size #{group_size} do " <>
+                "not match this layer"
+
+      true ->
+        shape = put_elem(wi.shape, last, cols)
+        rows = div(NxQuant.Validate.size(shape), max(cols, 1))
+
+        ref = NIF.safetensors_quantized(file.ref, w, s, b, rows, cols, bits, group_size)
+
+        Core.wrap_ref(ref, shape, type_of(si.dtype), bits, group_size)
+    end
+  end
+
+  @doc """
+  Writes `entries` (`[{name, tensor}]`, in order; tensors `NxQuant.Dense` or
+  `NxQuant.QuantizedTensor`) to `path` with `metadata` (string map). A quantized tensor named
+  `BASE.weight` (or `BASE`) is written as `BASE.weight`/`BASE.scales`/`BASE.biases`, its
+  stored 2-D shape's leading axes restored.
+  """
+  @spec write(Path.t(), [{String.t(), Dense.t() | QuantizedTensor.t()}], map()) :: :ok
+  def write(path, entries, metadata \\ %{}) do
+    pieces = Enum.flat_map(entries, fn {name, tensor} -> pieces(name, tensor) end)
+
+    specs =
+      Enum.map(pieces, fn {name, %Dense{type: type, shape: shape}} -> {name, type, shape} end)
+
+    data = Map.new(pieces)
+    write_planned(path, specs, metadata, fn name -> data[name].data end)
+  end
+
+  @doc """
+  The safetensors entries of a tensor: itself, or a quantized tensor's triplet.
+  """
+  @spec pieces(String.t(), Dense.t() | QuantizedTensor.t()) :: [{String.t(), Dense.t()}]
+  def pieces(name, %QuantizedTensor{} = qt) do
+    if qt.transposed do
+      raise ArgumentError, "cannot write '#{name}': a transposed view (write the original)"
+    end
+
+    base = String.replace_suffix(name, ".weight", "")
+    %{packed: p, scales: s, biases: b} = Core.parts(qt)
+    leading = Tuple.delete_at(qt.shape, tuple_size(qt.shape) - 1)
+    shaped = fn %Dense{shape: {_, n}} = d -> %{d | shape: Tuple.append(leading, n)} end
+
+    [
+      {"#{base}.weight", shaped.(p)},
+      {"#{base}.scales", shaped.(s)},
+      {"#{base}.biases", shaped.(b)}
+    ]
+  end
+
+  def pieces(name, %Dense{} = dense), do: [{name, dense}]
+
+  @doc """
+  Writes a file whose entries `[{name, type, shape}]` are known in advance, asking
+  `data_fun.(name)` for each entry's bytes (iodata) in order, so only one tensor is in memory
+  at a time. Each entry's byte size is checked. The file appears atomically (written to a
+  temporary name, then renamed).
+  """
+  @spec write_planned(Path.t(), [{String.t(), tuple(), tuple()}], map(), (String.t() -> iodata())) ::
+          :ok
+  def write_planned(path, specs, metadata, data_fun) do
+    entries =
+      for {name, type, shape} <- specs do
+        {name, String.to_atom(dtype_of(type)), Tuple.to_list(shape)}
+      end
+
+    {header, offsets} = NIF.safetensors_plan(entries, Enum.sort(Map.to_list(metadata)))
+    tmp = "#{path}.tmp#{System.unique_integer([:positive])}"
+
+    try do
+      File.open!(tmp, [:write, :binary, :raw], fn io ->
+        :ok = :file.write(io, header)
+
+        for {{name, _, _}, {first, last}} <- Enum.zip(specs, offsets) do
+          data = data_fun.(name)
+          size = IO.iodata_length(data)
+
+          if size != last - first do
+            raise ArgumentError,
+                  "tensor '#{name}' has #{size} bytes, its dtype and shape need #{last - first}"
+          end
+
+          :ok = :file.write(io, data)
+        end
+      end)
+
+      File.rename!(tmp, path)
+    after
+      File.rm(tmp)
+    end
+
+    :ok
+  end
+
+  @doc "Information about one tensor of the file, or an `ArgumentError` naming what exists."
+  @spec info!(t(), String.t()) :: info()
+  def info!(%__MODULE__{tensors: tensors, path: path}, name) do
+    case tensors do
+      %{^name => info} ->
+        info
+
+      _ ->
+        raise ArgumentError,
+              "#{path} has no tensor named '#{name}' (it has #{map_size(tensors)} tensors)"
+    end
+  end
+end
