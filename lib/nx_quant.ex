@@ -289,6 +289,43 @@ if Code.ensure_loaded?(Nx) do
     @spec quantized?(term()) :: boolean()
     def quantized?(tensor), do: Backend.quantized(tensor) != nil
 
+    ## checkpoints ----------------------------------------------------------------------
+
+    @doc """
+    Loads an MLX-community checkpoint (directory or .safetensors file) as
+    `%{name => Nx.Tensor}`: each quantized layer's `"NAME.weight"` a quantized tensor, every
+    other tensor dense (on the default backend). Options: `:only`, `:bits`, `:group_size` (see
+    `NxQuant.Checkpoint.load/2`). For lazy loading use `NxQuant.Checkpoint.open/2` and
+    `fetch_checkpoint!/2`.
+    """
+    @spec load_checkpoint(Path.t(), keyword()) :: %{String.t() => Nx.Tensor.t()}
+    def load_checkpoint(path, opts \\ []) do
+      path |> NxQuant.Checkpoint.load(opts) |> Map.new(fn {k, v} -> {k, to_nx(v)} end)
+    end
+
+    @doc "One tensor of an opened `NxQuant.Checkpoint`, as an Nx tensor."
+    @spec fetch_checkpoint!(NxQuant.Checkpoint.t(), String.t()) :: Nx.Tensor.t()
+    def fetch_checkpoint!(ckpt, name), do: ckpt |> NxQuant.Checkpoint.fetch!(name) |> to_nx()
+
+    @doc """
+    Saves `%{name => Nx.Tensor}` (quantized and dense) as an MLX-community checkpoint
+    directory. Options: `:config` (a map merged into config.json).
+    """
+    @spec save_checkpoint(Path.t(), map(), keyword()) :: :ok
+    def save_checkpoint(dir, tensors, opts \\ []) do
+      tensors =
+        Map.new(tensors, fn {name, t} ->
+          {name, Backend.quantized(t) || Backend.to_dense(Nx.to_tensor(t))}
+        end)
+
+      NxQuant.Checkpoint.save(dir, tensors, opts)
+    end
+
+    defp to_nx(%NxQuant.QuantizedTensor{} = qt), do: Backend.quantized_nx(qt)
+
+    defp to_nx(%Dense{data: data, shape: shape, type: type}),
+      do: data |> Nx.from_binary(type) |> Nx.reshape(shape)
+
     ## helpers --------------------------------------------------------------------------
 
     defp quantized!(tensor, fun) do

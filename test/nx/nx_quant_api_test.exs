@@ -232,6 +232,22 @@ if Code.ensure_loaded?(Nx) do
       end
     end
 
+    describe "checkpoints" do
+      @describetag :tmp_dir
+      test "save_checkpoint -> load_checkpoint round trip, then Nx.dot", %{tmp_dir: dir} do
+        {_w, qw} = weight({16, 64}, type: :bf16)
+        norm = activation({64}, :bf16)
+        :ok = NxQuant.save_checkpoint(dir, %{"l.weight" => qw, "norm.weight" => norm})
+        loaded = NxQuant.load_checkpoint(dir)
+        assert NxQuant.quantized?(loaded["l.weight"])
+        assert Nx.to_binary(loaded["norm.weight"]) == Nx.to_binary(norm)
+        x = activation({2, 64})
+
+        assert Nx.to_binary(Nx.dot(x, [1], loaded["l.weight"], [1])) ==
+                 Nx.to_binary(Nx.dot(x, [1], qw, [1]))
+      end
+    end
+
     describe "dense tensors on NxQuant.Backend" do
       test "every Nx.Backend callback is implemented" do
         for {name, arity} <- Nx.Backend.behaviour_info(:callbacks) do
