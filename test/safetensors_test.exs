@@ -171,6 +171,31 @@ defmodule NxQuant.SafetensorsTest do
     end
   end
 
+  test "references of the wrong resource type are refused by name", %{tmp_dir: dir} do
+    qt = Core.quantize(Ref.random_dense({2, 64}, {:f, 32}, 9), group_size: 64)
+    path = Path.join(dir, "r.safetensors")
+    Safetensors.write(path, [{"l.weight", qt}])
+    file = Safetensors.open!(path)
+
+    assert_raise ArgumentError, ~r/dequantize\/2: argument 1 \(tensor\)/, fn ->
+      NIF.dequantize(file.ref, false)
+    end
+
+    assert_raise ArgumentError,
+                 ~r/safetensors_tensor\/2: argument 1 \(file\) must be a safetensors file reference/,
+                 fn ->
+                   NIF.safetensors_tensor(qt.ref, "l.weight")
+                 end
+
+    assert_raise ArgumentError, ~r/argument 1 \(file\)/, fn ->
+      NIF.safetensors_tensor(make_ref(), "x")
+    end
+
+    assert_raise ArgumentError, ~r/argument 1 \(path\) must be a binary/, fn ->
+      NIF.safetensors_open(:nope)
+    end
+  end
+
   test "JSON through nlohmann: decode, encode, errors" do
     assert NIF.json_decode(~s({"a":[1,-2,3.5,true,null,"é"],"b":{}})) ==
              %{"a" => [1, -2, 3.5, true, nil, "é"], "b" => %{}}
