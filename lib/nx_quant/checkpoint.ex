@@ -26,7 +26,10 @@ defmodule NxQuant.Checkpoint do
           config: map(),
           files: %{String.t() => Safetensors.t()},
           shard_of: %{String.t() => String.t()},
-          layers: %{String.t() => {:quantized, String.t()} | {:dense, String.t()}}
+          layers: %{
+            String.t() =>
+              {:quantized, String.t(), pos_integer(), pos_integer()} | {:dense, String.t()}
+          }
         }
 
   @index "model.safetensors.index.json"

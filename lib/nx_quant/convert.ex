@@ -37,6 +37,7 @@ defmodule NxQuant.Convert do
 
     progress = Keyword.get(opts, :progress)
     started = System.monotonic_time()
+    Process.delete({__MODULE__, :done})
 
     ckpt = Checkpoint.open(src)
 
