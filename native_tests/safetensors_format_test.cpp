@@ -135,6 +135,42 @@ TEST(SafetensorsHeader, MalformedFilesAreRejectedByName) {
   expect_error(file(R"({"__metadata__":[]})", 0), "\"__metadata__\" must be an object");
 }
 
+TEST(SafetensorsHeader, DeeplyNestedValuesAreRejectedWithoutRecursion) {
+  // Error messages must not render the offending value recursively: a few hundred KB of "["
+  // would overflow the stack (and a dirty scheduler's ~320 KB one with far less).
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  for (const auto& [json, words] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"t":{"dtype":"F32","shape":[)" + deep + R"(],"data_offsets":[0,0]}})",
+            "\"shape\" must be an array of non-negative integers, got an array of 1 elements"},
+           {R"({"t":{"dtype":"F32","shape":[],"data_offsets":)" + deep + "}}",
+            "\"data_offsets\" must be [begin, end] of non-negative integers, got an array of 1"},
+           {R"({"__metadata__":{"k":)" + deep + "}}",
+            "\"__metadata__\" value of 'k' must be a string, got an array of 1 elements"},
+           {deep, "must be a JSON object, got array"}}) {
+    try {
+      parse(file(json, 0));
+      ADD_FAILURE() << "no error, expected: " << words;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+      EXPECT_LT(std::string(e.what()).size(), 200u);
+    }
+  }
+}
+
+TEST(SafetensorsHeader, LongNamesAndValuesAreClippedAtCharacterBoundaries) {
+  // 'a' then 100 two-byte characters: byte 200 is the middle of the 100th, so the name is cut
+  // before it, never inside it.
+  std::string name = "a";
+  for (int i = 0; i < 100; ++i) name += "\xc3\xa9";  // U+00E9
+  std::string clipped = "'a";
+  for (int i = 0; i < 99; ++i) clipped += "\xc3\xa9";
+  expect_error(file(R"({")" + name + R"(":{"dtype":"F7","shape":[],"data_offsets":[0,0]}})", 0),
+               clipped + "...': unknown dtype");
+  const std::string long_value(1000, 'x');
+  expect_error(file(R"({"__metadata__":{"k":[")" + long_value + R"("]}})", 0),
+               "got [\"" + std::string(78, 'x') + "...");
+}
+
 TEST(SafetensorsHeader, HolesAndEmptyTensorsAreAllowed) {
   auto h = parse(file(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[6,8]},)"
                       R"("z":{"dtype":"U8","shape":[0],"data_offsets":[7,7]}})",

@@ -34,9 +34,33 @@ const DTypeInfo& info(DType dtype) {
   throw InvalidArgument(message);
 }
 
+// At most `limit` bytes of `text`, cut at a UTF-8 character boundary (messages reach Elixir as
+// strings), with "..." when something was left off.
+std::string clipped(const std::string& text, size_t limit) {
+  if (text.size() <= limit) return text;
+  size_t cut = limit;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "...";
+}
+
 std::string shown(const std::string& name) {
   // Names are valid UTF-8 here (nlohmann checked), but may be long: keep messages short.
-  return "'" + (name.size() > 200 ? name.substr(0, 200) + "..." : name) + "'";
+  return "'" + clipped(name, 200) + "'";
+}
+
+// A JSON value for an error message, rendered without recursion: dump() recurses once per level
+// of nesting, and a small hostile header ("shape": [[[[...]]]]) nests deep enough to overflow a
+// thread's stack (a BEAM dirty scheduler has ~320 KB). Only scalars and flat, short arrays or
+// objects are printed; anything else is described by its type and size.
+std::string shown_value(const nlohmann::json& value) {
+  if (value.is_structured()) {
+    bool flat = value.size() <= 8;
+    for (const auto& element : value) flat = flat && element.is_primitive();
+    if (!flat)
+      return std::string(value.is_array() ? "an array" : "an object") + " of " +
+             std::to_string(value.size()) + " elements";
+  }
+  return clipped(value.dump(), 80);  // depth <= 1 here
 }
 
 uint64_t mul_or_fail(uint64_t a, uint64_t b, const std::string& tensor) {
@@ -74,7 +98,7 @@ TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry, uin
   if (!shape.is_array()) fail(where + ": \"shape\" must be an array of non-negative integers");
   for (const auto& d : shape) {
     if (!d.is_number_unsigned())
-      fail(where + ": \"shape\" must be an array of non-negative integers, got " + d.dump());
+      fail(where + ": \"shape\" must be an array of non-negative integers, got " + shown_value(d));
     t.shape.push_back(d.get<uint64_t>());
   }
 
@@ -82,7 +106,7 @@ TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry, uin
   if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
       !offsets[1].is_number_unsigned())
     fail(where + ": \"data_offsets\" must be [begin, end] of non-negative integers, got " +
-         offsets.dump());
+         shown_value(offsets));
   t.begin = offsets[0].get<uint64_t>();
   t.end = offsets[1].get<uint64_t>();
   const std::string range = "[" + std::to_string(t.begin) + ", " + std::to_string(t.end) + "]";
@@ -163,7 +187,7 @@ Header parse_header(const uint8_t* data, size_t size) {
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string())
           fail("\"__metadata__\" value of " + shown(key) + " must be a string, got " +
-               value.dump());
+               shown_value(value));
         header.metadata.emplace_back(key, value.get<std::string>());
       }
       continue;
