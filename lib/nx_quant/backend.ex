@@ -35,16 +35,6 @@ if Code.ensure_loaded?(Nx) do
             backend: {module(), term()}
           }
 
-    # Callbacks whose first argument is a tensor to read (not an output template).
-    @tensor_first [
-      :to_binary,
-      :inspect,
-      :backend_copy,
-      :backend_transfer,
-      :backend_deallocate,
-      :to_pointer
-    ]
-
     # Written out below; every other callback is generated from the behaviour.
     @own [
       init: 1,
@@ -181,8 +171,7 @@ if Code.ensure_loaded?(Nx) do
     ## Generated delegation ---------------------------------------------------------------
 
     for {name, arity} <- Nx.Backend.behaviour_info(:callbacks),
-        {name, arity} not in @own,
-        name not in @tensor_first do
+        {name, arity} not in @own do
       args = Macro.generate_arguments(arity, __MODULE__)
       @impl true
       def unquote(name)(unquote_splicing(args)), do: delegate(unquote(name), unquote(args))

@@ -71,15 +71,14 @@ defmodule NxQuant.Checkpoint do
   def fetch!(%__MODULE__{} = ckpt, name) do
     case Map.fetch(ckpt.layers, name) do
       {:ok, {:quantized, base, bits, group_size}} ->
-        file = ckpt.files[ckpt.shard_of["#{base}.weight"]]
+        shard = ckpt.shard_of["#{base}.weight"]
 
-        for part <- ~w(scales biases),
-            ckpt.shard_of["#{base}.#{part}"] != file_shard(ckpt, base) do
+        for part <- ~w(scales biases), ckpt.shard_of["#{base}.#{part}"] != shard do
           raise ArgumentError,
                 "#{ckpt.dir}: '#{base}.#{part}' is not in the same shard as '#{base}.weight'"
         end
 
-        Safetensors.read_quantized(file, base, bits, group_size)
+        Safetensors.read_quantized(ckpt.files[shard], base, bits, group_size)
 
       {:ok, {:dense, name}} ->
         Safetensors.read(ckpt.files[ckpt.shard_of[name]], name)
@@ -88,8 +87,6 @@ defmodule NxQuant.Checkpoint do
         raise ArgumentError, "#{ckpt.dir} has no tensor '#{name}'"
     end
   end
-
-  defp file_shard(ckpt, base), do: ckpt.shard_of["#{base}.weight"]
 
   @doc """
   Loads a checkpoint as `%{name => tensor}`. Options: `:only` (a list of names or a
