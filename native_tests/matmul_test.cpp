@@ -67,20 +67,22 @@ void check_case(const Case& c, KernelChoice kernel, int threads) {
 
 }  // namespace
 
-// Every implementation this CPU can run: the portable one, and AVX-512 where available
-// (its GEMV path for m < 8 with transpose=true, its panel GEMM path otherwise).
+// Every implementation this CPU can run: the portable one, and AVX2 / AVX-512 where available
+// (each with its GEMV path for m < 8 with transpose=true and its panel GEMM path otherwise).
 std::vector<KernelChoice> runnable_kernels() {
   std::vector<KernelChoice> kernels = {KernelChoice::Portable};
-  ExecOptions probe;
-  probe.kernel = KernelChoice::Avx512;
-  try {
-    TypedBuffer dense(DType::F32, random_values(32, 1));
-    OwnedQuantized w(dense, 1, 32, {4, 32});
-    std::vector<float> x(32), out(1);
-    quantized_matmul({x.data(), 128}, DType::F32, 1, w.matrix, true, DType::F32, {out.data(), 4},
-                     probe);
-    kernels.push_back(KernelChoice::Avx512);
-  } catch (const InvalidArgument&) {
+  for (KernelChoice simd : {KernelChoice::Avx2, KernelChoice::Avx512}) {
+    ExecOptions probe;
+    probe.kernel = simd;
+    try {
+      TypedBuffer dense(DType::F32, random_values(32, 1));
+      OwnedQuantized w(dense, 1, 32, {4, 32});
+      std::vector<float> x(32), out(1);
+      quantized_matmul({x.data(), 128}, DType::F32, 1, w.matrix, true, DType::F32,
+                       {out.data(), 4}, probe);
+      kernels.push_back(simd);
+    } catch (const InvalidArgument&) {
+    }
   }
   return kernels;
 }

@@ -68,13 +68,15 @@ KernelChoice resolve_kernel(KernelChoice choice) {
   const auto& cpu = detail::cpu_features();
 #if defined(__x86_64__)
   const bool have_avx512 = cpu.avx512;
+  const bool have_avx2 = cpu.avx2_fma;
 #else
-  const bool have_avx512 = false;
+  const bool have_avx512 = false, have_avx2 = false;
   (void)cpu;
 #endif
   switch (choice) {
     case KernelChoice::Auto:
-      return have_avx512 ? KernelChoice::Avx512 : KernelChoice::Portable;
+      if (have_avx512) return KernelChoice::Avx512;
+      return have_avx2 ? KernelChoice::Avx2 : KernelChoice::Portable;
     case KernelChoice::Avx512:
       if (!have_avx512) {
         throw InvalidArgument(
@@ -82,7 +84,10 @@ KernelChoice resolve_kernel(KernelChoice choice) {
       }
       return choice;
     case KernelChoice::Avx2:
-      throw InvalidArgument("kernel Avx2 is not implemented yet (use Auto or Portable)");
+      if (!have_avx2) {
+        throw InvalidArgument("kernel Avx2 needs AVX2, FMA and F16C, which this CPU does not have");
+      }
+      return choice;
     default:
       return choice;
   }
@@ -194,6 +199,20 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
           n_dim, avx512::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
             avx512::gemm(xf.data(), m, w, transpose, out_dtype, begin, end, out.data);
           });
+    }
+    return;
+  }
+  if (kernel == KernelChoice::Avx2) {
+    if (transpose && m < kGemvMaxRows) {
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        avx2::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);
+      });
+    } else {
+      detail::parallel_for(n_dim, avx2::kGemmBlock, options.threads,
+                           [&](size_t begin, size_t end) {
+                             avx2::gemm(xf.data(), m, w, transpose, out_dtype, begin, end,
+                                        out.data);
+                           });
     }
     return;
   }
