@@ -83,7 +83,8 @@ const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits, bool rotat
   return *cache.back();
 }
 
-// Arguments: N, K, M, bits, threads. transpose = true (weight stored [N, K]).
+// Arguments: N, K, M, bits, threads, kernel (KernelChoice; 0 = Auto), precision (Precision;
+// 1 = Int8). transpose = true (weight stored [N, K]).
 void run_quantized(benchmark::State& state, bool rotate) {
   const size_t n = state.range(0), k = state.range(1), m = state.range(2);
   const int bits = static_cast<int>(state.range(3));
@@ -91,6 +92,8 @@ void run_quantized(benchmark::State& state, bool rotate) {
   std::vector<float> x(m * k, 0.5f), out(m * n);
   ExecOptions options;
   options.threads = static_cast<int>(state.range(4));
+  options.kernel = static_cast<KernelChoice>(state.range(5));
+  options.precision = static_cast<Precision>(state.range(6));
   size_t i = 0;
   for (auto _ : state) {
     quantized_matmul({x.data(), x.size() * 4}, DType::F32, m, set.matrix(i++ % set.copies), true,
@@ -188,14 +191,35 @@ void BM_ReadBandwidth(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
+constexpr int kAuto = static_cast<int>(KernelChoice::Auto);
+constexpr int kAvx2 = static_cast<int>(KernelChoice::Avx2);
+constexpr int kExact = static_cast<int>(Precision::Exact);
+constexpr int kInt8 = static_cast<int>(Precision::Int8);
+
 void Shapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
     for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
-      for (int m : {1, 8, 32, 128, 512}) b->Args({n, k, m, 4, threads});
+      for (int m : {1, 8, 32, 128, 512}) b->Args({n, k, m, 4, threads, kAuto, kExact});
     }
     for (int bits : {2, 3, 8}) {
-      for (int m : {1, 512}) b->Args({4096, 4096, m, bits, threads});
+      for (int m : {1, 8, 32, 128, 512}) b->Args({4096, 4096, m, bits, threads, kAuto, kExact});
     }
+  }
+}
+
+// The opt-in int8 fast mode (decode shapes, m < 8) and the AVX2 kernel on the same machine.
+void Int8Shapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2}) {
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+      for (int m : {1, 4}) b->Args({n, k, m, 4, threads, kAuto, kInt8});
+    }
+    for (int bits : {2, 3, 8}) b->Args({4096, 4096, 1, bits, threads, kAuto, kInt8});
+  }
+}
+
+void Avx2Shapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2}) {
+    for (int m : {1, 8, 128, 512}) b->Args({4096, 4096, m, 4, threads, kAvx2, kExact});
   }
 }
 
@@ -211,11 +235,23 @@ void DenseShapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Quantized)
+    ->Name("BM_QuantizedInt8")
+    ->Apply(Int8Shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Quantized)
+    ->Name("BM_QuantizedAvx2")
+    ->Apply(Avx2Shapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_QuantizedCached)
-    ->Args({4096, 4096, 1, 4, 1})
-    ->Args({4096, 4096, 1, 4, 2})
+    ->Args({4096, 4096, 1, 4, 1, kAuto, kExact})
+    ->Args({4096, 4096, 1, 4, 2, kAuto, kExact})
+    ->Args({4096, 4096, 1, 4, 1, kAuto, kInt8})
+    ->Args({4096, 4096, 1, 4, 2, kAuto, kInt8})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_EigenDense)->Apply(DenseShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_Reference)->Args({512, 4096, 1, 4, 1})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Reference)->Args({512, 4096, 1, 4, 1, 0, 0})->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

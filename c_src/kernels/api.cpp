@@ -46,6 +46,9 @@ void validate_options(const ExecOptions& options) {
   if (static_cast<unsigned>(options.kernel) > static_cast<unsigned>(KernelChoice::Avx512)) {
     throw InvalidArgument("kernel choice is not a KernelChoice value");
   }
+  if (static_cast<unsigned>(options.precision) > static_cast<unsigned>(Precision::Int8)) {
+    throw InvalidArgument("precision is not a Precision value");
+  }
 }
 
 std::vector<float> to_f32(ConstBuffer x, DType dtype, size_t count) {
@@ -185,6 +188,27 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
   }
   const std::vector<float> xf = to_f32(x, x_dtype, m * k_dim);
   const KernelChoice kernel = resolve_kernel(options.kernel);
+  if (options.precision == Precision::Int8 && transpose && m < kGemvMaxRows) {
+    const size_t gs = static_cast<size_t>(w.spec.group_size);
+#if defined(__x86_64__)
+    if (kernel == KernelChoice::Avx512 && detail::cpu_features().avx512_vnni) {
+      const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
+      const auto operand = avx512::prepare_int8(xa, w.spec.bits);
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        avx512::gemv_nk_int8(operand, w, out_dtype, begin, end, out.data);
+      });
+      return;
+    }
+#endif
+    if (kernel == KernelChoice::Portable) {
+      const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
+      detail::parallel_for(n_dim, 1, options.threads, [&](size_t begin, size_t end) {
+        portable::matmul_nk_int8(xa, w, out_dtype, begin, end, out.data);
+      });
+      return;
+    }
+    // Kernels without an int8 path compute exactly (Int8 permits approximation, never needs it).
+  }
 #if defined(__x86_64__)
   if (kernel == KernelChoice::Avx512) {
     // Decode-sized batches read each packed word once per 4 rows of x; larger ones dequantize

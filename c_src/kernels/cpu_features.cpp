@@ -13,6 +13,7 @@ const CpuFeatures& cpu_features() {
     f.avx512 = f.avx2_fma && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vbmi");
+    f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");
 #endif
     return f;
   }();

@@ -146,6 +146,42 @@ void matmul_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dty
 
 }  // namespace
 
+void matmul_nk_int8(const detail::Int8Activations& xa, const QuantizedMatrix& w, DType out_dtype,
+                    size_t n_begin, size_t n_end, void* out) {
+  const size_t k_dim = w.cols, n_dim = w.rows;
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = k_dim / gs;
+  const size_t words_per_row = k_dim * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t blocks_per_row = xa.k_padded / detail::kInt8Block;
+  const auto* packed = static_cast<const uint32_t*>(w.packed.data);
+  std::vector<uint8_t> q(gs);
+  for (size_t n = n_begin; n < n_end; ++n) {
+    for (size_t i = 0; i < xa.m; ++i) {
+      const int8_t* xq = xa.q.data() + i * xa.k_padded;
+      const float* d = xa.d.data() + i * blocks_per_row;
+      const float* xsum = xa.group_sum.data() + i * groups;
+      float acc = 0.0f, bias_acc = 0.0f;
+      for (size_t g = 0; g < groups; ++g) {
+        detail::unpack_aligned(w.spec.bits, packed + n * words_per_row + g * words_per_group, gs,
+                               q.data());
+        float blocks = 0.0f;
+        for (size_t b = 0; b < gs / detail::kInt8Block; ++b) {
+          const size_t k0 = g * gs + b * detail::kInt8Block;
+          int32_t dot = 0;
+          for (size_t j = 0; j < detail::kInt8Block; ++j) {
+            dot += static_cast<int32_t>(q[b * detail::kInt8Block + j]) * xq[k0 + j];
+          }
+          blocks += d[k0 / detail::kInt8Block] * static_cast<float>(dot);
+        }
+        acc += load_as_f32(w.scales.data, w.dtype, n * groups + g) * blocks;
+        bias_acc += load_as_f32(w.biases.data, w.dtype, n * groups + g) * xsum[g];
+      }
+      store_from_f32(out, out_dtype, i * n_dim + n, acc + bias_acc);
+    }
+  }
+}
+
 void matmul(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
             size_t n_begin, size_t n_end, void* out) {
   if (n_begin >= n_end || m == 0) return;

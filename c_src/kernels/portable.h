@@ -5,6 +5,7 @@
 
 #include <cstddef>
 
+#include "int8_activations.h"
 #include "nx_quant/kernels.h"
 
 namespace nx_quant::portable {
@@ -22,5 +23,11 @@ void dequantize(const QuantizedMatrix& w, bool transpose_out, size_t row_begin, 
 // Every output element is accumulated in one fixed order, whatever the range split.
 void matmul(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
             size_t n_begin, size_t n_end, void* out);
+
+// Precision::Int8, transpose = true: output columns [n_begin, n_end) from x quantized by
+// detail::quantize_activations. Per output, per group in order: the group's blocks' d * dot
+// summed in order, times the scale; then sum_g bias_g * sum(x_g) in order, added last.
+void matmul_nk_int8(const detail::Int8Activations& xa, const QuantizedMatrix& w, DType out_dtype,
+                    size_t n_begin, size_t n_end, void* out);
 
 }  // namespace nx_quant::portable

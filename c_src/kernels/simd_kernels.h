@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
+#include "int8_activations.h"
 #include "nx_quant/kernels.h"
 
 namespace nx_quant::avx512 {
@@ -20,6 +22,21 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
 // multiple of kGemmBlock.
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
           size_t n_begin, size_t n_end, void* out);
+
+// x quantized by detail::quantize_activations, rearranged once per call for gemv_nk_int8
+// (the layout depends on the weights' bit width; see qmatmul_int8_avx512.cpp).
+struct Int8Operand {
+  const detail::Int8Activations* source = nullptr;  // must outlive the operand
+  std::vector<int8_t> q;                            // m x k_padded
+  std::vector<float> d;                             // m x chunks x 16: d of each int32 lane
+  size_t q_stride = 0, d_stride = 0;
+};
+Int8Operand prepare_int8(const detail::Int8Activations& xa, int bits);
+
+// Precision::Int8 GEMV (needs AVX-512 VNNI too): transpose = true, output columns
+// [n_begin, n_end).
+void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtype,
+                  size_t n_begin, size_t n_end, void* out);
 
 }  // namespace nx_quant::avx512
 

@@ -41,9 +41,22 @@ struct QuantizedMatrix {
 // plain scalar oracle (see reference.h) and exists for tests and benchmarks.
 enum class KernelChoice : uint8_t { Auto = 0, Reference = 1, Portable = 2, Avx2 = 3, Avx512 = 4 };
 
+// How quantized_matmul treats the activations x.
+//   Exact: x stays f32; the result is the dequantize-then-matmul within f32 accumulation error.
+//   Int8:  opt-in fast mode for decode-shaped calls (transpose = true, m < 8), as llama.cpp's
+//          Q8 activations: each row of x is quantized in blocks of 32 values to int8
+//          (d = max|x| / 127, x_q = round(x / d)) and multiplied with the raw q values by
+//          integer dot products (AVX-512 VNNI); each weight group then adds
+//          scale * sum_blocks(d * int_dot) + bias * sum(x), the last with x's exact f32 sum.
+//          The extra error per output is at most sum_k |scale_k * q_k| * d_k / 2 (see
+//          README); results stay deterministic. Other shapes, and kernels without an int8 path
+//          (AVX2, AVX-512 without VNNI), compute exactly. Reference always computes exactly.
+enum class Precision : uint8_t { Exact = 0, Int8 = 1 };
+
 struct ExecOptions {
   int threads = 0;  // 0: the library default (see threading policy); 1: the calling thread only
   KernelChoice kernel = KernelChoice::Auto;
+  Precision precision = Precision::Exact;
 };
 
 // Throws InvalidArgument unless the matrix's spec, shape and buffer sizes are consistent.

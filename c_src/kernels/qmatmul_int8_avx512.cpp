@@ -1,0 +1,250 @@
+// AVX-512 VNNI GEMV for the opt-in int8 fast mode (Precision::Int8; transpose = true, small m).
+//
+// Each step unpacks one "chunk" of a W row into unsigned bytes and multiplies them with the
+// matching int8 activations by vpdpbusd, which sums 4 neighbouring byte products into each of
+// 16 int32 lanes. Two chunk layouts:
+//   * 4 bits (the common case): one 64-byte load holds 128 values, value 2j in byte j's low
+//     nibble and 2j+1 in its high nibble. An AND and a shift+AND split it into the even and
+//     the odd values, and x is stored reordered the same way ([even | odd] per 128), so two
+//     vpdpbusd leave in lane L the dot of values 8L..8L+7: no shuffles at all.
+//   * any width: 64 values fill 8*b bytes, and qword i of them is bytes [i*b, i*b + 8). A
+//     byte permute (vpermb) places those bytes, a multishift (vpmultishiftqb) pulls value j
+//     of each qword from bit j*b, a mask keeps b bits: 64 bytes in natural order, lane L
+//     holding the dot of values 4L..4L+3.
+// Each lane's int32 sum is converted to f32 and multiplied by its 32-value block's d and its
+// group's scale; the bias term is one f32 dot of the row's biases with x's group sums.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "simd_kernels.h"
+
+namespace nx_quant::avx512 {
+
+namespace {
+
+
+__mmask64 byte_mask(size_t bytes) {
+  return bytes >= 64 ? ~__mmask64{0} : _cvtu64_mask64((uint64_t{1} << bytes) - 1);
+}
+
+// How a W row is cut into chunks, and which loads cover them.
+struct ChunkPlan {
+  bool nibbles;        // the 4-bit layout (128 values per chunk) or the generic one (64)
+  size_t values;       // values per chunk
+  size_t chunk_bytes;  // packed bytes per full chunk
+  size_t chunks;       // chunks per row: the last one may be partial
+  size_t full_chunks;
+  __mmask64 full_load, last_load;
+  __m512i index, bit_offsets, value_mask;  // generic unpack
+
+  ChunkPlan(int bits, size_t k) {
+    nibbles = bits == 4;
+    values = nibbles ? 128 : 64;
+    chunk_bytes = values * static_cast<size_t>(bits) / 8;
+    chunks = (k + values - 1) / values;
+    full_chunks = k / values;
+    full_load = byte_mask(chunk_bytes);
+    last_load = byte_mask((k % values) * static_cast<size_t>(bits) / 8);
+    alignas(64) uint8_t idx[64];
+    alignas(64) uint8_t off[64];
+    for (int i = 0; i < 8; ++i) {
+      for (int j = 0; j < 8; ++j) {
+        idx[8 * i + j] = static_cast<uint8_t>(std::min(63, i * bits + j));
+        off[8 * i + j] = static_cast<uint8_t>(j * bits);
+      }
+    }
+    index = _mm512_load_si512(idx);
+    bit_offsets = _mm512_load_si512(off);
+    value_mask = _mm512_set1_epi8(static_cast<char>((1 << bits) - 1));
+  }
+
+  __m512i unpack_generic(const uint8_t* p, __mmask64 load) const {
+    __m512i v = _mm512_maskz_loadu_epi8(load, p);
+    v = _mm512_permutexvar_epi8(index, v);
+    v = _mm512_multishift_epi64_epi8(bit_offsets, v);
+    return _mm512_and_si512(v, value_mask);
+  }
+};
+
+// dst[0..count) = src[offset..offset+count) as f32.
+void params_to_f32(const void* src, DType dtype, size_t offset, size_t count, float* dst) {
+  if (dtype == DType::F32) {
+    std::memcpy(dst, static_cast<const float*>(src) + offset, count * sizeof(float));
+    return;
+  }
+  const auto* h = static_cast<const uint16_t*>(src) + offset;
+  for (size_t i = 0; i < count; i += 16) {
+    const __mmask16 live = count - i >= 16 ? __mmask16(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __m256i v = _mm256_maskz_loadu_epi16(live, h + i);
+    const __m512 f = dtype == DType::F16
+                         ? _mm512_cvtph_ps(v)
+                         : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+    _mm512_mask_storeu_ps(dst + i, live, f);
+  }
+}
+
+// sum_g a[g] * b[g] in a fixed order (16 lanes, then a fixed reduction).
+float dot_f32(const float* a, const float* b, size_t count) {
+  __m512 acc = _mm512_setzero_ps();
+  for (size_t i = 0; i < count; i += 16) {
+    const __mmask16 live = count - i >= 16 ? __mmask16(0xFFFF)
+                                           : static_cast<__mmask16>((1u << (count - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, a + i), _mm512_maskz_loadu_ps(live, b + i),
+                          acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+}  // namespace
+
+Int8Operand prepare_int8(const detail::Int8Activations& xa, int bits) {
+  const ChunkPlan plan(bits, xa.k);
+  Int8Operand p;
+  p.source = &xa;
+  p.q_stride = xa.k_padded;
+  p.d_stride = plan.chunks * 16;
+  const size_t blocks = xa.k_padded / detail::kInt8Block;
+  if (plan.nibbles) {
+    p.q.resize(xa.q.size());
+    for (size_t i = 0; i < xa.m * xa.k_padded; i += 128) {
+      for (size_t j = 0; j < 64; ++j) {
+        p.q[i + j] = xa.q[i + 2 * j];
+        p.q[i + 64 + j] = xa.q[i + 2 * j + 1];
+      }
+    }
+  } else {
+    p.q = xa.q;
+  }
+  p.d.resize(xa.m * p.d_stride);
+  const size_t lane_values = plan.values / 16;
+  for (size_t i = 0; i < xa.m; ++i) {
+    for (size_t c = 0; c < plan.chunks; ++c) {
+      for (size_t l = 0; l < 16; ++l) {
+        const size_t block = (c * plan.values + l * lane_values) / detail::kInt8Block;
+        p.d[i * p.d_stride + c * 16 + l] = xa.d[i * blocks + block];
+      }
+    }
+  }
+  return p;
+}
+
+namespace {
+
+// Rows n .. n+NW of W against rows i0 .. i0+MR of x.
+template <int MR, int NW, bool Nibbles>
+void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const ChunkPlan& plan,
+                     const uint8_t* rows, size_t row_bytes, const float* scales,
+                     size_t scale_stride, const float* biases, size_t groups, size_t gs,
+                     float* result /* [MR][NW] */) {
+  __m512 acc[MR][NW];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NW; ++v) acc[r][v] = _mm512_setzero_ps();
+  // Lane L of a chunk belongs to group (c * values + L * values / 16) / gs.
+  const size_t groups_per_chunk = plan.values > gs ? plan.values / gs : 0;
+  alignas(64) int32_t lane_group[16];
+  for (int l = 0; l < 16; ++l) {
+    lane_group[l] = static_cast<int32_t>(groups_per_chunk * static_cast<size_t>(l) / 16);
+  }
+  const __m512i scale_index = _mm512_load_si512(lane_group);
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i low_nibble = _mm512_set1_epi8(0x0F);
+  for (size_t c = 0; c < plan.chunks; ++c) {
+    const __mmask64 load = c < plan.full_chunks ? plan.full_load : plan.last_load;
+    const size_t byte = c * plan.chunk_bytes;
+    __m512i lo[NW], hi[NW];
+    __m512 scale[NW];
+    for (int v = 0; v < NW; ++v) {
+      const uint8_t* p = rows + v * row_bytes + byte;
+      // The NW rows are contiguous: fetch the same place in the next NW rows, one block ahead.
+      if ((byte & 63) < plan.chunk_bytes) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + NW * row_bytes), _MM_HINT_T0);
+      }
+      if (Nibbles) {
+        const __m512i raw = _mm512_maskz_loadu_epi8(load, p);
+        lo[v] = _mm512_and_si512(raw, low_nibble);
+        hi[v] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibble);
+      } else {
+        lo[v] = plan.unpack_generic(p, load);
+      }
+      const float* s = scales + v * scale_stride;
+      scale[v] = groups_per_chunk
+                     ? _mm512_permutexvar_ps(scale_index, _mm512_castps128_ps512(_mm_loadu_ps(
+                                                              s + c * groups_per_chunk)))
+                     : _mm512_set1_ps(s[c * plan.values / gs]);
+    }
+    for (int r = 0; r < MR; ++r) {
+      const int8_t* xq = x.q.data() + (i0 + r) * x.q_stride + c * plan.values;
+      const __m512i x0 = _mm512_loadu_si512(xq);
+      const __m512 d = _mm512_loadu_ps(x.d.data() + (i0 + r) * x.d_stride + c * 16);
+      for (int v = 0; v < NW; ++v) {
+        __m512i dot = _mm512_dpbusd_epi32(zero, lo[v], x0);
+        if (Nibbles) dot = _mm512_dpbusd_epi32(dot, hi[v], _mm512_loadu_si512(xq + 64));
+        acc[r][v] =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, scale[v]), acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NW; ++v) {
+      result[r * NW + v] = _mm512_reduce_add_ps(acc[r][v]) +
+                           dot_f32(biases + v * groups, xsum + (i0 + r) * groups, groups);
+    }
+  }
+}
+
+}  // namespace
+
+void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtype,
+                  size_t n_begin, size_t n_end, void* out) {
+  const detail::Int8Activations& xa = *x.source;
+  const size_t m = xa.m, k_dim = w.cols, n_dim = w.rows;
+  const ChunkPlan plan(w.spec.bits, k_dim);
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = k_dim / gs;
+  const size_t row_bytes = k_dim * static_cast<size_t>(w.spec.bits) / 8;
+  const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
+
+  constexpr int kNW = 4;
+  const size_t scale_stride = groups + 4;  // a chunk may read up to 4 scales past the row
+  std::vector<float> scales(kNW * scale_stride, 0.0f), biases(kNW * groups);
+  float result[2 * kNW];
+
+  auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
+    constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
+    for (int v = 0; v < NW; ++v) {
+      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups,
+                    scales.data() + v * scale_stride);
+      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
+    }
+    const uint8_t* rows = bytes + n * row_bytes;
+    if (plan.nibbles) {
+      gemv_int8_block<MR, NW, true>(x, xa.group_sum.data(), i0, plan, rows, row_bytes,
+                                    scales.data(), scale_stride, biases.data(), groups, gs,
+                                    result);
+    } else {
+      gemv_int8_block<MR, NW, false>(x, xa.group_sum.data(), i0, plan, rows, row_bytes,
+                                     scales.data(), scale_stride, biases.data(), groups, gs,
+                                     result);
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NW; ++v)
+        store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * NW + v]);
+  };
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Four = std::integral_constant<int, 4>;
+  for (size_t i0 = 0; i0 < m; i0 += 2) {
+    const bool pair = m - i0 >= 2;
+    size_t n = n_begin;
+    for (; n + kNW <= n_end; n += kNW) pair ? run(Two{}, Four{}, n, i0) : run(One{}, Four{}, n, i0);
+    for (; n < n_end; ++n) pair ? run(Two{}, One{}, n, i0) : run(One{}, One{}, n, i0);
+  }
+}
+
+}  // namespace nx_quant::avx512
