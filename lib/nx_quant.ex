@@ -139,10 +139,14 @@ if Code.ensure_loaded?(Nx) do
     x's last axis is contracted with qw's last axis. Output shape
     `{batch_dims..., out_features}`, type the scales' type (option `:out_type` overrides).
     A transposed view of `qw` is contracted the same way, on its logical last axis.
+
+    Option `:precision`: `:exact` (default, or `config :nx_quant, :matmul_precision`) or
+    `:int8`, the opt-in fast mode for decode-shaped calls (see `NxQuant.Core.quantized_matmul/3`).
     """
     deftransform quantized_matmul(x, qw, opts \\ []) do
       fun = "NxQuant.quantized_matmul/3"
-      opts = Validate.keyword!(opts, [:out_type], fun)
+      opts = Validate.keyword!(opts, [:out_type, :precision], fun)
+      precision = Validate.precision!(opts, fun)
       x = Nx.to_tensor(x)
 
       if tuple_size(qw.shape) != 2 do
@@ -176,7 +180,7 @@ if Code.ensure_loaded?(Nx) do
       call(
         template(out_shape, out_type, names),
         {x, qw},
-        [out_type: out_type],
+        [out_type: out_type, precision: precision],
         &__MODULE__.__quantized_matmul__/2
       )
     end
@@ -195,7 +199,7 @@ if Code.ensure_loaded?(Nx) do
           names: List.replace_at(x.names, rank - 1, nil)
       }
 
-      Backend.dot(out, x, [rank - 1], [], qw, [1], [])
+      Backend.dot(out, x, [rank - 1], [], qw, [1], [], precision: opts[:precision])
     end
 
     ## quantized_tensor, parts, config, quantized? ----------------------------------------

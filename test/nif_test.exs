@@ -178,44 +178,48 @@ defmodule NxQuant.NIFTest do
       end)
     end
 
-    test "quantized_matmul/7", %{ref: ref} do
+    test "quantized_matmul/8", %{ref: ref} do
       x = TestFloat.encode(List.duplicate(1.0, 32), {:f, 32})
 
       assert_arg_error(~r"argument 1 \(x\) must be a binary", fn ->
-        NIF.quantized_matmul(:x, :f32, 1, ref, true, :f32, 0)
+        NIF.quantized_matmul(:x, :f32, 1, ref, true, :f32, 0, :exact)
       end)
 
       assert_arg_error(~r"argument 2 \(x_dtype\)", fn ->
-        NIF.quantized_matmul(x, "f32", 1, ref, true, :f32, 0)
+        NIF.quantized_matmul(x, "f32", 1, ref, true, :f32, 0, :exact)
       end)
 
       assert_arg_error(~r"argument 3 \(m\)", fn ->
-        NIF.quantized_matmul(x, :f32, -1, ref, true, :f32, 0)
+        NIF.quantized_matmul(x, :f32, -1, ref, true, :f32, 0, :exact)
       end)
 
       assert_arg_error(~r"argument 4 \(w\) must be a quantized tensor reference", fn ->
-        NIF.quantized_matmul(x, :f32, 1, make_ref(), true, :f32, 0)
+        NIF.quantized_matmul(x, :f32, 1, make_ref(), true, :f32, 0, :exact)
       end)
 
       assert_arg_error(~r"argument 5 \(transpose\)", fn ->
-        NIF.quantized_matmul(x, :f32, 1, ref, 1, :f32, 0)
+        NIF.quantized_matmul(x, :f32, 1, ref, 1, :f32, 0, :exact)
       end)
 
       assert_arg_error(~r"argument 6 \(out_dtype\)", fn ->
-        NIF.quantized_matmul(x, :f32, 1, ref, true, :u32, 0)
+        NIF.quantized_matmul(x, :f32, 1, ref, true, :u32, 0, :exact)
       end)
 
       assert_arg_error(~r"argument 7 \(threads\)", fn ->
-        NIF.quantized_matmul(x, :f32, 1, ref, true, :f32, -2)
+        NIF.quantized_matmul(x, :f32, 1, ref, true, :f32, -2, :exact)
+      end)
+
+      assert_arg_error(~r"argument 8 \(precision\) must be one of :exact, :int8", fn ->
+        NIF.quantized_matmul(x, :f32, 1, ref, true, :f32, 0, :fast)
       end)
 
       assert_arg_error(~r"argument 1 \(x\) has 124 bytes, expected 128", fn ->
-        NIF.quantized_matmul(binary_part(x, 0, 124), :f32, 1, ref, true, :f32, 0)
+        NIF.quantized_matmul(binary_part(x, 0, 124), :f32, 1, ref, true, :f32, 0, :exact)
       end)
 
       # transpose false: k is the stored rows (2), so m = 1 needs 2 values
       assert_arg_error(~r"argument 1 \(x\) has 128 bytes, expected 8", fn ->
-        NIF.quantized_matmul(x, :f32, 1, ref, false, :f32, 0)
+        NIF.quantized_matmul(x, :f32, 1, ref, false, :f32, 0, :exact)
       end)
     end
 

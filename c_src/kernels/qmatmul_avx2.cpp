@@ -1,18 +1,502 @@
-// AVX2 + FMA fused quantized matmul. PLACEHOLDER: forwards to the portable kernels until the
-// vectorised version lands.
-#include "portable.h"
+// AVX2 + FMA (+ F16C) fused quantized matmul: the AVX-512 kernels (qmatmul_avx512.cpp) ported to
+// 256-bit registers and 16 architectural registers.
+//
+// Unpacking works on chunks of 16 consecutive values of a stored row, which span exactly 2*bits
+// bytes; a chunk yields two __m256 of 8 values each (lo: values 0..7, hi: values 8..15).
+//   * 2 and 4 bits: one 32-bit word holds 16 resp. 8 values: broadcast it (a plain load on
+//     every AVX2 CPU), shift each lane by its own amount (vpsrlvd), mask.
+//   * 8 bits: zero-extend 8 bytes to 8 dwords (vpmovzxbd).
+//   * 3, 5 and 6 bits: broadcast the 16 bytes starting at the chunk into both 128-bit lanes; one
+//     in-lane byte shuffle (vpshufb) gathers, for lane i, the two bytes starting at byte
+//     (i*bits)/8 (a value spans at most two bytes); then shift by (i*bits)%8 and mask.
+//     That 16-byte load reads up to 16 - 2*bits bytes past the chunk, which is harmless inside
+//     the buffer but not at its end: a group whose over-read would leave the packed buffer is
+//     first copied into a zeroed local (see `guarded`). The 2/4/8-bit unpackers read exactly
+//     the chunk's bytes.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
 #include "simd_kernels.h"
 
 namespace nx_quant::avx2 {
 
+namespace {
+
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int Bits>
+struct Unpacker {
+  static constexpr size_t kChunkBytes = 2 * Bits;  // bytes holding 16 values
+  // Bytes a chunk's load may read past the chunk (see the file comment).
+  static constexpr size_t kOverread = (32 % Bits == 0) ? 0 : 16 - kChunkBytes;
+
+  __m256i index_lo, index_hi;  // 3/5/6 bits: byte shuffles
+  __m256i shift_lo, shift_hi;
+  __m256i mask;
+
+  Unpacker() {
+    alignas(32) uint8_t idx[2][32];
+    alignas(32) uint32_t sh[2][8];
+    for (int h = 0; h < 2; ++h) {
+      for (int l = 0; l < 8; ++l) {
+        const int i = 8 * h + l;  // value within the chunk
+        int bit = i * Bits;
+        if (Bits == 2) bit = (8 * h + l) * 2;  // shift inside the chunk's single word
+        if (Bits == 4) bit = l * 4;            // lo and hi each read their own word
+        sh[h][l] = static_cast<uint32_t>((32 % Bits == 0) ? bit : bit & 7);
+        for (int j = 0; j < 4; ++j) {
+          const int byte = (bit >> 3) + j;
+          idx[h][4 * l + j] =
+              (j < 2 && byte < static_cast<int>(kChunkBytes)) ? static_cast<uint8_t>(byte) : 0x80;
+        }
+      }
+    }
+    index_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(idx[0]));
+    index_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(idx[1]));
+    shift_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(sh[0]));
+    shift_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(sh[1]));
+    mask = _mm256_set1_epi32((1 << Bits) - 1);
+  }
+
+  // Values 0..7 of the chunk at p.
+  __m256 lo(const uint8_t* p) const {
+    __m256i v;
+    if constexpr (Bits == 8) {
+      return _mm256_cvtepi32_ps(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    } else if constexpr (Bits == 2 || Bits == 4) {
+      v = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(load_u32(p))), shift_lo);
+    } else {
+      v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      v = _mm256_srlv_epi32(_mm256_shuffle_epi8(v, index_lo), shift_lo);
+    }
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
+  }
+
+  // Values 8..15 of the chunk at p.
+  __m256 hi(const uint8_t* p) const {
+    __m256i v;
+    if constexpr (Bits == 8) {
+      return _mm256_cvtepi32_ps(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8))));
+    } else if constexpr (Bits == 2) {
+      v = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(load_u32(p))), shift_hi);
+    } else if constexpr (Bits == 4) {
+      v = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(load_u32(p + 4))), shift_lo);
+    } else {
+      v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+      v = _mm256_srlv_epi32(_mm256_shuffle_epi8(v, index_hi), shift_hi);
+    }
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, mask));
+  }
+};
+
+// Where to unpack `bytes` bytes at p from: p itself, or (when the unpacker's over-read would leave
+// the packed buffer [base, base + total)) a copy in tmp, whose tail stays zero.
+template <int Bits>
+inline const uint8_t* guarded(const uint8_t* p, size_t bytes, const uint8_t* base, size_t total,
+                              uint8_t* tmp) {
+  if constexpr (Unpacker<Bits>::kOverread == 0) {
+    return p;
+  } else {
+    if (static_cast<size_t>(p - base) + bytes + Unpacker<Bits>::kOverread <= total) return p;
+    std::memcpy(tmp, p, bytes);
+    return tmp;
+  }
+}
+
+// Largest group: 128 values of 8 bits, plus room for an over-read.
+constexpr size_t kMaxGroupBytes = 128;
+constexpr size_t kTmpBytes = kMaxGroupBytes + 32;
+
+struct Params {  // scales and biases, loaded as f32
+  const void* scales;
+  const void* biases;
+  DType dtype;
+  float scale(size_t i) const { return load_as_f32(scales, dtype, i); }
+  float bias(size_t i) const { return load_as_f32(biases, dtype, i); }
+};
+
+template <typename T>
+struct AlignedBuffer {
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> data;
+  explicit AlignedBuffer(size_t count) {
+    const size_t bytes = ((count * sizeof(T) + 63) / 64) * 64;
+    data.reset(static_cast<T*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes)));
+    if (!data) throw std::bad_alloc();
+  }
+  T* get() const { return data.get(); }
+};
+
+// Description of the packed matrix shared by the kernels.
+struct Packed {
+  const uint8_t* bytes;
+  size_t total;      // bytes of the whole packed buffer
+  size_t row_bytes;  // bytes of one stored row
+};
+
+// ---- GEMV (transpose = true, small m) --------------------------------------------------------
+// Per output: for each group g, t = sum over the group of q * x (8 lanes; for MR = 1 split over
+// two partial sums, lo and hi halves of each chunk), acc += t * scale_g (8 lanes),
+// bias_sum += bias_g * sum(x_g) (scalar); result = hsum(acc) + bias_sum. The order depends only
+// on MR (fixed by the row of x, never by the column split), so a result never depends on how
+// columns are split over threads or blocked by NW.
+constexpr size_t kPrefetchBytes = 2048;
+
+template <int Bits, int MR, int NW>
+void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, const Packed& w,
+                size_t n, const Params& params, size_t group_size, const Unpacker<Bits>& unpack,
+                uint8_t (*tmp)[kTmpBytes], float* result /* [MR][NW] */) {
+  using U = Unpacker<Bits>;
+  constexpr int S = MR == 1 ? 2 : 1;  // partial sums per (row, column)
+  __m256 acc[MR][NW];
+  float bias_sum[MR][NW];
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NW; ++v) {
+      acc[r][v] = _mm256_setzero_ps();
+      bias_sum[r][v] = 0.0f;
+    }
+  }
+  const size_t chunks_per_group = group_size / 16;
+  const size_t group_bytes = chunks_per_group * U::kChunkBytes;
+  const uint8_t* rows = w.bytes + n * w.row_bytes;
+  for (size_t g = 0; g < groups; ++g) {
+    __m256 t[MR][NW][S];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NW; ++v)
+        for (int s = 0; s < S; ++s) t[r][v][s] = _mm256_setzero_ps();
+    const uint8_t* src[NW];
+    for (int v = 0; v < NW; ++v) {
+      const uint8_t* p = rows + v * w.row_bytes + g * group_bytes;
+      // W streams from DRAM once: fetch a few groups ahead on each of the NW row streams.
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+      src[v] = guarded<Bits>(p, group_bytes, w.bytes, w.total, tmp[v]);
+    }
+    const float* xg = x + g * group_size;
+    for (size_t c = 0; c < chunks_per_group; ++c) {
+      for (int v = 0; v < NW; ++v) {
+        const uint8_t* p = src[v] + c * U::kChunkBytes;
+        const __m256 qlo = unpack.lo(p);
+        const __m256 qhi = unpack.hi(p);
+        for (int r = 0; r < MR; ++r) {
+          const float* xr = xg + r * k_dim + c * 16;
+          t[r][v][0] = _mm256_fmadd_ps(qlo, _mm256_loadu_ps(xr), t[r][v][0]);
+          t[r][v][S - 1] = _mm256_fmadd_ps(qhi, _mm256_loadu_ps(xr + 8), t[r][v][S - 1]);
+        }
+      }
+    }
+    for (int v = 0; v < NW; ++v) {
+      const size_t p = (n + v) * groups + g;
+      const __m256 scale = _mm256_set1_ps(params.scale(p));
+      const float bias = params.bias(p);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 tv = S == 2 ? _mm256_add_ps(t[r][v][0], t[r][v][S - 1]) : t[r][v][0];
+        acc[r][v] = _mm256_fmadd_ps(tv, scale, acc[r][v]);
+        bias_sum[r][v] += bias * xsum[r * groups + g];
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NW; ++v) result[r * NW + v] = hsum(acc[r][v]) + bias_sum[r][v];
+}
+
+template <int Bits>
+void gemv_nk_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype,
+                  size_t n_begin, size_t n_end, void* out) {
+  const Unpacker<Bits> unpack;
+  const Params params{w.scales.data, w.biases.data, w.dtype};
+  const size_t k_dim = w.cols, n_dim = w.rows;
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = k_dim / gs;
+  const Packed packed{static_cast<const uint8_t*>(w.packed.data), w.packed.bytes,
+                      k_dim * static_cast<size_t>(Bits) / 8};
+  alignas(32) uint8_t tmp[4][kTmpBytes] = {};
+
+  std::vector<float> xsum(m * groups);
+  for (size_t i = 0; i < m * groups; ++i) {
+    __m256 s = _mm256_setzero_ps();
+    for (size_t c = 0; c < gs; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + i * gs + c));
+    xsum[i] = hsum(s);
+  }
+  float result[8];
+  for (size_t i0 = 0; i0 < m; i0 += 2) {
+    const bool pair = m - i0 >= 2;
+    const float* xi = x + i0 * k_dim;
+    const float* si = xsum.data() + i0 * groups;
+    size_t n = n_begin;
+    auto store = [&](int mr, int nw) {
+      for (int r = 0; r < mr; ++r)
+        for (int v = 0; v < nw; ++v)
+          store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * nw + v]);
+    };
+    for (; n + 4 <= n_end; n += 4) {
+      if (pair) {
+        gemv_block<Bits, 2, 4>(xi, k_dim, si, groups, packed, n, params, gs, unpack, tmp, result);
+        store(2, 4);
+      } else {
+        gemv_block<Bits, 1, 4>(xi, k_dim, si, groups, packed, n, params, gs, unpack, tmp, result);
+        store(1, 4);
+      }
+    }
+    for (; n < n_end; ++n) {
+      if (pair) {
+        gemv_block<Bits, 2, 1>(xi, k_dim, si, groups, packed, n, params, gs, unpack, tmp, result);
+        store(2, 1);
+      } else {
+        gemv_block<Bits, 1, 1>(xi, k_dim, si, groups, packed, n, params, gs, unpack, tmp, result);
+        store(1, 1);
+      }
+    }
+  }
+}
+
+// ---- GEMM ------------------------------------------------------------------------------------
+constexpr size_t kNR = 32;   // output columns per panel (two 16-column microkernel halves)
+constexpr size_t kKB = 256;  // K per panel: 256 x 32 f32 = 32 KB, L1/L2 resident
+constexpr int kMR = 6;       // rows of x per microkernel call: 12 accumulators
+static_assert(kGemmBlock % kNR == 0, "column splits must fall on panel boundaries");
+
+// In-register 8 x 8 transpose: r[j] becomes column j.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
+  }
+}
+
+// panel[k][0..32) = W[k0 + k][n0 .. n0 + 32) (W logical [K, N]), as f32 scale * q + bias.
+// transpose = true: W is stored [N, K]; rows past N are zero. kb is a multiple of 32 (K is a
+// multiple of the group size) and k0 of 256, so 16-value chunks never straddle groups.
+template <int Bits>
+void dequantize_panel_nk(const QuantizedMatrix& w, const Packed& packed,
+                         const Unpacker<Bits>& unpack, size_t n0, size_t k0, size_t kb,
+                         float* panel) {
+  using U = Unpacker<Bits>;
+  const Params params{w.scales.data, w.biases.data, w.dtype};
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = w.cols / gs;
+  // Scale and bias of every (column, group) the panel touches.
+  const size_t g0 = k0 / gs, g1 = (k0 + kb + gs - 1) / gs;
+  float scale[kNR][kKB / 32], bias[kNR][kKB / 32];
+  size_t live = 0;  // columns present (< N)
+  for (size_t j = 0; j < kNR && n0 + j < w.rows; ++j, ++live) {
+    for (size_t g = g0; g < g1; ++g) {
+      scale[j][g - g0] = params.scale((n0 + j) * groups + g);
+      bias[j][g - g0] = params.bias((n0 + j) * groups + g);
+    }
+  }
+  alignas(32) uint8_t tmp[kTmpBytes] = {};
+  for (size_t block = 0; block < kNR / 8; ++block) {
+    for (size_t kc = 0; kc < kb; kc += 16) {
+      const size_t k = k0 + kc;
+      const size_t gi = k / gs - g0;
+      for (int h = 0; h < 2; ++h) {
+        __m256 r[8];
+        for (size_t j = 0; j < 8; ++j) {
+          const size_t col = block * 8 + j;
+          if (col >= live) {
+            r[j] = _mm256_setzero_ps();
+            continue;
+          }
+          const uint8_t* p = packed.bytes + (n0 + col) * packed.row_bytes + (k / 16) * U::kChunkBytes;
+          p = guarded<Bits>(p, U::kChunkBytes, packed.bytes, packed.total, tmp);
+          const __m256 q = h == 0 ? unpack.lo(p) : unpack.hi(p);
+          r[j] = _mm256_fmadd_ps(q, _mm256_set1_ps(scale[col][gi]), _mm256_set1_ps(bias[col][gi]));
+        }
+        transpose8(r);
+        for (size_t i = 0; i < 8; ++i)
+          _mm256_store_ps(panel + (kc + 8 * h + i) * kNR + block * 8, r[i]);
+      }
+    }
+  }
+}
+
+// transpose = false: W is stored [K, N] packed along N; n0 is a multiple of 32 and N of the
+// group size (>= 32), so a panel's 32 columns are always present and inside one group.
+template <int Bits>
+void dequantize_panel_kn(const QuantizedMatrix& w, const Packed& packed,
+                         const Unpacker<Bits>& unpack, size_t n0, size_t k0, size_t kb,
+                         float* panel) {
+  using U = Unpacker<Bits>;
+  const Params params{w.scales.data, w.biases.data, w.dtype};
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = w.cols / gs;
+  alignas(32) uint8_t tmp[kTmpBytes] = {};
+  for (size_t k = 0; k < kb; ++k) {
+    const size_t g = (k0 + k) * groups + n0 / gs;
+    const __m256 scale = _mm256_set1_ps(params.scale(g));
+    const __m256 bias = _mm256_set1_ps(params.bias(g));
+    const uint8_t* row =
+        packed.bytes + (k0 + k) * packed.row_bytes + (n0 / 16) * U::kChunkBytes;
+    row = guarded<Bits>(row, 2 * U::kChunkBytes, packed.bytes, packed.total, tmp);
+    float* dst = panel + k * kNR;
+    _mm256_store_ps(dst, _mm256_fmadd_ps(unpack.lo(row), scale, bias));
+    _mm256_store_ps(dst + 8, _mm256_fmadd_ps(unpack.hi(row), scale, bias));
+    _mm256_store_ps(dst + 16, _mm256_fmadd_ps(unpack.lo(row + U::kChunkBytes), scale, bias));
+    _mm256_store_ps(dst + 24, _mm256_fmadd_ps(unpack.hi(row + U::kChunkBytes), scale, bias));
+  }
+}
+
+// c[r][0..16) += sum_k x[r][k] * panel[k][0..16) for r < MR, k < kb (k in order); panel and c
+// have row stride kNR.
+template <int MR>
+void microkernel(const float* x, size_t ldx, const float* panel, size_t kb, float* c) {
+  __m256 a0[MR], a1[MR];
+  for (int r = 0; r < MR; ++r) {
+    a0[r] = _mm256_loadu_ps(c + r * kNR);
+    a1[r] = _mm256_loadu_ps(c + r * kNR + 8);
+  }
+  for (size_t k = 0; k < kb; ++k) {
+    const __m256 b0 = _mm256_load_ps(panel + k * kNR);
+    const __m256 b1 = _mm256_load_ps(panel + k * kNR + 8);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xr = _mm256_broadcast_ss(x + r * ldx + k);
+      a0[r] = _mm256_fmadd_ps(xr, b0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(xr, b1, a1[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm256_storeu_ps(c + r * kNR, a0[r]);
+    _mm256_storeu_ps(c + r * kNR + 8, a1[r]);
+  }
+}
+
+void microkernel_tail(int rows, const float* x, size_t ldx, const float* panel, size_t kb,
+                      float* c) {
+  switch (rows) {
+    case 1:
+      return microkernel<1>(x, ldx, panel, kb, c);
+    case 2:
+      return microkernel<2>(x, ldx, panel, kb, c);
+    case 3:
+      return microkernel<3>(x, ldx, panel, kb, c);
+    case 4:
+      return microkernel<4>(x, ldx, panel, kb, c);
+    case 5:
+      return microkernel<5>(x, ldx, panel, kb, c);
+    default:
+      return microkernel<6>(x, ldx, panel, kb, c);
+  }
+}
+
+void store_row(const float* values, size_t count, DType dtype, void* out, size_t offset) {
+  if (dtype == DType::F32) {
+    std::memcpy(static_cast<float*>(out) + offset, values, count * sizeof(float));
+  } else if (dtype == DType::F16) {
+    auto* dst = static_cast<uint16_t*>(out) + offset;
+    size_t j = 0;
+    for (; j + 8 <= count; j += 8) {
+      const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(values + j), _MM_FROUND_TO_NEAREST_INT);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j), h);
+    }
+    for (; j < count; ++j) dst[j] = f32_to_f16_bits(values[j]);
+  } else {
+    for (size_t j = 0; j < count; ++j) store_from_f32(out, dtype, offset + j, values[j]);
+  }
+}
+
+template <int Bits>
+void gemm_impl(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
+               size_t n_begin, size_t n_end, void* out) {
+  const Unpacker<Bits> unpack;
+  const size_t k_dim = transpose ? w.cols : w.rows;
+  const size_t n_dim = transpose ? w.rows : w.cols;
+  const Packed packed{static_cast<const uint8_t*>(w.packed.data), w.packed.bytes,
+                      w.cols * static_cast<size_t>(Bits) / 8};
+  AlignedBuffer<float> panel(kKB * kNR);
+  AlignedBuffer<float> c(m * kNR);
+  for (size_t n0 = n_begin; n0 < n_end; n0 += kNR) {
+    const size_t nr = std::min(kNR, n_end - n0);
+    std::fill(c.get(), c.get() + m * kNR, 0.0f);
+    for (size_t k0 = 0; k0 < k_dim; k0 += kKB) {
+      const size_t kb = std::min(kKB, k_dim - k0);
+      if (transpose) {
+        dequantize_panel_nk<Bits>(w, packed, unpack, n0, k0, kb, panel.get());
+      } else {
+        dequantize_panel_kn<Bits>(w, packed, unpack, n0, k0, kb, panel.get());
+      }
+      for (size_t i0 = 0; i0 < m; i0 += kMR) {
+        const int rows = static_cast<int>(std::min<size_t>(kMR, m - i0));
+        for (size_t half = 0; half < 2; ++half) {
+          microkernel_tail(rows, x + i0 * k_dim + k0, k_dim, panel.get() + half * 16, kb,
+                           c.get() + i0 * kNR + half * 16);
+        }
+      }
+    }
+    for (size_t i = 0; i < m; ++i) store_row(c.get() + i * kNR, nr, out_dtype, out, i * n_dim + n0);
+  }
+}
+
+}  // namespace
+
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out) {
-  portable::matmul(x, m, w, true, out_dtype, n_begin, n_end, out);
+  if (m == 0 || n_begin >= n_end) return;
+  switch (w.spec.bits) {
+    case 2:
+      return gemv_nk_impl<2>(x, m, w, out_dtype, n_begin, n_end, out);
+    case 3:
+      return gemv_nk_impl<3>(x, m, w, out_dtype, n_begin, n_end, out);
+    case 4:
+      return gemv_nk_impl<4>(x, m, w, out_dtype, n_begin, n_end, out);
+    case 5:
+      return gemv_nk_impl<5>(x, m, w, out_dtype, n_begin, n_end, out);
+    case 6:
+      return gemv_nk_impl<6>(x, m, w, out_dtype, n_begin, n_end, out);
+    default:
+      return gemv_nk_impl<8>(x, m, w, out_dtype, n_begin, n_end, out);
+  }
 }
 
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
           size_t n_begin, size_t n_end, void* out) {
-  portable::matmul(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+  if (m == 0 || n_begin >= n_end) return;
+  switch (w.spec.bits) {
+    case 2:
+      return gemm_impl<2>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+    case 3:
+      return gemm_impl<3>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+    case 4:
+      return gemm_impl<4>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+    case 5:
+      return gemm_impl<5>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+    case 6:
+      return gemm_impl<6>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+    default:
+      return gemm_impl<8>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+  }
 }
 
 }  // namespace nx_quant::avx2

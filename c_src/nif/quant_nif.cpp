@@ -109,10 +109,11 @@ ERL_NIF_TERM dequantize_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
   });
 }
 
-// quantized_matmul(x, x_dtype, m, ref, transpose, out_dtype, threads) -> binary of m x n
+// quantized_matmul(x, x_dtype, m, ref, transpose, out_dtype, threads, precision)
+//   -> binary of m x n
 ERL_NIF_TERM quantized_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
-  return guarded(env, "quantized_matmul/7", [&] {
-    const Args args(env, "quantized_matmul/7", argv);
+  return guarded(env, "quantized_matmul/8", [&] {
+    const Args args(env, "quantized_matmul/8", argv);
     const ErlNifBinary x = args.binary(0, "x");
     const DType x_dtype = args.dtype(1, "x_dtype");
     const size_t m = args.size(2, "m");
@@ -120,6 +121,7 @@ ERL_NIF_TERM quantized_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM a
     const bool transpose = args.boolean(4, "transpose");
     const DType out_dtype = args.dtype(5, "out_dtype");
     const int threads = args.integer(6, "threads", 0, kMaxThreads);
+    const Precision precision = args.precision(7, "precision");
     const QuantizedMatrix& w = tensor.matrix;
 
     const size_t k = transpose ? w.cols : w.rows;
@@ -141,7 +143,7 @@ ERL_NIF_TERM quantized_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM a
     const ConstBuffer input = aligned_view(x, dtype_size(x_dtype), copy);
     OutputBinary out(mul_or_fail(mn, dtype_size(out_dtype), "the output size"));
     nx_quant::quantized_matmul(input, x_dtype, m, w, transpose, out_dtype, out.buffer(),
-                               ExecOptions{threads, KernelChoice::Auto});
+                               ExecOptions{threads, KernelChoice::Auto, precision});
     return out.release_to_term(env);
   });
 }

@@ -151,6 +151,15 @@ DType Args::dtype(int i, const char* name) const {
   expected(i, name, "one of :f32, :f16, :bf16");
 }
 
+nx_quant::Precision Args::precision(int i, const char* name) const {
+  char atom[8];
+  if (enif_get_atom(env_, argv_[i], atom, sizeof atom, ERL_NIF_LATIN1) > 0) {
+    if (std::strcmp(atom, "exact") == 0) return nx_quant::Precision::Exact;
+    if (std::strcmp(atom, "int8") == 0) return nx_quant::Precision::Int8;
+  }
+  expected(i, name, "one of :exact, :int8");
+}
+
 ErlNifBinary Args::binary(int i, const char* name) const {
   ErlNifBinary bin;
   if (!enif_inspect_binary(env_, argv_[i], &bin)) expected(i, name, "a binary");

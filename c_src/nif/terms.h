@@ -17,6 +17,7 @@
 
 #include "nx_quant/dtype.h"
 #include "nx_quant/error.h"
+#include "nx_quant/kernels.h"
 
 namespace nx_quant::nif {
 
@@ -56,6 +57,8 @@ class Args {
   bool boolean(int i, const char* name) const;
   // The atom f32, f16 or bf16.
   DType dtype(int i, const char* name) const;
+  // The atom exact or int8.
+  nx_quant::Precision precision(int i, const char* name) const;
   // A binary (no copy: the bytes stay owned by the term, valid for the whole call).
   ErlNifBinary binary(int i, const char* name) const;
 

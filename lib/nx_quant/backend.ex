@@ -299,6 +299,13 @@ if Code.ensure_loaded?(Nx) do
 
     @impl true
     def dot(out, left, contract_left, batch_left, right, contract_right, batch_right) do
+      dot(out, left, contract_left, batch_left, right, contract_right, batch_right, [])
+    end
+
+    # kernel_opts (e.g. `precision: :int8` from NxQuant.quantized_matmul/3) reach the kernel
+    # when the plan is fused.
+    @doc false
+    def dot(out, left, contract_left, batch_left, right, contract_right, batch_right, kernel_opts) do
       operands = [left, right]
 
       case DotPlan.plan(
@@ -322,7 +329,7 @@ if Code.ensure_loaded?(Nx) do
           ])
 
         {:kernel, plan} ->
-          fused_dot(out, left, right, plan, backend_of(operands))
+          fused_dot(out, left, right, plan, backend_of(operands), kernel_opts)
 
         {:dequantize, sides, reason} ->
           Logger.debug("NxQuant.Backend.dot/7 dequantizes #{inspect(sides)}: #{reason}")
@@ -346,7 +353,7 @@ if Code.ensure_loaded?(Nx) do
       end
     end
 
-    defp fused_dot(out, left, right, plan, backend) do
+    defp fused_dot(out, left, right, plan, backend, kernel_opts) do
       {x, q} = if plan.activation == :left, do: {left, right}, else: {right, left}
 
       x = if plan.activation_perm, do: Nx.transpose(x, axes: plan.activation_perm), else: x
@@ -355,9 +362,9 @@ if Code.ensure_loaded?(Nx) do
       result =
         x
         |> to_dense()
-        |> Core.quantized_matmul(quantized(q),
-          transpose: plan.transpose,
-          out_type: plan.kernel_type
+        |> Core.quantized_matmul(
+          quantized(q),
+          [transpose: plan.transpose, out_type: plan.kernel_type] ++ kernel_opts
         )
         |> from_dense(backend)
 

@@ -37,7 +37,7 @@ defmodule NxQuant.NIF do
   def dequantize(_ref, _transpose_out), do: not_loaded!()
 
   @doc false
-  def quantized_matmul(_x, _x_dtype, _m, _ref, _transpose, _out_dtype, _threads),
+  def quantized_matmul(_x, _x_dtype, _m, _ref, _transpose, _out_dtype, _threads, _precision),
     do: not_loaded!()
 
   @doc false

@@ -166,6 +166,32 @@ defmodule NxQuant.Validate do
     end
   end
 
+  @doc """
+  The `:precision` option of a quantized matmul: `:exact` or `:int8` (the opt-in fast mode).
+  When absent, the application environment's `:matmul_precision` (default `:exact`).
+  """
+  def precision!(opts, fun) do
+    case Keyword.fetch(opts, :precision) do
+      {:ok, precision} when precision in [:exact, :int8] ->
+        precision
+
+      {:ok, other} ->
+        raise ArgumentError,
+              "#{fun} option :precision must be :exact or :int8, got: #{inspect(other)}"
+
+      :error ->
+        case Application.get_env(:nx_quant, :matmul_precision, :exact) do
+          precision when precision in [:exact, :int8] ->
+            precision
+
+          other ->
+            raise ArgumentError,
+                  "config :nx_quant, :matmul_precision must be :exact or :int8, " <>
+                    "got: #{inspect(other)}"
+        end
+    end
+  end
+
   @doc "A float type option (e.g. `:out_type`), `default` when absent."
   def float_type_opt!(opts, key, default, fun) do
     case Keyword.get(opts, key, default) do
