@@ -2,6 +2,7 @@
 //   * BM_ReadBandwidth: streaming read of 512 MB (the memory-bandwidth ceiling of GEMV),
 //   * BM_Quantized: our kernel (Auto = AVX-512 here), per shape / batch M / bits / threads,
 //   * BM_EigenDense: dense f32 Eigen on the dequantized weight, same shape and threads,
+//   * BM_Dequantize / BM_Quantize: conversion throughput (checkpoint load / model quantization),
 //   * BM_Reference: the scalar oracle (one small case: it is slow).
 // Decode-sized cases (M <= 8) rotate over copies of the weight totalling > 256 MB, so every
 // call reads W from DRAM, as a model's successive layers do. Run: see bench/RESULTS.md.
@@ -161,6 +162,73 @@ void BM_Reference(benchmark::State& state) {
       benchmark::Counter(2e-9 * m * n * k, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// quantize / dequantize of a bf16 4096 x 4096 weight (a checkpoint load or conversion), per
+// bits and threads. GB/s counts the bytes read plus the bytes written.
+// Arguments: bits, threads, kernel (0 = Auto, 2 = Portable).
+void BM_Dequantize(benchmark::State& state) {
+  const size_t rows = 4096, cols = 4096;
+  const QuantizedSet& set = quantized_set(rows, cols, static_cast<int>(state.range(0)), false);
+  std::vector<uint16_t> out(rows * cols);
+  ExecOptions options;
+  options.threads = static_cast<int>(state.range(1));
+  options.kernel = static_cast<KernelChoice>(state.range(2));
+  for (auto _ : state) {
+    dequantize(set.matrix(0), {out.data(), out.size() * 2}, false, options);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["GB/s"] =
+      benchmark::Counter(static_cast<double>(set.bytes_per_matrix() + out.size() * 2) * 1e-9,
+                         benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_Quantize(benchmark::State& state) {
+  const size_t rows = 4096, cols = 4096;
+  const int bits = static_cast<int>(state.range(0));
+  const QuantSpec spec{bits, 64};
+  const auto dense = random_bf16(rows * cols, 2);
+  std::vector<uint32_t> packed(rows * cols * bits / 32);
+  std::vector<uint16_t> scales(rows * cols / 64), biases(rows * cols / 64);
+  ExecOptions options;
+  options.threads = static_cast<int>(state.range(1));
+  options.kernel = static_cast<KernelChoice>(state.range(2));
+  for (auto _ : state) {
+    quantize({dense.data(), dense.size() * 2}, DType::BF16, rows, cols, spec,
+             {packed.data(), packed.size() * 4}, {scales.data(), scales.size() * 2},
+             {biases.data(), biases.size() * 2}, options);
+    benchmark::DoNotOptimize(packed.data());
+  }
+  const double bytes = dense.size() * 2 + packed.size() * 4 + scales.size() * 4;
+  state.counters["GB/s"] =
+      benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// memcpy of 64 MB over `threads` threads: the read+write ceiling the conversions compare with.
+void BM_Copy(benchmark::State& state) {
+  const size_t bytes = size_t{64} << 20;
+  static std::vector<char> from(bytes, 1), to(bytes);
+  const int threads = static_cast<int>(state.range(0));
+  for (auto _ : state) {
+    std::vector<std::thread> pool;
+    const size_t per = bytes / threads;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] { std::memcpy(to.data() + t * per, from.data() + t * per, per); });
+    }
+    for (auto& t : pool) t.join();
+    benchmark::DoNotOptimize(to.data());
+  }
+  state.counters["GB/s"] =
+      benchmark::Counter(2.0 * bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void ConversionArgs(benchmark::internal::Benchmark* b) {
+  for (int kernel :
+       {static_cast<int>(KernelChoice::Auto), static_cast<int>(KernelChoice::Portable)}) {
+    for (int threads : {1, 2}) {
+      for (int bits : {4, 3, 8}) b->Args({bits, threads, kernel});
+    }
+  }
+}
+
 // Streaming read of 512 MB with AVX-512 loads, split over `threads` threads.
 void BM_ReadBandwidth(benchmark::State& state) {
   const size_t bytes = size_t{512} << 20;
@@ -253,5 +321,8 @@ BENCHMARK(BM_QuantizedCached)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_EigenDense)->Apply(DenseShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Copy)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Dequantize)->Apply(ConversionArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Quantize)->Apply(ConversionArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Reference)->Args({512, 4096, 1, 4, 1, 0, 0})->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

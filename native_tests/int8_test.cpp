@@ -39,8 +39,8 @@ std::vector<float> run_int8(const std::vector<float>& x, size_t m, const Quantiz
 
 // The int8 formula evaluated independently in double: per group g,
 // scale_g * sum_{b in g} d_b * sum_j q_j * xq_j  +  bias_g * sum_{j in g} x_j.
-double int8_formula(const detail::Int8Activations& xa, size_t i, const QuantizedMatrix& w,
-                    size_t n, double* sum_abs) {
+double int8_formula(const detail::Int8Activations& xa, size_t i, const QuantizedMatrix& w, size_t n,
+                    double* sum_abs) {
   const auto* words = static_cast<const uint32_t*>(w.packed.data);
   const size_t words_per_row = w.cols * w.spec.bits / 32;
   const size_t gs = w.spec.group_size, groups = w.cols / gs;
@@ -51,8 +51,8 @@ double int8_formula(const detail::Int8Activations& xa, size_t i, const Quantized
     const double bias = load_as_f32(w.biases.data, w.dtype, n * groups + g);
     for (size_t k = g * gs; k < (g + 1) * gs; ++k) {
       const double q = reference::unpack_value(words + n * words_per_row, k, w.spec.bits);
-      const double term = scale * xa.d[i * (xa.k_padded / 32) + k / 32] *
-                          xa.q[i * xa.k_padded + k] * q;
+      const double term =
+          scale * xa.d[i * (xa.k_padded / 32) + k / 32] * xa.q[i * xa.k_padded + k] * q;
       total += term;
       *sum_abs += std::abs(term);
     }
@@ -160,8 +160,8 @@ TEST(Int8Matmul, WithinTheDocumentedBoundOfTheExactResult) {
           sum_abs += std::abs(x[i * k + kk] * (scale * q + bias));
         }
         const double err = std::abs(out[i * n + j] - exact[i * n + j]);
-        ASSERT_LE(err, bound + 1e-5 * sum_abs) << "bits " << bits << " at (" << i << ", " << j
-                                               << ")";
+        ASSERT_LE(err, bound + 1e-5 * sum_abs)
+            << "bits " << bits << " at (" << i << ", " << j << ")";
         worst_ratio = std::max(worst_ratio, err / bound);
       }
     }

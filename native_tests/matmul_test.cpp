@@ -78,8 +78,8 @@ std::vector<KernelChoice> runnable_kernels() {
       TypedBuffer dense(DType::F32, random_values(32, 1));
       OwnedQuantized w(dense, 1, 32, {4, 32});
       std::vector<float> x(32), out(1);
-      quantized_matmul({x.data(), 128}, DType::F32, 1, w.matrix, true, DType::F32,
-                       {out.data(), 4}, probe);
+      quantized_matmul({x.data(), 128}, DType::F32, 1, w.matrix, true, DType::F32, {out.data(), 4},
+                       probe);
       kernels.push_back(simd);
     } catch (const InvalidArgument&) {
     }

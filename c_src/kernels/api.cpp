@@ -136,6 +136,17 @@ void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const Qu
     reference::quantize(dense.data, dtype, rows, cols, spec, words, scales.data, biases.data);
     return;
   }
+  const KernelChoice kernel = resolve_kernel(options.kernel);
+#if defined(__x86_64__)
+  if (kernel == KernelChoice::Avx512) {
+    detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {
+      avx512::quantize_rows(dense.data, dtype, cols, spec, begin, end, words, scales.data,
+                            biases.data);
+    });
+    return;
+  }
+#endif
+  (void)kernel;
   detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {
     portable::quantize(dense.data, dtype, cols, spec, begin, end, words, scales.data, biases.data);
   });
@@ -154,6 +165,16 @@ void dequantize(const QuantizedMatrix& w, MutableBuffer out, bool transpose_out,
     reference::dequantize(w, out.data, transpose_out);
     return;
   }
+  const KernelChoice kernel = resolve_kernel(options.kernel);
+#if defined(__x86_64__)
+  if (kernel == KernelChoice::Avx512) {
+    detail::parallel_for(w.rows, 1, options.threads, [&](size_t begin, size_t end) {
+      avx512::dequantize_rows(w, transpose_out, begin, end, out.data);
+    });
+    return;
+  }
+#endif
+  (void)kernel;
   detail::parallel_for(w.rows, 1, options.threads, [&](size_t begin, size_t end) {
     portable::dequantize(w, transpose_out, begin, end, out.data);
   });
@@ -232,11 +253,9 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
         avx2::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);
       });
     } else {
-      detail::parallel_for(n_dim, avx2::kGemmBlock, options.threads,
-                           [&](size_t begin, size_t end) {
-                             avx2::gemm(xf.data(), m, w, transpose, out_dtype, begin, end,
-                                        out.data);
-                           });
+      detail::parallel_for(n_dim, avx2::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
+        avx2::gemm(xf.data(), m, w, transpose, out_dtype, begin, end, out.data);
+      });
     }
     return;
   }

@@ -5,8 +5,8 @@
 namespace nx_quant::detail {
 
 struct CpuFeatures {
-  bool avx2_fma = false;  // AVX2 + FMA + F16C
-  bool avx512 = false;    // AVX-512 F, BW, VL, DQ and VBMI (byte permutes unpack any bit width)
+  bool avx2_fma = false;     // AVX2 + FMA + F16C
+  bool avx512 = false;       // AVX-512 F, BW, VL, DQ and VBMI (byte permutes unpack any bit width)
   bool avx512_vnni = false;  // avx512 plus VNNI (int8 dot products, the Precision::Int8 path)
 };
 

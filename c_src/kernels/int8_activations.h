@@ -13,11 +13,11 @@ constexpr size_t kInt8Block = 32;
 
 struct Int8Activations {
   size_t m = 0;
-  size_t k = 0;         // logical K
-  size_t k_padded = 0;  // K rounded up to 128 (what one AVX-512 load of 4-bit weights holds)
-  std::vector<int8_t> q;          // m x k_padded: round(x / d), in [-127, 127], zero padding
-  std::vector<float> d;           // m x k_padded / 32: the block's step, max|x| / 127
-  std::vector<float> group_sum;   // m x (k / group_size): exact f32 sum of x over each group
+  size_t k = 0;           // logical K
+  size_t k_padded = 0;    // K rounded up to 128 (what one AVX-512 load of 4-bit weights holds)
+  std::vector<int8_t> q;  // m x k_padded: round(x / d), in [-127, 127], zero padding
+  std::vector<float> d;   // m x k_padded / 32: the block's step, max|x| / 127
+  std::vector<float> group_sum;  // m x (k / group_size): exact f32 sum of x over each group
 };
 
 // Deterministic: the same x always gives the same bytes, on every CPU. Non-finite values make

@@ -330,7 +330,8 @@ void dequantize_panel_nk(const QuantizedMatrix& w, const Packed& packed,
             r[j] = _mm256_setzero_ps();
             continue;
           }
-          const uint8_t* p = packed.bytes + (n0 + col) * packed.row_bytes + (k / 16) * U::kChunkBytes;
+          const uint8_t* p =
+              packed.bytes + (n0 + col) * packed.row_bytes + (k / 16) * U::kChunkBytes;
           p = guarded<Bits>(p, U::kChunkBytes, packed.bytes, packed.total, tmp);
           const __m256 q = h == 0 ? unpack.lo(p) : unpack.hi(p);
           r[j] = _mm256_fmadd_ps(q, _mm256_set1_ps(scale[col][gi]), _mm256_set1_ps(bias[col][gi]));
@@ -358,8 +359,7 @@ void dequantize_panel_kn(const QuantizedMatrix& w, const Packed& packed,
     const size_t g = (k0 + k) * groups + n0 / gs;
     const __m256 scale = _mm256_set1_ps(params.scale(g));
     const __m256 bias = _mm256_set1_ps(params.bias(g));
-    const uint8_t* row =
-        packed.bytes + (k0 + k) * packed.row_bytes + (n0 / 16) * U::kChunkBytes;
+    const uint8_t* row = packed.bytes + (k0 + k) * packed.row_bytes + (n0 / 16) * U::kChunkBytes;
     row = guarded<Bits>(row, 2 * U::kChunkBytes, packed.bytes, packed.total, tmp);
     float* dst = panel + k * kNR;
     _mm256_store_ps(dst, _mm256_fmadd_ps(unpack.lo(row), scale, bias));

@@ -27,7 +27,6 @@ namespace nx_quant::avx512 {
 
 namespace {
 
-
 __mmask64 byte_mask(size_t bytes) {
   return bytes >= 64 ? ~__mmask64{0} : _cvtu64_mask64((uint64_t{1} << bytes) - 1);
 }
@@ -79,8 +78,8 @@ void params_to_f32(const void* src, DType dtype, size_t offset, size_t count, fl
   }
   const auto* h = static_cast<const uint16_t*>(src) + offset;
   for (size_t i = 0; i < count; i += 16) {
-    const __mmask16 live = count - i >= 16 ? __mmask16(0xFFFF)
-                                           : static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __mmask16 live =
+        count - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (count - i)) - 1);
     const __m256i v = _mm256_maskz_loadu_epi16(live, h + i);
     const __m512 f = dtype == DType::F16
                          ? _mm512_cvtph_ps(v)
@@ -93,8 +92,8 @@ void params_to_f32(const void* src, DType dtype, size_t offset, size_t count, fl
 float dot_f32(const float* a, const float* b, size_t count) {
   __m512 acc = _mm512_setzero_ps();
   for (size_t i = 0; i < count; i += 16) {
-    const __mmask16 live = count - i >= 16 ? __mmask16(0xFFFF)
-                                           : static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __mmask16 live =
+        count - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (count - i)) - 1);
     acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, a + i), _mm512_maskz_loadu_ps(live, b + i),
                           acc);
   }
@@ -173,10 +172,11 @@ void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const C
         lo[v] = plan.unpack_generic(p, load);
       }
       const float* s = scales + v * scale_stride;
-      scale[v] = groups_per_chunk
-                     ? _mm512_permutexvar_ps(scale_index, _mm512_castps128_ps512(_mm_loadu_ps(
-                                                              s + c * groups_per_chunk)))
-                     : _mm512_set1_ps(s[c * plan.values / gs]);
+      scale[v] =
+          groups_per_chunk
+              ? _mm512_permutexvar_ps(
+                    scale_index, _mm512_castps128_ps512(_mm_loadu_ps(s + c * groups_per_chunk)))
+              : _mm512_set1_ps(s[c * plan.values / gs]);
     }
     for (int r = 0; r < MR; ++r) {
       const int8_t* xq = x.q.data() + (i0 + r) * x.q_stride + c * plan.values;
@@ -185,8 +185,7 @@ void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const C
       for (int v = 0; v < NW; ++v) {
         __m512i dot = _mm512_dpbusd_epi32(zero, lo[v], x0);
         if (Nibbles) dot = _mm512_dpbusd_epi32(dot, hi[v], _mm512_loadu_si512(xq + 64));
-        acc[r][v] =
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, scale[v]), acc[r][v]);
+        acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, scale[v]), acc[r][v]);
       }
     }
   }
@@ -200,8 +199,8 @@ void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const C
 
 }  // namespace
 
-void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtype,
-                  size_t n_begin, size_t n_end, void* out) {
+void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+                  size_t n_end, void* out) {
   const detail::Int8Activations& xa = *x.source;
   const size_t m = xa.m, k_dim = w.cols, n_dim = w.rows;
   const ChunkPlan plan(w.spec.bits, k_dim);
@@ -225,8 +224,7 @@ void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtyp
     const uint8_t* rows = bytes + n * row_bytes;
     if (plan.nibbles) {
       gemv_int8_block<MR, NW, true>(x, xa.group_sum.data(), i0, plan, rows, row_bytes,
-                                    scales.data(), scale_stride, biases.data(), groups, gs,
-                                    result);
+                                    scales.data(), scale_stride, biases.data(), groups, gs, result);
     } else {
       gemv_int8_block<MR, NW, false>(x, xa.group_sum.data(), i0, plan, rows, row_bytes,
                                      scales.data(), scale_stride, biases.data(), groups, gs,

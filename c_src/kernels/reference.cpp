@@ -32,8 +32,6 @@ void pack_value(uint32_t* row_words, size_t i, int bits, uint32_t q) {
 }
 
 GroupParams group_params(const float* values, int group_size, int bits) {
-  const float n_bins = static_cast<float>((1 << bits) - 1);
-  const float eps = 1e-7f;
   // Fold from -inf/+inf with std::max(acc, v) / std::min(acc, v): a NaN v compares false and
   // leaves acc unchanged, so NaN values are skipped exactly as in MLX.
   float w_max = -std::numeric_limits<float>::infinity();
@@ -42,6 +40,12 @@ GroupParams group_params(const float* values, int group_size, int bits) {
     w_max = std::max(w_max, values[j]);
     w_min = std::min(w_min, values[j]);
   }
+  return group_params_from_range(w_min, w_max, bits);
+}
+
+GroupParams group_params_from_range(float w_min, float w_max, int bits) {
+  const float n_bins = static_cast<float>((1 << bits) - 1);
+  const float eps = 1e-7f;
   // The edge of larger magnitude becomes exactly representable: scale is chosen so that
   // edge / scale is an integer q0 and bias = edge. The scale's sign makes q0 land in [0, n_bins].
   const bool mask = std::abs(w_min) > std::abs(w_max);

@@ -23,6 +23,12 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
           size_t n_begin, size_t n_end, void* out);
 
+// quantize / dequantize of rows [row_begin, row_end), bit-identical to the reference.
+void quantize_rows(const void* dense, DType dtype, size_t cols, const QuantSpec& spec,
+                   size_t row_begin, size_t row_end, uint32_t* packed, void* scales, void* biases);
+void dequantize_rows(const QuantizedMatrix& w, bool transpose_out, size_t row_begin, size_t row_end,
+                     void* out);
+
 // x quantized by detail::quantize_activations, rearranged once per call for gemv_nk_int8
 // (the layout depends on the weights' bit width; see qmatmul_int8_avx512.cpp).
 struct Int8Operand {
@@ -35,8 +41,8 @@ Int8Operand prepare_int8(const detail::Int8Activations& xa, int bits);
 
 // Precision::Int8 GEMV (needs AVX-512 VNNI too): transpose = true, output columns
 // [n_begin, n_end).
-void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtype,
-                  size_t n_begin, size_t n_end, void* out);
+void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+                  size_t n_end, void* out);
 
 }  // namespace nx_quant::avx512
 

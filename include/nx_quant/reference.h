@@ -28,6 +28,10 @@ struct GroupParams {
 };
 GroupParams group_params(const float* values, int group_size, int bits);
 
+// The same from the group's NaN-skipping min and max (-inf / +inf folds; the sign of a zero
+// min or max does not change the result).
+GroupParams group_params_from_range(float w_min, float w_max, int bits);
+
 // q for one value given its group's f32 scale and bias: clamp(rint((w - bias) / scale)),
 // with NaN mapped to 0.
 uint32_t quantize_value(float w, GroupParams params, int bits);
