@@ -1,6 +1,7 @@
 # NIF overhead: NxQuant.Core.quantized_matmul/3 (x {1, 4096} . W^T, W 4096 x 4096 4-bit g64,
 # bf16 scales, the same weight every call) against the raw C++ kernel on the same shape, measured
 # in the same run by build-bench/nx_quant_bench (BM_QuantizedCached) when it has been built.
+# Both precisions (:exact and the opt-in :int8).
 # Run: MIX_ENV=prod mix run bench/nif_bench.exs
 alias NxQuant.{Core, Dense}
 
@@ -44,15 +45,15 @@ defmodule NifBench do
           "--benchmark_format=csv"
         ])
 
+      # Names: BM_QuantizedCached/N/K/M/bits/threads/kernel/precision/real_time
       for line <- String.split(out, "\n"),
           String.starts_with?(line, "\"BM_QuantizedCached"),
           into: %{} do
         [name, _iters, real | _] = String.split(line, ",")
-
-        threads =
-          name |> String.trim("\"") |> String.split("/") |> Enum.at(5) |> String.to_integer()
-
-        {threads, String.to_float(real)}
+        args = name |> String.trim("\"") |> String.split("/")
+        threads = args |> Enum.at(5) |> String.to_integer()
+        precision = if Enum.at(args, 7) == "1", do: :int8, else: :exact
+        {{threads, precision}, String.to_float(real)}
       end
     else
       %{}
@@ -66,11 +67,15 @@ raw = NifBench.raw_kernel_us()
 
 IO.puts("NIF path: Core.quantized_matmul, x {1, 4096}, W 4096 x 4096 4-bit g64 (bf16 scales)")
 
-for threads <- [1, 2] do
-  {median, best} = NifBench.time_us(fn -> Core.quantized_matmul(x, qt, threads: threads) end, 500)
+for precision <- [:exact, :int8], threads <- [1, 2] do
+  {median, best} =
+    NifBench.time_us(
+      fn -> Core.quantized_matmul(x, qt, threads: threads, precision: precision) end,
+      500
+    )
 
   overhead =
-    case raw[threads] do
+    case raw[{threads, precision}] do
       nil ->
         "(build build-bench/nx_quant_bench to compare with the raw kernel)"
 
@@ -79,6 +84,6 @@ for threads <- [1, 2] do
     end
 
   IO.puts(
-    "  threads #{threads}: median #{Float.round(median, 1)} us, best #{Float.round(best, 1)} us; #{overhead}"
+    "  #{precision}, threads #{threads}: median #{Float.round(median, 1)} us, best #{Float.round(best, 1)} us; #{overhead}"
   )
 end
