@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "simd_kernels.h"
+#include "unroll.h"
 
 namespace nx_quant::avx2 {
 
@@ -172,7 +173,9 @@ void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, 
   constexpr int S = MR == 1 ? 2 : 1;  // partial sums per (row, column)
   __m256 acc[MR][NW];
   float bias_sum[MR][NW];
+  NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
+    NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
       acc[r][v] = _mm256_setzero_ps();
       bias_sum[r][v] = 0.0f;
@@ -183,10 +186,16 @@ void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, 
   const uint8_t* rows = w.bytes + n * w.row_bytes;
   for (size_t g = 0; g < groups; ++g) {
     __m256 t[MR][NW][S];
-    for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < NW; ++v)
+    NXQ_UNROLL
+    for (int r = 0; r < MR; ++r) {
+      NXQ_UNROLL
+      for (int v = 0; v < NW; ++v) {
+        NXQ_UNROLL
         for (int s = 0; s < S; ++s) t[r][v][s] = _mm256_setzero_ps();
+      }
+    }
     const uint8_t* src[NW];
+    NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
       const uint8_t* p = rows + v * w.row_bytes + g * group_bytes;
       // W streams from DRAM once: fetch a few groups ahead on each of the NW row streams.
@@ -195,10 +204,12 @@ void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, 
     }
     const float* xg = x + g * group_size;
     for (size_t c = 0; c < chunks_per_group; ++c) {
+      NXQ_UNROLL
       for (int v = 0; v < NW; ++v) {
         const uint8_t* p = src[v] + c * U::kChunkBytes;
         const __m256 qlo = unpack.lo(p);
         const __m256 qhi = unpack.hi(p);
+        NXQ_UNROLL
         for (int r = 0; r < MR; ++r) {
           const float* xr = xg + r * k_dim + c * 16;
           t[r][v][0] = _mm256_fmadd_ps(qlo, _mm256_loadu_ps(xr), t[r][v][0]);
@@ -206,10 +217,12 @@ void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, 
         }
       }
     }
+    NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
       const size_t p = (n + v) * groups + g;
       const __m256 scale = _mm256_set1_ps(params.scale(p));
       const float bias = params.bias(p);
+      NXQ_UNROLL
       for (int r = 0; r < MR; ++r) {
         const __m256 tv = S == 2 ? _mm256_add_ps(t[r][v][0], t[r][v][S - 1]) : t[r][v][0];
         acc[r][v] = _mm256_fmadd_ps(tv, scale, acc[r][v]);
@@ -217,8 +230,11 @@ void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, 
       }
     }
   }
-  for (int r = 0; r < MR; ++r)
+  NXQ_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    NXQ_UNROLL
     for (int v = 0; v < NW; ++v) result[r * NW + v] = hsum(acc[r][v]) + bias_sum[r][v];
+  }
 }
 
 template <int Bits>
@@ -280,16 +296,19 @@ static_assert(kGemmBlock % kNR == 0, "column splits must fall on panel boundarie
 // In-register 8 x 8 transpose: r[j] becomes column j.
 inline void transpose8(__m256 r[8]) {
   __m256 t[8], s[8];
+  NXQ_UNROLL
   for (int i = 0; i < 4; ++i) {
     t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
     t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
   }
+  NXQ_UNROLL
   for (int i = 0; i < 2; ++i) {
     s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
     s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
     s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
     s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
   }
+  NXQ_UNROLL
   for (int c = 0; c < 4; ++c) {
     r[c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x20);
     r[4 + c] = _mm256_permute2f128_ps(s[c], s[4 + c], 0x31);
@@ -322,8 +341,10 @@ void dequantize_panel_nk(const QuantizedMatrix& w, const Packed& packed,
     for (size_t kc = 0; kc < kb; kc += 16) {
       const size_t k = k0 + kc;
       const size_t gi = k / gs - g0;
+      NXQ_UNROLL
       for (int h = 0; h < 2; ++h) {
         __m256 r[8];
+        NXQ_UNROLL
         for (size_t j = 0; j < 8; ++j) {
           const size_t col = block * 8 + j;
           if (col >= live) {
@@ -337,6 +358,7 @@ void dequantize_panel_nk(const QuantizedMatrix& w, const Packed& packed,
           r[j] = _mm256_fmadd_ps(q, _mm256_set1_ps(scale[col][gi]), _mm256_set1_ps(bias[col][gi]));
         }
         transpose8(r);
+        NXQ_UNROLL
         for (size_t i = 0; i < 8; ++i)
           _mm256_store_ps(panel + (kc + 8 * h + i) * kNR + block * 8, r[i]);
       }
@@ -374,6 +396,7 @@ void dequantize_panel_kn(const QuantizedMatrix& w, const Packed& packed,
 template <int MR>
 void microkernel(const float* x, size_t ldx, const float* panel, size_t kb, float* c) {
   __m256 a0[MR], a1[MR];
+  NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
     a0[r] = _mm256_loadu_ps(c + r * kNR);
     a1[r] = _mm256_loadu_ps(c + r * kNR + 8);
@@ -381,12 +404,14 @@ void microkernel(const float* x, size_t ldx, const float* panel, size_t kb, floa
   for (size_t k = 0; k < kb; ++k) {
     const __m256 b0 = _mm256_load_ps(panel + k * kNR);
     const __m256 b1 = _mm256_load_ps(panel + k * kNR + 8);
+    NXQ_UNROLL
     for (int r = 0; r < MR; ++r) {
       const __m256 xr = _mm256_broadcast_ss(x + r * ldx + k);
       a0[r] = _mm256_fmadd_ps(xr, b0, a0[r]);
       a1[r] = _mm256_fmadd_ps(xr, b1, a1[r]);
     }
   }
+  NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
     _mm256_storeu_ps(c + r * kNR, a0[r]);
     _mm256_storeu_ps(c + r * kNR + 8, a1[r]);

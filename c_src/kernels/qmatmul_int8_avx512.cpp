@@ -22,10 +22,14 @@
 #include <vector>
 
 #include "simd_kernels.h"
+#include "unroll.h"
 
 namespace nx_quant::avx512 {
 
 namespace {
+
+// How many blocks of NW rows ahead the W stream is prefetched (chosen by measurement).
+constexpr size_t kPrefetchBlocks = 2;
 
 __mmask64 byte_mask(size_t bytes) {
   return bytes >= 64 ? ~__mmask64{0} : _cvtu64_mask64((uint64_t{1} << bytes) - 1);
@@ -135,36 +139,51 @@ Int8Operand prepare_int8(const detail::Int8Activations& xa, int bits) {
 
 namespace {
 
-// Rows n .. n+NW of W against rows i0 .. i0+MR of x.
-template <int MR, int NW, bool Nibbles>
+// Rows n .. n+NW of W against rows i0 .. i0+MR of x. Bit packing (Nibbles) and group size (GS)
+// are template parameters so that every index below is a compile-time shift: the inner loop has
+// no division, no branch and, once unrolled, keeps lo/hi/scale/acc in registers.
+template <int MR, int NW, bool Nibbles, int GS>
 void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const ChunkPlan& plan,
                      const uint8_t* rows, size_t row_bytes, const float* scales,
-                     size_t scale_stride, const float* biases, size_t groups, size_t gs,
+                     size_t scale_stride, const float* biases, size_t groups,
                      float* result /* [MR][NW] */) {
-  __m512 acc[MR][NW];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NW; ++v) acc[r][v] = _mm512_setzero_ps();
-  // Lane L of a chunk belongs to group (c * values + L * values / 16) / gs.
-  const size_t groups_per_chunk = plan.values > gs ? plan.values / gs : 0;
+  constexpr int kValues = Nibbles ? 128 : 64;  // values per chunk, 16 int32 lanes
+  // Lane L of chunk c belongs to group (c * kValues + L * kValues / 16) / GS.
+  constexpr int kGroupsPerChunk = kValues >= GS ? kValues / GS : 1;
+  constexpr int kChunksPerGroup = GS > kValues ? GS / kValues : 1;
   alignas(64) int32_t lane_group[16];
-  for (int l = 0; l < 16; ++l) {
-    lane_group[l] = static_cast<int32_t>(groups_per_chunk * static_cast<size_t>(l) / 16);
-  }
+  for (int l = 0; l < 16; ++l) lane_group[l] = kGroupsPerChunk * l / 16;
   const __m512i scale_index = _mm512_load_si512(lane_group);
   const __m512i zero = _mm512_setzero_si512();
   const __m512i low_nibble = _mm512_set1_epi8(0x0F);
-  for (size_t c = 0; c < plan.chunks; ++c) {
-    const __mmask64 load = c < plan.full_chunks ? plan.full_load : plan.last_load;
+  const int8_t* xq[MR];
+  const float* xd[MR];
+  NXQ_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    xq[r] = x.q.data() + (i0 + r) * x.q_stride;
+    xd[r] = x.d.data() + (i0 + r) * x.d_stride;
+  }
+  __m512 acc[MR][NW];
+  NXQ_UNROLL
+  for (int r = 0; r < MR; ++r) {
+    NXQ_UNROLL
+    for (int v = 0; v < NW; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+
+  auto step = [&](size_t c, __mmask64 load) NXQ_ALWAYS_INLINE {
     const size_t byte = c * plan.chunk_bytes;
     __m512i lo[NW], hi[NW];
     __m512 scale[NW];
+    NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
       const uint8_t* p = rows + v * row_bytes + byte;
-      // The NW rows are contiguous: fetch the same place in the next NW rows, one block ahead.
-      if ((byte & 63) < plan.chunk_bytes) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + NW * row_bytes), _MM_HINT_T0);
+      // W streams from DRAM once; the NW rows are contiguous, so the same place in the next
+      // NW rows is the next block's data: ask for it into L2 a block ahead, once per line.
+      if (Nibbles || (byte & 63) < plan.chunk_bytes) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * NW * row_bytes),
+                     _MM_HINT_T1);
       }
-      if (Nibbles) {
+      if constexpr (Nibbles) {
         const __m512i raw = _mm512_maskz_loadu_epi8(load, p);
         lo[v] = _mm512_and_si512(raw, low_nibble);
         hi[v] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibble);
@@ -172,24 +191,33 @@ void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const C
         lo[v] = plan.unpack_generic(p, load);
       }
       const float* s = scales + v * scale_stride;
-      scale[v] =
-          groups_per_chunk
-              ? _mm512_permutexvar_ps(
-                    scale_index, _mm512_castps128_ps512(_mm_loadu_ps(s + c * groups_per_chunk)))
-              : _mm512_set1_ps(s[c * plan.values / gs]);
+      if constexpr (kGroupsPerChunk > 1) {
+        scale[v] = _mm512_permutexvar_ps(
+            scale_index, _mm512_castps128_ps512(_mm_loadu_ps(s + c * kGroupsPerChunk)));
+      } else {
+        scale[v] = _mm512_set1_ps(s[c / kChunksPerGroup]);
+      }
     }
+    NXQ_UNROLL
     for (int r = 0; r < MR; ++r) {
-      const int8_t* xq = x.q.data() + (i0 + r) * x.q_stride + c * plan.values;
-      const __m512i x0 = _mm512_loadu_si512(xq);
-      const __m512 d = _mm512_loadu_ps(x.d.data() + (i0 + r) * x.d_stride + c * 16);
+      const __m512i x0 = _mm512_loadu_si512(xq[r] + c * kValues);
+      const __m512 d = _mm512_loadu_ps(xd[r] + c * 16);
+      NXQ_UNROLL
       for (int v = 0; v < NW; ++v) {
         __m512i dot = _mm512_dpbusd_epi32(zero, lo[v], x0);
-        if (Nibbles) dot = _mm512_dpbusd_epi32(dot, hi[v], _mm512_loadu_si512(xq + 64));
+        if constexpr (Nibbles) {
+          dot = _mm512_dpbusd_epi32(dot, hi[v], _mm512_loadu_si512(xq[r] + c * kValues + 64));
+        }
         acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, scale[v]), acc[r][v]);
       }
     }
-  }
+  };
+  for (size_t c = 0; c < plan.full_chunks; ++c) step(c, plan.full_load);
+  if (plan.chunks > plan.full_chunks) step(plan.full_chunks, plan.last_load);
+
+  NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
+    NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
       result[r * NW + v] = _mm512_reduce_add_ps(acc[r][v]) +
                            dot_f32(biases + v * groups, xsum + (i0 + r) * groups, groups);
@@ -222,13 +250,25 @@ void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtyp
       params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
     }
     const uint8_t* rows = bytes + n * row_bytes;
+    auto block = [&](auto nibbles, auto group_size) {
+      gemv_int8_block<MR, NW, decltype(nibbles)::value, decltype(group_size)::value>(
+          x, xa.group_sum.data(), i0, plan, rows, row_bytes, scales.data(), scale_stride,
+          biases.data(), groups, result);
+    };
+    auto with_group_size = [&](auto nibbles) {
+      switch (gs) {
+        case 32:
+          return block(nibbles, std::integral_constant<int, 32>{});
+        case 64:
+          return block(nibbles, std::integral_constant<int, 64>{});
+        default:
+          return block(nibbles, std::integral_constant<int, 128>{});
+      }
+    };
     if (plan.nibbles) {
-      gemv_int8_block<MR, NW, true>(x, xa.group_sum.data(), i0, plan, rows, row_bytes,
-                                    scales.data(), scale_stride, biases.data(), groups, gs, result);
+      with_group_size(std::true_type{});
     } else {
-      gemv_int8_block<MR, NW, false>(x, xa.group_sum.data(), i0, plan, rows, row_bytes,
-                                     scales.data(), scale_stride, biases.data(), groups, gs,
-                                     result);
+      with_group_size(std::false_type{});
     }
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < NW; ++v)
