@@ -300,10 +300,6 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
   float result[2 * kNW];
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
-    for (int v = 0; v < NW; ++v) {
-      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * groups);
-      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
-    }
     const uint8_t* rows = bytes + n * row_bytes;
     const float* xi = x + i0 * k_dim;
     const float* si = xsum.data() + i0 * groups;
@@ -334,12 +330,20 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
   using One = std::integral_constant<int, 1>;
   using Two = std::integral_constant<int, 2>;
   using Four = std::integral_constant<int, kNW>;
-  for (size_t i0 = 0; i0 < m; i0 += 2) {
-    const bool pair = m - i0 >= 2;
-    size_t n = n_begin;
-    for (; n + kNW <= n_end; n += kNW) pair ? run(Two{}, Four{}, n, i0) : run(One{}, Four{}, n, i0);
-    for (; n < n_end; ++n) pair ? run(Two{}, One{}, n, i0) : run(One{}, One{}, n, i0);
-  }
+  // Rows of W outermost: a block of NW rows (a few KB) is read from memory once and stays in L1
+  // while every pair of x rows uses it.
+  auto rows_of_w = [&](auto nw, size_t n) {
+    constexpr int NW = decltype(nw)::value;
+    for (int v = 0; v < NW; ++v) {
+      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * groups);
+      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
+    }
+    for (size_t i0 = 0; i0 < m; i0 += 2)
+      m - i0 >= 2 ? run(Two{}, nw, n, i0) : run(One{}, nw, n, i0);
+  };
+  size_t n = n_begin;
+  for (; n + kNW <= n_end; n += kNW) rows_of_w(Four{}, n);
+  for (; n < n_end; ++n) rows_of_w(One{}, n);
 }
 
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
