@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "gemv_loops.h"
 #include "row_params_avx512.h"
 #include "simd_kernels.h"
 #include "unpack_avx512.h"
@@ -298,52 +299,29 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
   constexpr int kNW = 4;
   std::vector<float> scales(kNW * groups), biases(kNW * groups);
   float result[2 * kNW];
+  auto load_rows = [&](auto nw, size_t n) {
+    for (int v = 0; v < decltype(nw)::value; ++v) {
+      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * groups);
+      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
+    }
+  };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
     const uint8_t* rows = bytes + n * row_bytes;
-    const float* xi = x + i0 * k_dim;
-    const float* si = xsum.data() + i0 * groups;
     auto block = [&](auto bits, auto group_size) {
       gemv_block<MR, NW, decltype(bits)::value, decltype(group_size)::value>(
-          xi, k_dim, si, groups, rows, row_bytes, scales.data(), biases.data(), unpack, result);
-    };
-    auto with_group_size = [&](auto bits) {
-      switch (gs) {
-        case 32:
-          return block(bits, std::integral_constant<int, 32>{});
-        case 64:
-          return block(bits, std::integral_constant<int, 64>{});
-        default:
-          return block(bits, std::integral_constant<int, 128>{});
-      }
+          x + i0 * k_dim, k_dim, xsum.data() + i0 * groups, groups, rows, row_bytes, scales.data(),
+          biases.data(), unpack, result);
     };
     // The generic unpacker takes the width at run time; 0 stands for "not 4 bits".
-    if (w.spec.bits == 4) {
-      with_group_size(std::integral_constant<int, 4>{});
-    } else {
-      with_group_size(std::integral_constant<int, 0>{});
-    }
+    detail::with_group_size(gs, [&](auto group_size) {
+      w.spec.bits == 4 ? block(detail::Int<4>{}, group_size) : block(detail::Int<0>{}, group_size);
+    });
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < NW; ++v)
         store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * NW + v]);
   };
-  using One = std::integral_constant<int, 1>;
-  using Two = std::integral_constant<int, 2>;
-  using Four = std::integral_constant<int, kNW>;
-  // Rows of W outermost: a block of NW rows (a few KB) is read from memory once and stays in L1
-  // while every pair of x rows uses it.
-  auto rows_of_w = [&](auto nw, size_t n) {
-    constexpr int NW = decltype(nw)::value;
-    for (int v = 0; v < NW; ++v) {
-      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * groups);
-      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
-    }
-    for (size_t i0 = 0; i0 < m; i0 += 2)
-      m - i0 >= 2 ? run(Two{}, nw, n, i0) : run(One{}, nw, n, i0);
-  };
-  size_t n = n_begin;
-  for (; n + kNW <= n_end; n += kNW) rows_of_w(Four{}, n);
-  for (; n < n_end; ++n) rows_of_w(One{}, n);
+  detail::for_gemv_blocks<kNW>(m, n_begin, n_end, load_rows, run);
 }
 
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "gemv_loops.h"
 #include "row_params_avx512.h"
 #include "simd_kernels.h"
 #include "unroll.h"
@@ -213,6 +214,13 @@ void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtyp
   std::vector<float> scales(kNW * scale_stride, 0.0f), biases(kNW * groups);
   float result[2 * kNW];
 
+  auto load_rows = [&](auto nw, size_t n) {
+    for (int v = 0; v < decltype(nw)::value; ++v) {
+      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups,
+                    scales.data() + v * scale_stride);
+      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
+    }
+  };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
     const uint8_t* rows = bytes + n * row_bytes;
@@ -221,43 +229,14 @@ void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtyp
           x, xa.group_sum.data(), i0, plan, rows, row_bytes, scales.data(), scale_stride,
           biases.data(), groups, result);
     };
-    auto with_group_size = [&](auto nibbles) {
-      switch (gs) {
-        case 32:
-          return block(nibbles, std::integral_constant<int, 32>{});
-        case 64:
-          return block(nibbles, std::integral_constant<int, 64>{});
-        default:
-          return block(nibbles, std::integral_constant<int, 128>{});
-      }
-    };
-    if (plan.nibbles) {
-      with_group_size(std::true_type{});
-    } else {
-      with_group_size(std::false_type{});
-    }
+    detail::with_group_size(gs, [&](auto group_size) {
+      plan.nibbles ? block(std::true_type{}, group_size) : block(std::false_type{}, group_size);
+    });
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < NW; ++v)
         store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * NW + v]);
   };
-  using One = std::integral_constant<int, 1>;
-  using Two = std::integral_constant<int, 2>;
-  using Four = std::integral_constant<int, kNW>;
-  // Rows of W outermost: a block of NW rows is read from memory once and stays in L1 while
-  // every pair of x rows uses it.
-  auto rows_of_w = [&](auto nw, size_t n) {
-    constexpr int NW = decltype(nw)::value;
-    for (int v = 0; v < NW; ++v) {
-      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups,
-                    scales.data() + v * scale_stride);
-      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
-    }
-    for (size_t i0 = 0; i0 < m; i0 += 2)
-      m - i0 >= 2 ? run(Two{}, nw, n, i0) : run(One{}, nw, n, i0);
-  };
-  size_t n = n_begin;
-  for (; n + kNW <= n_end; n += kNW) rows_of_w(Four{}, n);
-  for (; n < n_end; ++n) rows_of_w(One{}, n);
+  detail::for_gemv_blocks<kNW>(m, n_begin, n_end, load_rows, run);
 }
 
 }  // namespace nx_quant::avx512
