@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_features.h"
 #include "nx_quant/kernels.h"
 
 using namespace nx_quant;
@@ -85,23 +86,30 @@ const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits, bool rotat
 }
 
 // Arguments: N, K, M, bits, threads, kernel (KernelChoice; 0 = Auto), precision (Precision;
-// 1 = Int8). transpose = true (weight stored [N, K]).
+// 1 = Int8), the activations' dtype (DType: 0 = f32, 2 = bf16). transpose = true
+// (weight stored [N, K]). x is random normal: f32 x uses every mantissa bit (the bf16-dot
+// GEMV then needs three bf16 parts per value; bf16 x needs one).
 void run_quantized(benchmark::State& state, bool rotate) {
   const size_t n = state.range(0), k = state.range(1), m = state.range(2);
   const int bits = static_cast<int>(state.range(3));
+  const auto x_dtype = static_cast<DType>(state.range(7));
   const QuantizedSet& set = quantized_set(n, k, bits, rotate);
-  std::vector<float> x(m * k, 0.5f), out(m * n);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint8_t> x(m * k * dtype_size(x_dtype));
+  for (size_t i = 0; i < m * k; ++i) store_from_f32(x.data(), x_dtype, i, normal(rng));
+  std::vector<float> out(m * n);
   ExecOptions options;
   options.threads = static_cast<int>(state.range(4));
   options.kernel = static_cast<KernelChoice>(state.range(5));
   options.precision = static_cast<Precision>(state.range(6));
   size_t i = 0;
   for (auto _ : state) {
-    quantized_matmul({x.data(), x.size() * 4}, DType::F32, m, set.matrix(i++ % set.copies), true,
+    quantized_matmul({x.data(), x.size()}, x_dtype, m, set.matrix(i++ % set.copies), true,
                      DType::F32, {out.data(), out.size() * 4}, options);
     benchmark::DoNotOptimize(out.data());
   }
-  const double bytes = static_cast<double>(set.bytes_per_matrix() + x.size() * 4);
+  const double bytes = static_cast<double>(set.bytes_per_matrix() + x.size());
   state.counters["GB/s"] =
       benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GFLOP/s"] =
@@ -116,6 +124,14 @@ void BM_Quantized(benchmark::State& state) {
 // figure the NIF bench (bench/nif_bench.exs) compares its per-call time with.
 void BM_QuantizedCached(benchmark::State& state) {
   run_quantized(state, false);
+}
+
+// The AVX-512 GEMV with f32 FMAs, which CPUs without AVX512_BF16 run (the bf16-dot GEMV off).
+void BM_QuantizedFma(benchmark::State& state) {
+  detail::CpuFeatures allowed;
+  allowed.avx2_fma = allowed.avx512 = allowed.avx512_vnni = true;
+  detail::ScopedCpuFeatures no_bf16(allowed);
+  run_quantized(state, true);
 }
 
 // Dense f32 Eigen on a weight of the same shape (Eigen parallelises GEMM with OpenMP;
@@ -229,11 +245,14 @@ void ConversionArgs(benchmark::internal::Benchmark* b) {
   }
 }
 
-// Streaming read of 512 MB with AVX-512 loads, split over `threads` threads.
+// Streaming read of 512 MB with AVX-512 loads, split over `threads` threads; with a second
+// argument of 1, each thread also prefetches (into L2) 4 KB ahead, as the GEMV kernels do. The
+// ratios in RESULTS.md use the larger of the two.
 void BM_ReadBandwidth(benchmark::State& state) {
   const size_t bytes = size_t{512} << 20;
   static std::vector<float> buffer(bytes / 4, 1.0f);
   const int threads = static_cast<int>(state.range(0));
+  const bool prefetch = state.range(1) != 0;
   for (auto _ : state) {
     std::vector<std::thread> pool;
     std::vector<float> sums(threads);
@@ -244,6 +263,11 @@ void BM_ReadBandwidth(benchmark::State& state) {
         __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(),
                d = _mm512_setzero_ps();
         for (size_t i = 0; i < per; i += 64) {
+          if (prefetch) {
+            for (int line = 0; line < 4; ++line) {
+              _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024 + 16 * line), _MM_HINT_T1);
+            }
+          }
           a = _mm512_add_ps(a, _mm512_load_ps(p + i));
           b = _mm512_add_ps(b, _mm512_load_ps(p + i + 16));
           c = _mm512_add_ps(c, _mm512_load_ps(p + i + 32));
@@ -262,15 +286,35 @@ void BM_ReadBandwidth(benchmark::State& state) {
 constexpr int kAuto = static_cast<int>(KernelChoice::Auto);
 constexpr int kAvx2 = static_cast<int>(KernelChoice::Avx2);
 constexpr int kExact = static_cast<int>(Precision::Exact);
+constexpr int kF32 = static_cast<int>(DType::F32);
+constexpr int kBF16 = static_cast<int>(DType::BF16);
 constexpr int kInt8 = static_cast<int>(Precision::Int8);
 
 void Shapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
     for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
-      for (int m : {1, 8, 32, 128, 512}) b->Args({n, k, m, 4, threads, kAuto, kExact});
+      for (int m : {1, 8, 32, 128, 512}) b->Args({n, k, m, 4, threads, kAuto, kExact, kF32});
     }
     for (int bits : {2, 3, 8}) {
-      for (int m : {1, 8, 32, 128, 512}) b->Args({4096, 4096, m, bits, threads, kAuto, kExact});
+      for (int m : {1, 8, 32, 128, 512})
+        b->Args({4096, 4096, m, bits, threads, kAuto, kExact, kF32});
+    }
+  }
+}
+
+// bf16 activations (what MLX-community models compute in), decode shapes.
+void Bf16ActivationShapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2}) {
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+      for (int m : {1, 8}) b->Args({n, k, m, 4, threads, kAuto, kExact, kBF16});
+    }
+  }
+}
+
+void FmaShapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2}) {
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+      for (int m : {1, 8}) b->Args({n, k, m, 4, threads, kAuto, kExact, kF32});
     }
   }
 }
@@ -279,15 +323,15 @@ void Shapes(benchmark::internal::Benchmark* b) {
 void Int8Shapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
     for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
-      for (int m : {1, 4}) b->Args({n, k, m, 4, threads, kAuto, kInt8});
+      for (int m : {1, 4}) b->Args({n, k, m, 4, threads, kAuto, kInt8, kF32});
     }
-    for (int bits : {2, 3, 8}) b->Args({4096, 4096, 1, bits, threads, kAuto, kInt8});
+    for (int bits : {2, 3, 8}) b->Args({4096, 4096, 1, bits, threads, kAuto, kInt8, kF32});
   }
 }
 
 void Avx2Shapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
-    for (int m : {1, 8, 128, 512}) b->Args({4096, 4096, m, 4, threads, kAvx2, kExact});
+    for (int m : {1, 8, 128, 512}) b->Args({4096, 4096, m, 4, threads, kAvx2, kExact, kF32});
   }
 }
 
@@ -301,8 +345,20 @@ void DenseShapes(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_ReadBandwidth)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ReadBandwidth)
+    ->Args({1, 0})
+    ->Args({2, 0})
+    ->Args({1, 1})
+    ->Args({2, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Quantized)
+    ->Name("BM_QuantizedBf16x")
+    ->Apply(Bf16ActivationShapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_QuantizedFma)->Apply(FmaShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)
     ->Name("BM_QuantizedInt8")
     ->Apply(Int8Shapes)
@@ -314,10 +370,12 @@ BENCHMARK(BM_Quantized)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_QuantizedCached)
-    ->Args({4096, 4096, 1, 4, 1, kAuto, kExact})
-    ->Args({4096, 4096, 1, 4, 2, kAuto, kExact})
-    ->Args({4096, 4096, 1, 4, 1, kAuto, kInt8})
-    ->Args({4096, 4096, 1, 4, 2, kAuto, kInt8})
+    ->Args({4096, 4096, 1, 4, 1, kAuto, kExact, kF32})
+    ->Args({4096, 4096, 1, 4, 2, kAuto, kExact, kF32})
+    ->Args({4096, 4096, 1, 4, 1, kAuto, kInt8, kF32})
+    ->Args({4096, 4096, 1, 4, 2, kAuto, kInt8, kF32})
+    ->Args({4096, 4096, 1, 4, 1, kAuto, kExact, kBF16})
+    ->Args({4096, 4096, 1, 4, 2, kAuto, kExact, kBF16})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_EigenDense)->Apply(DenseShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu_features.h"
 #include "nx_quant/kernels.h"
 #include "nx_quant/reference.h"
 #include "test_util.h"
@@ -87,8 +88,23 @@ std::vector<KernelChoice> runnable_kernels() {
   return kernels;
 }
 
-TEST(QuantizedMatmul, AllBitsAndGroupSizesBothLayoutsEveryKernel) {
+// f(kernel) for every runnable kernel; AVX-512 a second time with AVX512_BF16 switched off
+// (its 4-bit GEMV then uses f32 FMAs, as on CPUs without BF16).
+template <typename F>
+void for_each_kernel(F&& f) {
   for (KernelChoice kernel : runnable_kernels()) {
+    f(kernel);
+    if (kernel == KernelChoice::Avx512 && detail::cpu_features().avx512_bf16) {
+      detail::CpuFeatures no_bf16;
+      no_bf16.avx2_fma = no_bf16.avx512 = no_bf16.avx512_vnni = true;
+      detail::ScopedCpuFeatures scoped(no_bf16);
+      f(kernel);
+    }
+  }
+}
+
+TEST(QuantizedMatmul, AllBitsAndGroupSizesBothLayoutsEveryKernel) {
+  for_each_kernel([](KernelChoice kernel) {
     for (bool transpose : {true, false}) {
       for (int bits : kAllBits) {
         for (int gs : kAllGroupSizes) {
@@ -100,18 +116,20 @@ TEST(QuantizedMatmul, AllBitsAndGroupSizesBothLayoutsEveryKernel) {
         }
       }
     }
-  }
+  });
 }
 
 TEST(QuantizedMatmul, OddShapesEveryKernel) {
-  for (KernelChoice kernel : runnable_kernels()) {
+  for_each_kernel([](KernelChoice kernel) {
     // N not a multiple of the 32-column panels, K spanning several 256-wide panels, m crossing
     // the 6-row microkernel and the GEMV/GEMM switch.
     for (size_t m : {1, 7, 8, 13}) {
       check_case({4, 64, DType::BF16, DType::F16, DType::F32, m, 640, 45, true}, kernel, 2);
       check_case({3, 128, DType::F16, DType::BF16, DType::BF16, m, 300, 128, false}, kernel, 2);
+      // 4 bits, K = 5 * 128 + 32: the GEMV's last 128-value chunk is partial.
+      check_case({4, 32, DType::F16, DType::F32, DType::F32, m, 672, 21, true}, kernel, 2);
     }
-  }
+  });
 }
 
 TEST(QuantizedMatmul, AllDtypeCombinations) {

@@ -239,7 +239,13 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
     // Decode-sized batches read each packed word once per 4 rows of x; larger ones dequantize
     // panels of W once and reuse them across all rows (GEMM). transpose=false always streams
     // W row by row through panels.
-    if (transpose && m < (w.spec.bits == 4 ? kGemvMaxRows4Bit : kGemvMaxRows)) {
+    if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit &&
+        detail::cpu_features().avx512_bf16) {
+      const auto xs = avx512::prepare_bf16(xf.data(), m, k_dim, w.spec.group_size);
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        avx512::gemv_nk_4bit_bf16(xs, w, out_dtype, begin, end, out.data);
+      });
+    } else if (transpose && m < (w.spec.bits == 4 ? kGemvMaxRows4Bit : kGemvMaxRows)) {
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
         avx512::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);
       });

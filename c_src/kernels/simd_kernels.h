@@ -44,6 +44,21 @@ Int8Operand prepare_int8(const detail::Int8Activations& xa, int bits);
 void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
                   size_t n_end, void* out);
 
+// x split exactly into bf16 parts for gemv_nk_4bit_bf16 (see qmatmul_bf16dot_avx512.cpp).
+struct Bf16Operand {
+  size_t m = 0, k = 0, chunks = 0;  // chunks of 128 values per row (the last may be partial)
+  int splits = 1;                   // bf16 parts per value: 1 (bf16 x), 2 (f16 x) or 3 (f32 x)
+  std::vector<uint16_t> words;      // per row: chunks x 4 nibble positions x splits x 32
+  size_t row_stride = 0;
+  std::vector<float> group_sum;  // m x groups: sum of x over each group, for the bias term
+};
+Bf16Operand prepare_bf16(const float* x, size_t m, size_t k, size_t group_size);
+
+// The exact 4-bit GEMV on CPUs with AVX512_BF16 too: transpose = true, output columns
+// [n_begin, n_end); faster than gemv_nk (bf16 dot products of exactly split x).
+void gemv_nk_4bit_bf16(const Bf16Operand& x, const QuantizedMatrix& w, DType out_dtype,
+                       size_t n_begin, size_t n_end, void* out);
+
 }  // namespace nx_quant::avx512
 
 namespace nx_quant::avx2 {
