@@ -277,4 +277,34 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
   });
 }
 
+double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
+                           const ExecOptions& options) {
+  // One thread, rounded up from bench/RESULTS.md on this machine (AVX-512): decode GEMVs cost
+  // 0.02-0.045 ns per multiply-add at 4 bits and up to ~0.09 at other widths; the GEMM path
+  // dequantizes every weight once per call (~0.4 ns each) and then runs at ~0.02 ns per
+  // multiply-add. AVX2 takes about twice as long, the portable C++ loops far longer. High
+  // rather than low: an underestimate blocks a normal scheduler.
+  const double macs =
+      static_cast<double>(m) * static_cast<double>(w.rows) * static_cast<double>(w.cols);
+  const double weights = static_cast<double>(w.rows) * static_cast<double>(w.cols);
+  KernelChoice kernel = options.kernel;
+  try {
+    kernel = resolve_kernel(kernel);
+  } catch (const InvalidArgument&) {
+    kernel = KernelChoice::Portable;  // the call itself will fail; any estimate will do
+  }
+  double slowdown = 1.0;  // relative to AVX-512
+  if (kernel == KernelChoice::Avx2) slowdown = 2.0;
+  if (kernel == KernelChoice::Portable || kernel == KernelChoice::Reference) slowdown = 40.0;
+  double ns;
+  if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit) {
+    ns = macs * 0.05;
+  } else if (transpose && m < kGemvMaxRows) {
+    ns = macs * 0.1;
+  } else {
+    ns = weights * 0.4 + macs * 0.03;
+  }
+  return ns * slowdown;
+}
+
 }  // namespace nx_quant

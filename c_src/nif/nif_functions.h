@@ -12,6 +12,7 @@
   X("quantize", 7, quantize_nif, 0)                                          \
   X("dequantize", 2, dequantize_nif, 0)                                      \
   X("quantized_matmul", 8, quantized_matmul_nif, 0)                          \
+  X("quantized_matmul_timed", 8, quantized_matmul_timed_nif, 0)              \
   X("quantized_tensor", 8, quantized_tensor_nif, 0)                          \
   X("parts", 1, parts_nif, 0)                                                \
   X("info", 1, info_nif, 0)                                                  \

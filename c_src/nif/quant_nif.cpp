@@ -1,5 +1,6 @@
 // The quantization NIFs: decode terms, pick the scheduler, call the kernel, build the result.
 // No math here: everything numeric is the kernel library's (include/nx_quant/kernels.h).
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -109,11 +110,15 @@ ERL_NIF_TERM dequantize_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
   });
 }
 
-// quantized_matmul(x, x_dtype, m, ref, transpose, out_dtype, threads, precision)
-//   -> binary of m x n
-ERL_NIF_TERM quantized_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
-  return guarded(env, "quantized_matmul/8", [&] {
-    const Args args(env, "quantized_matmul/8", argv);
+namespace {
+
+// The body of quantized_matmul/8 and quantized_matmul_timed/8; `self` is the NIF to re-run on
+// a dirty scheduler.
+ERL_NIF_TERM quantized_matmul_impl(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[],
+                                   const char* name, bool timed,
+                                   ERL_NIF_TERM (*self)(ErlNifEnv*, int, const ERL_NIF_TERM[])) {
+  return guarded(env, name, [&] {
+    const Args args(env, name, argv);
     const ErlNifBinary x = args.binary(0, "x");
     const DType x_dtype = args.dtype(1, "x_dtype");
     const size_t m = args.size(2, "m");
@@ -133,8 +138,14 @@ ERL_NIF_TERM quantized_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM a
                     (transpose ? "cols" : "rows") + " of w");
     }
     const size_t mn = mul_or_fail(m, n, "m * n");
-    if (should_go_dirty(mul_or_fail(mn, k, "m * n * k"))) {
-      return reschedule_dirty(env, "quantized_matmul", quantized_matmul_nif, argc, argv);
+    mul_or_fail(mn, k, "m * n * k");
+    const ExecOptions options{threads, KernelChoice::Auto, precision};
+    // Calls estimated under ~1 ms stay on this (normal) scheduler: moving to a dirty one and
+    // back costs tens of microseconds, more than the rest of the NIF layer.
+    const bool on_normal_scheduler = enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
+    if (on_normal_scheduler &&
+        nx_quant::estimated_matmul_ns(m, w, transpose, options) > kNormalSchedulerBudgetNs) {
+      return reschedule_dirty(env, "quantized_matmul", self, argc, argv);
     }
 
     // x is read in place from the argument binary (no copy unless misaligned); the result is
@@ -142,10 +153,31 @@ ERL_NIF_TERM quantized_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM a
     std::vector<uint32_t> copy;
     const ConstBuffer input = aligned_view(x, dtype_size(x_dtype), copy);
     OutputBinary out(mul_or_fail(mn, dtype_size(out_dtype), "the output size"));
-    nx_quant::quantized_matmul(input, x_dtype, m, w, transpose, out_dtype, out.buffer(),
-                               ExecOptions{threads, KernelChoice::Auto, precision});
-    return out.release_to_term(env);
+    const auto start = std::chrono::steady_clock::now();
+    nx_quant::quantized_matmul(input, x_dtype, m, w, transpose, out_dtype, out.buffer(), options);
+    const auto kernel_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::steady_clock::now() - start)
+                               .count();
+    if (on_normal_scheduler) consume_timeslice(env, kernel_ns);
+    ERL_NIF_TERM result = out.release_to_term(env);
+    if (timed) result = enif_make_tuple2(env, result, enif_make_int64(env, kernel_ns));
+    return result;
   });
+}
+
+}  // namespace
+
+// quantized_matmul(x, x_dtype, m, ref, transpose, out_dtype, threads, precision)
+//   -> binary of m x n
+ERL_NIF_TERM quantized_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return quantized_matmul_impl(env, argc, argv, "quantized_matmul/8", false, quantized_matmul_nif);
+}
+
+// The same, returning {binary, nanoseconds spent in the kernel call}: bench/nif_bench.exs
+// measures the NIF layer's overhead per call with it (wall time of the call vs kernel time).
+ERL_NIF_TERM quantized_matmul_timed_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return quantized_matmul_impl(env, argc, argv, "quantized_matmul_timed/8", true,
+                               quantized_matmul_timed_nif);
 }
 
 // quantized_tensor(packed, scales, biases, rows, cols, dtype, bits, group_size) -> ref

@@ -1,5 +1,6 @@
 #include "terms.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -177,6 +178,11 @@ ERL_NIF_TERM make_dtype_atom(ErlNifEnv* env, DType dtype) {
 
 bool should_go_dirty(size_t work) {
   return work > kDirtyWorkThreshold && enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
+}
+
+void consume_timeslice(ErlNifEnv* env, int64_t ns) {
+  const int64_t percent = ns / 10'000;  // 1 ms = 100%
+  enif_consume_timeslice(env, static_cast<int>(std::clamp<int64_t>(percent, 1, 100)));
 }
 
 ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name,

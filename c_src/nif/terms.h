@@ -102,12 +102,20 @@ ERL_NIF_TERM guarded(ErlNifEnv* env, const char* fun, Body&& body) noexcept {
   }
 }
 
-// Work above this many values (about 1 ms on one core) runs on a dirty CPU scheduler; below
-// it the call stays on the normal scheduler, where a NIF call costs far less.
+// quantize / dequantize of more than this many values (~0.1 ms on one core) run on a dirty CPU
+// scheduler; below it the call stays on the normal scheduler, where a NIF call costs far less.
+// (quantized_matmul decides by estimated_matmul_ns instead.)
 inline constexpr size_t kDirtyWorkThreshold = 200'000;
 
 // True when the caller should return reschedule_dirty(...) instead of doing `work` here.
 bool should_go_dirty(size_t work);
+
+// Work estimated to take longer than this on one thread goes to a dirty scheduler (the
+// Erlang documentation asks NIFs on normal schedulers to return within about 1 ms).
+inline constexpr double kNormalSchedulerBudgetNs = 1e6;
+
+// Tells the scheduler that a NIF on a normal scheduler ran for `ns` (a timeslice is ~1 ms).
+void consume_timeslice(ErlNifEnv* env, int64_t ns);
 
 // Re-runs `fn` with the same arguments on a dirty CPU scheduler.
 ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name,

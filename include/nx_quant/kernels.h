@@ -81,4 +81,11 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
                       bool transpose, DType out_dtype, MutableBuffer out,
                       const ExecOptions& options = {});
 
+// A deliberately high estimate of quantized_matmul's run time in nanoseconds on this CPU with
+// the kernel `options` selects (one thread assumed), for callers that must choose where to run
+// it: the NIF keeps calls estimated under about 1 ms on a normal BEAM scheduler, since moving
+// to a dirty one costs tens of microseconds. Shapes are not validated.
+double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
+                           const ExecOptions& options = {});
+
 }  // namespace nx_quant

@@ -40,6 +40,20 @@ defmodule NxQuant.NIF do
   def quantized_matmul(_x, _x_dtype, _m, _ref, _transpose, _out_dtype, _threads, _precision),
     do: not_loaded!()
 
+  # quantized_matmul/8 returning {result, nanoseconds in the kernel} (bench/nif_bench.exs).
+  @doc false
+  def quantized_matmul_timed(
+        _x,
+        _x_dtype,
+        _m,
+        _ref,
+        _transpose,
+        _out_dtype,
+        _threads,
+        _precision
+      ),
+      do: not_loaded!()
+
   @doc false
   def quantized_tensor(_packed, _scales, _biases, _rows, _cols, _dtype, _bits, _group_size),
     do: not_loaded!()
