@@ -125,11 +125,12 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
                      float* result /* [MR][NW] */) {
   // Lane L of a chunk holds values 8L .. 8L+7: group (c * 128 + 8L) / GS.
   constexpr int kGroupsPerChunk = GS <= 128 ? 128 / GS : 1;
-  // Two accumulator chains per output where needed: with several parts, one for the first part
-  // and one for the rest, so that the small parts are summed among themselves before they meet
-  // the large ones (as accurate as adding whole values); with one part and one x row, two
-  // chains alternate to hide latency.
-  constexpr int kChains = MR == 1 || NS > 1 ? 2 : 1;
+  // Accumulator chains per output. With several parts, the first part has a chain of its own
+  // and the small parts are summed apart from it, combined smallest first (as accurate as adding
+  // whole values). One x row gives few independent chains (NW), so there each part gets its own
+  // (a chain of 4 dependent dot products per chunk, not 8, keeps latency hidden), and with a
+  // single part two chains alternate.
+  constexpr int kChains = MR == 1 ? (NS > 2 ? NS : 2) : (NS > 1 ? 2 : 1);
   alignas(64) int32_t lane_group[16];
   for (int l = 0; l < 16; ++l) lane_group[l] = kGroupsPerChunk * l / 16;
   const __m512i scale_index = _mm512_load_si512(lane_group);
@@ -190,7 +191,7 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
               reinterpret_cast<__m512bh>(_mm512_loadu_si512(xw[r] + ((c * 4 + j) * NS + s) * 32));
           NXQ_UNROLL
           for (int v = 0; v < NW; ++v) {
-            __m512& chain = t[r][v][NS > 1 ? (s > 0) : j % kChains];
+            __m512& chain = t[r][v][NS == 1 ? j % kChains : MR == 1 ? s : (s > 0)];
             chain = _mm512_dpbf16_ps(chain, q[v], xs);
           }
         }
@@ -200,8 +201,9 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
     for (int r = 0; r < MR; ++r) {
       NXQ_UNROLL
       for (int v = 0; v < NW; ++v) {
-        const __m512 sum =
-            kChains == 2 ? _mm512_add_ps(t[r][v][0], t[r][v][kChains - 1]) : t[r][v][0];
+        __m512 sum = t[r][v][kChains - 1];
+        NXQ_UNROLL
+        for (int h = kChains - 2; h >= 0; --h) sum = _mm512_add_ps(sum, t[r][v][h]);
         acc[r][v] = _mm512_fmadd_ps(sum, scale[v], acc[r][v]);
       }
     }
