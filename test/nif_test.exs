@@ -98,6 +98,24 @@ defmodule NxQuant.NIFTest do
     assert biases == Enum.map_join(slices, &elem(&1, 2))
   end
 
+  test "quantized_matmul_timed returns quantized_matmul's result and the kernel's time" do
+    # m = 1 (normal scheduler) and m = 64 (over the estimate's 1 ms: dirty scheduler).
+    values = NxQuant.TestReference.random_values(1024 * 1024, 8)
+    ref = NIF.quantize(TestFloat.encode(values, {:f, 32}), 1024, 1024, :f32, 4, 64, 0)
+
+    for m <- [1, 64] do
+      x = TestFloat.encode(NxQuant.TestReference.random_values(m * 1024, m), {:f, 32})
+      out = NIF.quantized_matmul(x, :f32, m, ref, true, :f32, 0, :exact)
+      assert byte_size(out) == m * 1024 * 4
+      assert {^out, ns} = NIF.quantized_matmul_timed(x, :f32, m, ref, true, :f32, 0, :exact)
+      assert is_integer(ns) and ns > 0
+    end
+
+    assert_raise ArgumentError, ~r"quantized_matmul_timed/8: argument 3 \(m\)", fn ->
+      NIF.quantized_matmul_timed(<<>>, :f32, -1, ref, true, :f32, 0, :exact)
+    end
+  end
+
   describe "invalid arguments raise ArgumentError naming the argument" do
     setup do
       dense = TestFloat.encode(List.duplicate(1.5, 64), {:f, 32})
