@@ -11,8 +11,10 @@
 #include "cpu_features.h"
 #include "nx_quant/kernels.h"
 #include "nx_quant/reference.h"
-#include "simd_kernels.h"
 #include "test_util.h"
+#if defined(__x86_64__)
+#include "simd_kernels.h"  // the x86 kernels' internals (prepare_bf16)
+#endif
 
 using namespace nx_quant;
 using namespace nx_quant::testing;
@@ -23,13 +25,13 @@ bool have_bf16_dot() {
   return detail::cpu_features().avx512_bf16;
 }
 
-uint16_t high_half(float f) {
+[[maybe_unused]] uint16_t high_half(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return static_cast<uint16_t>(u >> 16);
 }
 
-float from_high_half(uint16_t h) {
+[[maybe_unused]] float from_high_half(uint16_t h) {
   const uint32_t u = uint32_t{h} << 16;
   float f;
   std::memcpy(&f, &u, 4);
@@ -57,6 +59,7 @@ struct ConstantNibbles {
 
 }  // namespace
 
+#if defined(__x86_64__)
 TEST(Bf16Dot, SplitsAreTheFewestThatRepresentXExactly) {
   if (!have_bf16_dot()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
   const size_t k = 64;
@@ -108,6 +111,8 @@ TEST(Bf16Dot, WordsHoldThePartsInNibbleOrder) {
     EXPECT_NEAR(p.group_sum[g], sum, 1e-5);
   }
 }
+
+#endif  // __x86_64__
 
 TEST(Bf16Dot, EveryBitOfF32ActivationsCounts) {
   // w = 1 everywhere and x = 1 + 2^-8 + 2^-23 (three bf16 parts): every partial sum is exact
