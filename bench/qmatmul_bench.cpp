@@ -89,11 +89,13 @@ const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits, bool rotat
 // 1 = Int8), the activations' dtype (DType: 0 = f32, 2 = bf16). transpose = true
 // (weight stored [N, K]). x is random normal: f32 x uses every mantissa bit (the bf16-dot
 // GEMV then needs three bf16 parts per value; bf16 x needs one).
-void run_quantized(benchmark::State& state, bool rotate) {
+void run_quantized(benchmark::State& state, bool rotate, bool transpose = true) {
   const size_t n = state.range(0), k = state.range(1), m = state.range(2);
   const int bits = static_cast<int>(state.range(3));
   const auto x_dtype = static_cast<DType>(state.range(7));
-  const QuantizedSet& set = quantized_set(n, k, bits, rotate);
+  // transpose=false stores W as [K, N] (rows = K).
+  const QuantizedSet& set =
+      transpose ? quantized_set(n, k, bits, rotate) : quantized_set(k, n, bits, rotate);
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<uint8_t> x(m * k * dtype_size(x_dtype));
@@ -105,7 +107,7 @@ void run_quantized(benchmark::State& state, bool rotate) {
   options.precision = static_cast<Precision>(state.range(6));
   size_t i = 0;
   for (auto _ : state) {
-    quantized_matmul({x.data(), x.size()}, x_dtype, m, set.matrix(i++ % set.copies), true,
+    quantized_matmul({x.data(), x.size()}, x_dtype, m, set.matrix(i++ % set.copies), transpose,
                      DType::F32, {out.data(), out.size() * 4}, options);
     benchmark::DoNotOptimize(out.data());
   }
@@ -124,6 +126,11 @@ void BM_Quantized(benchmark::State& state) {
 // figure the NIF bench (bench/nif_bench.exs) compares its per-call time with.
 void BM_QuantizedCached(benchmark::State& state) {
   run_quantized(state, false);
+}
+
+// transpose=false: W stored [K, N] (Axon's dense-kernel layout), quantized along N.
+void BM_QuantizedKn(benchmark::State& state) {
+  run_quantized(state, state.range(2) <= 8, false);
 }
 
 // The AVX-512 GEMV with f32 FMAs, which CPUs without AVX512_BF16 run (the bf16-dot GEMV off).
@@ -311,6 +318,14 @@ void Bf16ActivationShapes(benchmark::internal::Benchmark* b) {
   }
 }
 
+void KnShapes(benchmark::internal::Benchmark* b) {
+  for (int threads : {1, 2}) {
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+      for (int m : {1, 8}) b->Args({n, k, m, 4, threads, kAuto, kExact, kF32});
+    }
+  }
+}
+
 void FmaShapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
     for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
@@ -358,6 +373,7 @@ BENCHMARK(BM_Quantized)
     ->Apply(Bf16ActivationShapes)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_QuantizedKn)->Apply(KnShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_QuantizedFma)->Apply(FmaShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)
     ->Name("BM_QuantizedInt8")

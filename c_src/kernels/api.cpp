@@ -62,6 +62,8 @@ std::vector<float> to_f32(ConstBuffer x, DType dtype, size_t count) {
   return out;
 }
 
+// Below this many rows of x, transpose=false runs the [K, N] GEMV on AVX-512.
+constexpr size_t kGemvKnMaxRows = 8;
 // Below this many rows of x, transpose=true runs the GEMV kernel.
 constexpr size_t kGemvMaxRows = 8;
 // The AVX-512 exact GEMV unpacks 4-bit weights cheaply enough to beat the GEMM panels up to
@@ -245,6 +247,11 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
         avx512::gemv_nk_4bit_bf16(xs, w, out_dtype, begin, end, out.data);
       });
+    } else if (!transpose && m < kGemvKnMaxRows) {
+      detail::parallel_for(n_dim, avx512::kGemvKnTile, options.threads,
+                           [&](size_t begin, size_t end) {
+                             avx512::gemv_kn(xf.data(), m, w, out_dtype, begin, end, out.data);
+                           });
     } else if (transpose && m < (w.spec.bits == 4 ? kGemvMaxRows4Bit : kGemvMaxRows)) {
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
         avx512::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);

@@ -17,6 +17,12 @@ constexpr size_t kGemmBlock = 32;
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out);
 
+// transpose=false, for small m (decode): output columns [n_begin, n_end); n_begin a multiple
+// of kGemvKnTile.
+constexpr size_t kGemvKnTile = 256;
+void gemv_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+             size_t n_end, void* out);
+
 // Both layouts, any m (prefill): W is dequantized tile by tile into an L1/L2-resident f32
 // panel that a register-blocked microkernel reuses across all rows of x. n_begin must be a
 // multiple of kGemmBlock.
