@@ -3,17 +3,21 @@
 //
 // out[i, n] = sum_k x[i, k] * (s[k, g(n)] * q[k, n] + b[k, g(n)])
 //           = sum_k (x[i, k] * s[k, g(n)]) * q[k, n]  +  sum_k x[i, k] * b[k, g(n)].
-// A tile of output columns (256 for one row of x, 128 for two: 16 accumulators either way)
-// stays in registers while the kernel walks down all K rows of W: per row it reads the tile's
-// packed bytes, unpacks them and adds a * q with a = x[i, k] * s[k, g] (computed for the tile
-// beforehand, with the bias sums). W is read once per tile, as one strided stream prefetched
-// a few rows ahead. Every output is summed over k in order, by one thread: bit-identical
-// whatever the thread count. For 4 bits the zero-extend / AND / shift split leaves even and odd
-// columns in separate vectors; the tile is interleaved back when stored.
+// The thread's output columns are accumulated in an L1/L2-resident f32 buffer. W is walked in
+// blocks of 16 rows: for each tile of columns (256 for one row of x, 128 for two: 16
+// accumulators either way) the tile's accumulators are loaded into registers, the 16 rows'
+// packed bytes are unpacked and a * q added (a = x[i, k] * s[k, g], computed per block with the
+// bias sums), and the accumulators stored back. So a block's rows are read whole, left to right,
+// in a short window (DRAM-friendly), while accumulator traffic is 2 vectors per 16 rows.
+// Every output is summed over k in order by one thread: bit-identical whatever the thread count.
+// For 4 bits the zero-extend / AND / shift split leaves even and odd columns in separate
+// vectors; the accumulators keep that order and are interleaved back when stored.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <vector>
 
 #include "gemv_loops.h"
@@ -26,14 +30,9 @@ namespace nx_quant::avx512 {
 
 namespace {
 
-constexpr size_t kPrefetchRows = 6;  // W rows ahead that the tile's bytes are prefetched
-constexpr size_t kChunk = 32;        // columns per unpack step
-
-// Per tile: a[r][k * G + g] = x[r, k] * s[k, g0 + g] and bias[r][g] = sum_k x[r, k] * b[k, g0 + g].
-struct TileParams {
-  std::vector<float> a;
-  std::vector<float> bias;
-};
+constexpr size_t kChunk = 32;         // columns per unpack step
+constexpr size_t kRowBlock = 16;      // W rows per pass over the thread's columns
+constexpr size_t kPrefetchTiles = 2;  // each row's bytes are prefetched this many tiles ahead
 
 // `count` (<= 16) scales or biases of one W row as f32 lanes (the rest zero).
 template <DType D>
@@ -47,118 +46,146 @@ NXQ_ALWAYS_INLINE inline __m512 load_params(const void* base, size_t offset, __m
   }
 }
 
+// For rows k0 .. k0+kb of W and groups [g_begin, g_begin + g_count):
+//   a[(r * kRowBlock + kk) * g_count + g] = x[r, k0 + kk] * s[k0 + kk, g_begin + g]
+//   bias[r * g_count + g] += x[r, k] * b[k, g_begin + g]    (k in order)
 template <DType D>
-void tile_params_as(const float* x, size_t k_dim, int mr, const QuantizedMatrix& w, size_t g0,
-                    size_t g_count, TileParams& p) {
+void block_params(const float* x, size_t k_dim, int mr, const QuantizedMatrix& w, size_t k0,
+                  size_t kb, size_t g_begin, size_t g_count, float* a, float* bias) {
   const size_t groups = w.cols / static_cast<size_t>(w.spec.group_size);
-  p.a.resize(static_cast<size_t>(mr) * k_dim * g_count);
-  p.bias.assign(static_cast<size_t>(mr) * 16, 0.0f);
-  const __mmask16 live = static_cast<__mmask16>((1u << g_count) - 1);
-  __m512 bias[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-  for (size_t k = 0; k < k_dim; ++k) {
-    const __m512 sv = load_params<D>(w.scales.data, k * groups + g0, live);
-    const __m512 bv = load_params<D>(w.biases.data, k * groups + g0, live);
-    for (int r = 0; r < mr; ++r) {
-      const __m512 xr = _mm512_set1_ps(x[r * k_dim + k]);
-      _mm512_mask_storeu_ps(p.a.data() + (r * k_dim + k) * g_count, live, _mm512_mul_ps(xr, sv));
-      bias[r] = _mm512_fmadd_ps(xr, bv, bias[r]);
+  for (size_t g = 0; g < g_count; g += 16) {
+    const __mmask16 live =
+        g_count - g >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (g_count - g)) - 1);
+    __m512 b_sum[2];
+    for (int r = 0; r < mr; ++r) b_sum[r] = _mm512_maskz_loadu_ps(live, bias + r * g_count + g);
+    for (size_t kk = 0; kk < kb; ++kk) {
+      const size_t k = k0 + kk;
+      const __m512 sv = load_params<D>(w.scales.data, k * groups + g_begin + g, live);
+      const __m512 bv = load_params<D>(w.biases.data, k * groups + g_begin + g, live);
+      for (int r = 0; r < mr; ++r) {
+        const __m512 xr = _mm512_set1_ps(x[r * k_dim + k]);
+        _mm512_mask_storeu_ps(a + (r * kRowBlock + kk) * g_count + g, live, _mm512_mul_ps(xr, sv));
+        b_sum[r] = _mm512_fmadd_ps(xr, bv, b_sum[r]);
+      }
     }
-  }
-  for (int r = 0; r < mr; ++r) _mm512_storeu_ps(p.bias.data() + r * 16, bias[r]);
-}
-
-void tile_params(const float* x, size_t k_dim, int mr, const QuantizedMatrix& w, size_t g0,
-                 size_t g_count, TileParams& p) {
-  switch (w.dtype) {
-    case DType::F32:
-      return tile_params_as<DType::F32>(x, k_dim, mr, w, g0, g_count, p);
-    case DType::F16:
-      return tile_params_as<DType::F16>(x, k_dim, mr, w, g0, g_count, p);
-    default:
-      return tile_params_as<DType::BF16>(x, k_dim, mr, w, g0, g_count, p);
+    for (int r = 0; r < mr; ++r) _mm512_mask_storeu_ps(bias + r * g_count + g, live, b_sum[r]);
   }
 }
 
-// Columns [n0, n0 + chunks * 32) of rows i0 .. i0+MR: CHUNKS is the tile's maximum, `chunks`
-// this tile's (fewer at the end of N).
-template <int MR, int CHUNKS, bool Nibbles, int GS>
-void gemv_kn_tile(const float* x, size_t k_dim, const QuantizedMatrix& w, const Unpacker& unpack,
-                  size_t n0, int chunks, DType out_dtype, size_t n_dim, void* out, size_t i0,
-                  TileParams& params) {
+struct Scratch {
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> acc;  // [MR][columns], 64-byte aligned
+  std::vector<float> a, bias;
+  explicit Scratch(size_t acc_floats)
+      : acc(static_cast<float*>(std::aligned_alloc(64, ((acc_floats * 4 + 63) / 64) * 64))) {
+    if (!acc) throw std::bad_alloc();
+  }
+};
+
+// Rows i0 .. i0+MR of x against the columns [n_begin, n_end) (a multiple of 32 wide).
+template <int MR, int CHUNKS, bool Nibbles, int GS, DType D>
+void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const Unpacker& unpack,
+                  size_t n_begin, size_t n_end, DType out_dtype, void* out, size_t i0) {
   constexpr int kChunksPerGroup = GS / 32;
+  constexpr size_t kTile = CHUNKS * kChunk;
   const size_t bits = static_cast<size_t>(w.spec.bits);
   const size_t row_bytes = w.cols * bits / 8;
-  const size_t g0 = n0 / GS;
-  const size_t g_count = (static_cast<size_t>(chunks) * kChunk + GS - 1) / GS;
-  tile_params(x, k_dim, MR, w, g0, g_count, params);
-
-  const auto* bytes = static_cast<const uint8_t*>(w.packed.data) + n0 * bits / 8;
-  const size_t tile_bytes = static_cast<size_t>(chunks) * kChunk * bits / 8;
+  const size_t n_dim = w.cols;
+  const size_t columns = n_end - n_begin;
+  const size_t g_begin = n_begin / GS, g_count = columns / GS;
+  Scratch scratch(MR * columns);
+  float* acc_mem = scratch.acc.get();
+  std::fill(acc_mem, acc_mem + MR * columns, 0.0f);
+  scratch.a.resize(MR * kRowBlock * g_count);
+  scratch.bias.assign(MR * g_count, 0.0f);
+  const auto* bytes = static_cast<const uint8_t*>(w.packed.data) + n_begin * bits / 8;
   const __m512i low_nibble = _mm512_set1_epi32(0x0F);
-  __m512 acc[MR][CHUNKS][2];
-  NXQ_UNROLL
-  for (int r = 0; r < MR; ++r) {
-    NXQ_UNROLL
-    for (int c = 0; c < CHUNKS; ++c) acc[r][c][0] = acc[r][c][1] = _mm512_setzero_ps();
-  }
-  for (size_t k = 0; k < k_dim; ++k) {
-    const uint8_t* row = bytes + k * row_bytes;
-    const uint8_t* ahead = row + kPrefetchRows * row_bytes;
-    for (size_t line = 0; line < tile_bytes; line += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(ahead + line), _MM_HINT_T0);
-    }
-    NXQ_UNROLL
-    for (int c = 0; c < CHUNKS; ++c) {
-      if (c >= chunks) break;
-      __m512 q0, q1;
-      if constexpr (Nibbles) {
-        const __m512i b =
-            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c * 16)));
-        q0 = _mm512_cvtepi32_ps(_mm512_and_si512(b, low_nibble));  // even columns
-        q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));          // odd columns
-      } else {
-        q0 = unpack(row + c * 2 * unpack.chunk_bytes);
-        q1 = unpack(row + (c * 2 + 1) * unpack.chunk_bytes);
-      }
-      const int g = c / kChunksPerGroup;
+
+  for (size_t k0 = 0; k0 < k_dim; k0 += kRowBlock) {
+    const size_t kb = std::min(kRowBlock, k_dim - k0);
+    block_params<D>(x, k_dim, MR, w, k0, kb, g_begin, g_count, scratch.a.data(),
+                    scratch.bias.data());
+    for (size_t t0 = 0; t0 < columns; t0 += kTile) {
+      const int chunks = static_cast<int>(std::min(kTile, columns - t0) / kChunk);
+      const size_t tile_bytes = static_cast<size_t>(chunks) * kChunk * bits / 8;
+      __m512 acc[MR][CHUNKS][2];
       NXQ_UNROLL
       for (int r = 0; r < MR; ++r) {
-        const __m512 a = _mm512_set1_ps(params.a[(r * k_dim + k) * g_count + g]);
-        acc[r][c][0] = _mm512_fmadd_ps(q0, a, acc[r][c][0]);
-        acc[r][c][1] = _mm512_fmadd_ps(q1, a, acc[r][c][1]);
+        NXQ_UNROLL
+        for (int c = 0; c < CHUNKS; ++c) {
+          if (c >= chunks) break;
+          acc[r][c][0] = _mm512_load_ps(acc_mem + r * columns + t0 + c * kChunk);
+          acc[r][c][1] = _mm512_load_ps(acc_mem + r * columns + t0 + c * kChunk + 16);
+        }
+      }
+      const float* a_tile = scratch.a.data() + t0 / GS;
+      for (size_t kk = 0; kk < kb; ++kk) {
+        const uint8_t* row = bytes + (k0 + kk) * row_bytes + t0 * bits / 8;
+        for (size_t line = 0; line < tile_bytes; line += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchTiles * tile_bytes + line),
+                       _MM_HINT_T0);
+        }
+        NXQ_UNROLL
+        for (int c = 0; c < CHUNKS; ++c) {
+          if (c >= chunks) break;
+          __m512 q0, q1;
+          if constexpr (Nibbles) {
+            const __m512i b = _mm512_cvtepu8_epi32(
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c * 16)));
+            q0 = _mm512_cvtepi32_ps(_mm512_and_si512(b, low_nibble));  // even columns
+            q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));          // odd columns
+          } else {
+            q0 = unpack(row + c * 2 * unpack.chunk_bytes);
+            q1 = unpack(row + (c * 2 + 1) * unpack.chunk_bytes);
+          }
+          const int g = c / kChunksPerGroup;
+          NXQ_UNROLL
+          for (int r = 0; r < MR; ++r) {
+            const __m512 a = _mm512_set1_ps(a_tile[(r * kRowBlock + kk) * g_count + g]);
+            acc[r][c][0] = _mm512_fmadd_ps(q0, a, acc[r][c][0]);
+            acc[r][c][1] = _mm512_fmadd_ps(q1, a, acc[r][c][1]);
+          }
+        }
+      }
+      NXQ_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        NXQ_UNROLL
+        for (int c = 0; c < CHUNKS; ++c) {
+          if (c >= chunks) break;
+          _mm512_store_ps(acc_mem + r * columns + t0 + c * kChunk, acc[r][c][0]);
+          _mm512_store_ps(acc_mem + r * columns + t0 + c * kChunk + 16, acc[r][c][1]);
+        }
       }
     }
   }
 
-  // Nibbles: (even, odd) -> natural order.
+  // Nibbles: (even, odd) -> natural order; then the bias sums, and the output dtype.
   alignas(64) int32_t lo_idx[16], hi_idx[16];
   for (int j = 0; j < 16; ++j) {
     lo_idx[j] = (j % 2) * 16 + j / 2;
     hi_idx[j] = (j % 2) * 16 + 8 + j / 2;
   }
   const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
-  alignas(64) float values[CHUNKS * kChunk];
-  NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
-    NXQ_UNROLL
-    for (int c = 0; c < CHUNKS; ++c) {
-      if (c >= chunks) break;
-      const __m512 bias = _mm512_set1_ps(params.bias[r * 16 + c / kChunksPerGroup]);
-      __m512 v0 = acc[r][c][0], v1 = acc[r][c][1];
+    float* row_acc = acc_mem + r * columns;
+    for (size_t c = 0; c < columns; c += kChunk) {
+      __m512 v0 = _mm512_load_ps(row_acc + c), v1 = _mm512_load_ps(row_acc + c + 16);
       if constexpr (Nibbles) {
         const __m512 even = v0, odd = v1;
         v0 = _mm512_permutex2var_ps(even, lo, odd);
         v1 = _mm512_permutex2var_ps(even, hi, odd);
       }
-      _mm512_store_ps(values + c * kChunk, _mm512_add_ps(v0, bias));
-      _mm512_store_ps(values + c * kChunk + 16, _mm512_add_ps(v1, bias));
+      const __m512 bias = _mm512_set1_ps(scratch.bias[r * g_count + c / GS]);
+      _mm512_store_ps(row_acc + c, _mm512_add_ps(v0, bias));
+      _mm512_store_ps(row_acc + c + 16, _mm512_add_ps(v1, bias));
     }
-    const size_t count = static_cast<size_t>(chunks) * kChunk;
-    const size_t offset = (i0 + r) * n_dim + n0;
+    const size_t offset = (i0 + r) * n_dim + n_begin;
     if (out_dtype == DType::F32) {
-      std::copy(values, values + count, static_cast<float*>(out) + offset);
+      std::copy(row_acc, row_acc + columns, static_cast<float*>(out) + offset);
     } else {
-      for (size_t j = 0; j < count; ++j) store_from_f32(out, out_dtype, offset + j, values[j]);
+      for (size_t j = 0; j < columns; ++j) store_from_f32(out, out_dtype, offset + j, row_acc[j]);
     }
   }
 }
@@ -168,28 +195,32 @@ void gemv_kn_tile(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
 void gemv_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out) {
   const Unpacker unpack(w.spec.bits);
-  const size_t k_dim = w.rows, n_dim = w.cols;
+  const size_t k_dim = w.rows;
   const size_t gs = static_cast<size_t>(w.spec.group_size);
-  TileParams params;
-  auto tiles = [&](auto mr, auto max_chunks, size_t i0) {
+  auto rows = [&](auto mr, auto max_chunks, size_t i0) {
     constexpr int MR = decltype(mr)::value, CHUNKS = decltype(max_chunks)::value;
-    for (size_t n0 = n_begin; n0 < n_end; n0 += CHUNKS * kChunk) {
-      const int chunks = static_cast<int>(std::min<size_t>(CHUNKS, (n_end - n0) / kChunk));
-      detail::with_group_size(gs, [&](auto group_size) {
-        constexpr int GS = decltype(group_size)::value;
-        if (w.spec.bits == 4) {
-          gemv_kn_tile<MR, CHUNKS, true, GS>(x + i0 * k_dim, k_dim, w, unpack, n0, chunks,
-                                             out_dtype, n_dim, out, i0, params);
-        } else {
-          gemv_kn_tile<MR, CHUNKS, false, GS>(x + i0 * k_dim, k_dim, w, unpack, n0, chunks,
-                                              out_dtype, n_dim, out, i0, params);
+    detail::with_group_size(gs, [&](auto group_size) {
+      constexpr int GS = decltype(group_size)::value;
+      auto run = [&](auto nibbles, auto dtype) {
+        gemv_kn_rows<MR, CHUNKS, decltype(nibbles)::value, GS, decltype(dtype)::value>(
+            x + i0 * k_dim, k_dim, w, unpack, n_begin, n_end, out_dtype, out, i0);
+      };
+      auto with_dtype = [&](auto nibbles) {
+        switch (w.dtype) {
+          case DType::F32:
+            return run(nibbles, std::integral_constant<DType, DType::F32>{});
+          case DType::F16:
+            return run(nibbles, std::integral_constant<DType, DType::F16>{});
+          default:
+            return run(nibbles, std::integral_constant<DType, DType::BF16>{});
         }
-      });
-    }
+      };
+      w.spec.bits == 4 ? with_dtype(std::true_type{}) : with_dtype(std::false_type{});
+    });
   };
   size_t i0 = 0;
-  for (; i0 + 2 <= m; i0 += 2) tiles(detail::Int<2>{}, detail::Int<4>{}, i0);
-  if (i0 < m) tiles(detail::Int<1>{}, detail::Int<8>{}, i0);
+  for (; i0 + 2 <= m; i0 += 2) rows(detail::Int<2>{}, detail::Int<4>{}, i0);
+  if (i0 < m) rows(detail::Int<1>{}, detail::Int<8>{}, i0);
 }
 
 }  // namespace nx_quant::avx512
