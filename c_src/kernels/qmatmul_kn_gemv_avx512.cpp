@@ -103,13 +103,21 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data) + n_begin * bits / 8;
   const __m512i low_nibble = _mm512_set1_epi32(0x0F);
 
+  const size_t tiles = (columns + kTile - 1) / kTile;
   for (size_t k0 = 0; k0 < k_dim; k0 += kRowBlock) {
     const size_t kb = std::min(kRowBlock, k_dim - k0);
     block_params<D>(x, k_dim, MR, w, k0, kb, g_begin, g_count, scratch.a.data(),
                     scratch.bias.data());
     for (size_t t0 = 0; t0 < columns; t0 += kTile) {
       const int chunks = static_cast<int>(std::min(kTile, columns - t0) / kChunk);
-      const size_t tile_bytes = static_cast<size_t>(chunks) * kChunk * bits / 8;
+      // The data kPrefetchTiles tiles later in (block, tile) order: further along these rows,
+      // or at the start of the next block's rows (prefetches past the end are harmless).
+      size_t ahead_tile = t0 / kTile + kPrefetchTiles, ahead_k0 = k0;
+      if (ahead_tile >= tiles) {
+        ahead_tile -= tiles;
+        ahead_k0 += kRowBlock;
+      }
+      const uint8_t* ahead = bytes + ahead_k0 * row_bytes + ahead_tile * kTile * bits / 8;
       __m512 acc[MR][CHUNKS][2];
       NXQ_UNROLL
       for (int r = 0; r < MR; ++r) {
@@ -123,9 +131,8 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
       const float* a_tile = scratch.a.data() + t0 / GS;
       for (size_t kk = 0; kk < kb; ++kk) {
         const uint8_t* row = bytes + (k0 + kk) * row_bytes + t0 * bits / 8;
-        for (size_t line = 0; line < tile_bytes; line += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(row + kPrefetchTiles * tile_bytes + line),
-                       _MM_HINT_T0);
+        for (size_t line = 0; line < kTile * bits / 8; line += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + kk * row_bytes + line), _MM_HINT_T0);
         }
         NXQ_UNROLL
         for (int c = 0; c < CHUNKS; ++c) {
