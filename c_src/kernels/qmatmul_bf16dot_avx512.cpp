@@ -234,23 +234,17 @@ void gemv_nk_4bit_bf16(const Bf16Operand& x, const QuantizedMatrix& w, DType out
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
 
   constexpr int kNW = 4;
-  const size_t scale_stride = groups + 4;  // a chunk may read up to 4 scales past the row
-  std::vector<float> scales(kNW * scale_stride, 0.0f), biases(kNW * groups);
+  RowParams<kNW> params(groups);
   float result[2 * kNW];
 
-  auto load_rows = [&](auto nw, size_t n) {
-    for (int v = 0; v < decltype(nw)::value; ++v) {
-      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups,
-                    scales.data() + v * scale_stride);
-      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
-    }
-  };
+  auto load_rows = [&](auto nw, size_t n) { params.load(w, n, decltype(nw)::value); };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
     const uint8_t* rows = bytes + n * row_bytes;
     auto block = [&](auto splits, auto group_size) {
       gemv_bf16_block<MR, NW, decltype(splits)::value, decltype(group_size)::value>(
-          x, i0, rows, row_bytes, scales.data(), scale_stride, biases.data(), groups, result);
+          x, i0, rows, row_bytes, params.scales.data(), params.stride, params.biases.data(), groups,
+          result);
     };
     detail::with_group_size(gs, [&](auto group_size) {
       switch (x.splits) {

@@ -6,8 +6,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "nx_quant/dtype.h"
+#include "nx_quant/kernels.h"
 
 namespace nx_quant::avx512 {
 
@@ -40,5 +42,26 @@ inline float dot_f32(const float* a, const float* b, size_t count) {
   }
   return _mm512_reduce_add_ps(acc);
 }
+
+// The scales and biases of up to kRows consecutive W rows as f32, for the GEMV kernels that
+// take lane-wise scales per 128-value chunk: a chunk may read up to 4 scales past its row, so
+// each row's scales are `stride` = groups + 4 apart and the padding stays zero.
+template <int kRows>
+struct RowParams {
+  size_t groups, stride;
+  std::vector<float> scales, biases;
+  explicit RowParams(size_t groups_per_row)
+      : groups(groups_per_row),
+        stride(groups_per_row + 4),
+        scales(kRows * stride, 0.0f),
+        biases(kRows * groups_per_row) {}
+  // Rows n .. n+count of w (count <= kRows).
+  void load(const QuantizedMatrix& w, size_t n, int count) {
+    for (int v = 0; v < count; ++v) {
+      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * stride);
+      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
+    }
+  }
+};
 
 }  // namespace nx_quant::avx512
