@@ -123,7 +123,7 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
       for (int r = 0; r < MR; ++r) {
         NXQ_UNROLL
         for (int c = 0; c < CHUNKS; ++c) {
-          if (c >= chunks) break;
+          if (c >= chunks) continue;  // (a guard, not a break: the loop stays unrollable)
           acc[r][c][0] = _mm512_load_ps(acc_mem + r * columns + t0 + c * kChunk);
           acc[r][c][1] = _mm512_load_ps(acc_mem + r * columns + t0 + c * kChunk + 16);
         }
@@ -136,7 +136,7 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
         }
         NXQ_UNROLL
         for (int c = 0; c < CHUNKS; ++c) {
-          if (c >= chunks) break;
+          if (c >= chunks) continue;  // (a guard, not a break: the loop stays unrollable)
           __m512 q0, q1;
           if constexpr (Nibbles) {
             const __m512i b = _mm512_cvtepu8_epi32(
@@ -160,7 +160,7 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
       for (int r = 0; r < MR; ++r) {
         NXQ_UNROLL
         for (int c = 0; c < CHUNKS; ++c) {
-          if (c >= chunks) break;
+          if (c >= chunks) continue;  // (a guard, not a break: the loop stays unrollable)
           _mm512_store_ps(acc_mem + r * columns + t0 + c * kChunk, acc[r][c][0]);
           _mm512_store_ps(acc_mem + r * columns + t0 + c * kChunk + 16, acc[r][c][1]);
         }
