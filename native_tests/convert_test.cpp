@@ -67,32 +67,34 @@ TEST(Conversion, QuantizeMatchesReferenceOnSpecialValuesAndHalfChunks) {
 TEST(Conversion, DequantizeMatchesReferenceWithSpecialScalesBothOrientations) {
   for (KernelChoice kernel : conversion_kernels()) {
     for (int bits : kAllBits) {
-      for (DType dtype : kAllDtypes) {
-        const size_t rows = 5, cols = 160;
-        TypedBuffer dense(dtype, random_values(rows * cols, bits, cols));
-        OwnedQuantized q(dense, rows, cols, {bits, 32}, KernelChoice::Reference);
-        // Overwrite some scales and biases with specials and extreme values.
-        const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
-                                  std::numeric_limits<float>::infinity(),
-                                  -0.0f,
-                                  6e-8f,
-                                  60000.0f,
-                                  -1e-39f};
-        for (size_t i = 0; i < q.scales.count(); i += 3) {
-          store_from_f32(q.scales.bytes.data(), dtype, i, specials[i % 6]);
-          store_from_f32(q.biases.bytes.data(), dtype, (i + 1) % q.biases.count(),
-                         specials[(i + 2) % 6]);
-        }
-        for (bool transpose_out : {false, true}) {
-          TypedBuffer expected(dtype, rows * cols), got(dtype, rows * cols);
-          reference::dequantize(q.matrix, expected.bytes.data(), transpose_out);
-          ExecOptions options;
-          options.kernel = kernel;
-          options.threads = 2;
-          dequantize(q.matrix, got.mbuf(), transpose_out, options);
-          ASSERT_EQ(got.bytes, expected.bytes)
-              << "kernel " << int(kernel) << " bits " << bits << " " << dtype_name(dtype)
-              << " transpose " << transpose_out;
+      for (int gs : kAllGroupSizes) {
+        for (DType dtype : kAllDtypes) {
+          const size_t rows = 5, cols = gs == 32 ? 160 : 384;
+          TypedBuffer dense(dtype, random_values(rows * cols, bits, cols));
+          OwnedQuantized q(dense, rows, cols, {bits, gs}, KernelChoice::Reference);
+          // Overwrite some scales and biases with specials and extreme values.
+          const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
+                                    std::numeric_limits<float>::infinity(),
+                                    -0.0f,
+                                    6e-8f,
+                                    60000.0f,
+                                    -1e-39f};
+          for (size_t i = 0; i < q.scales.count(); i += 3) {
+            store_from_f32(q.scales.bytes.data(), dtype, i, specials[i % 6]);
+            store_from_f32(q.biases.bytes.data(), dtype, (i + 1) % q.biases.count(),
+                           specials[(i + 2) % 6]);
+          }
+          for (bool transpose_out : {false, true}) {
+            TypedBuffer expected(dtype, rows * cols), got(dtype, rows * cols);
+            reference::dequantize(q.matrix, expected.bytes.data(), transpose_out);
+            ExecOptions options;
+            options.kernel = kernel;
+            options.threads = 2;
+            dequantize(q.matrix, got.mbuf(), transpose_out, options);
+            ASSERT_EQ(got.bytes, expected.bytes)
+                << "kernel " << int(kernel) << " bits " << bits << " gs " << gs << " "
+                << dtype_name(dtype) << " transpose " << transpose_out;
+          }
         }
       }
     }

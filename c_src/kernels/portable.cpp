@@ -1,5 +1,6 @@
 #include "portable.h"
 
+#include <cstring>
 #include <vector>
 
 #include "nx_quant/reference.h"
@@ -40,8 +41,58 @@ void quantize(const void* dense, DType dtype, size_t cols, const QuantSpec& spec
   }
 }
 
+namespace {
+
+// w = round(round(q * scale) + bias), MLX's rounding: the product rounded to the dtype, then
+// the sum rounded.
+inline float dequantized_value(uint32_t q, float scale, float bias, DType dtype) {
+  return round_to_dtype(round_to_dtype(static_cast<float>(q) * scale, dtype) + bias, dtype);
+}
+
+// Up to 4 bits a group has at most 16 distinct outputs: each is computed once, stored as the
+// dtype's bits, and the group's values are table lookups (the same values, far less work).
+template <typename Storage>  // uint32_t for f32, uint16_t for f16/bf16
+void dequantize_by_table(const QuantizedMatrix& w, bool transpose_out, size_t row_begin,
+                         size_t row_end, void* out) {
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t words_per_row = w.cols * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t groups_per_row = w.cols / gs;
+  const auto* packed = static_cast<const uint32_t*>(w.packed.data);
+  auto* out_bits = static_cast<Storage*>(out);
+  std::vector<uint8_t> q(gs);
+  alignas(4) unsigned char raw_table[16 * sizeof(Storage)];  // store_from_f32 writes dtype bits
+  Storage table[16];
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t g = 0; g < groups_per_row; ++g) {
+      detail::unpack_aligned(w.spec.bits, packed + r * words_per_row + g * words_per_group, gs,
+                             q.data());
+      const float scale = load_as_f32(w.scales.data, w.dtype, r * groups_per_row + g);
+      const float bias = load_as_f32(w.biases.data, w.dtype, r * groups_per_row + g);
+      for (uint32_t v = 0; v < (1u << w.spec.bits); ++v) {
+        store_from_f32(raw_table, w.dtype, v, dequantized_value(v, scale, bias, w.dtype));
+      }
+      std::memcpy(table, raw_table, sizeof table);
+      const size_t c0 = g * gs;
+      if (transpose_out) {
+        for (size_t j = 0; j < gs; ++j) out_bits[(c0 + j) * w.rows + r] = table[q[j]];
+      } else {
+        Storage* dst = out_bits + r * w.cols + c0;
+        for (size_t j = 0; j < gs; ++j) dst[j] = table[q[j]];
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void dequantize(const QuantizedMatrix& w, bool transpose_out, size_t row_begin, size_t row_end,
                 void* out) {
+  if (w.spec.bits <= 4) {
+    if (w.dtype == DType::F32)
+      return dequantize_by_table<uint32_t>(w, transpose_out, row_begin, row_end, out);
+    return dequantize_by_table<uint16_t>(w, transpose_out, row_begin, row_end, out);
+  }
   const size_t gs = static_cast<size_t>(w.spec.group_size);
   const size_t words_per_row = w.cols * static_cast<size_t>(w.spec.bits) / 32;
   const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
@@ -55,11 +106,9 @@ void dequantize(const QuantizedMatrix& w, bool transpose_out, size_t row_begin, 
       const float scale = load_as_f32(w.scales.data, w.dtype, r * groups_per_row + g);
       const float bias = load_as_f32(w.biases.data, w.dtype, r * groups_per_row + g);
       for (size_t j = 0; j < gs; ++j) {
-        // MLX's rounding: the product rounded to the dtype, then the sum rounded.
-        const float v = round_to_dtype(
-            round_to_dtype(static_cast<float>(q[j]) * scale, w.dtype) + bias, w.dtype);
         const size_t c = g * gs + j;
-        store_from_f32(out, w.dtype, transpose_out ? c * w.rows + r : r * w.cols + c, v);
+        store_from_f32(out, w.dtype, transpose_out ? c * w.rows + r : r * w.cols + c,
+                       dequantized_value(q[j], scale, bias, w.dtype));
       }
     }
   }

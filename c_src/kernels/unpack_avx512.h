@@ -35,12 +35,13 @@ struct Unpacker {
     load_mask = _cvtu64_mask64((uint64_t{1} << chunk_bytes) - 1);
   }
 
-  __m512 operator()(const uint8_t* p) const {
-    __m512i v = _mm512_maskz_loadu_epi8(load_mask, p);
-    v = _mm512_permutexvar_epi8(index, v);
-    v = _mm512_and_si512(_mm512_srlv_epi32(v, shift), mask);
-    return _mm512_cvtepi32_ps(v);
+  // The 16 values as int32 lanes.
+  __m512i indices(const uint8_t* p) const {
+    const __m512i v = _mm512_permutexvar_epi8(index, _mm512_maskz_loadu_epi8(load_mask, p));
+    return _mm512_and_si512(_mm512_srlv_epi32(v, shift), mask);
   }
+
+  __m512 operator()(const uint8_t* p) const { return _mm512_cvtepi32_ps(indices(p)); }
 };
 
 }  // namespace nx_quant::avx512
