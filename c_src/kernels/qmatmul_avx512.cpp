@@ -300,6 +300,7 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
   std::vector<float> scales(kNW * groups), biases(kNW * groups);
   float result[2 * kNW];
   auto load_rows = [&](auto nw, size_t n) {
+    prefetch_row_params(w, groups, n + kPrefetchBlocks * kNW, kNW);
     for (int v = 0; v < decltype(nw)::value; ++v) {
       params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * groups);
       params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);

@@ -237,7 +237,9 @@ void gemv_nk_4bit_bf16(const Bf16Operand& x, const QuantizedMatrix& w, DType out
   RowParams<kNW> params(groups);
   float result[2 * kNW];
 
-  auto load_rows = [&](auto nw, size_t n) { params.load(w, n, decltype(nw)::value); };
+  auto load_rows = [&](auto nw, size_t n) {
+    params.load(w, n, decltype(nw)::value, kPrefetchBlocks * kNW);
+  };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
     const uint8_t* rows = bytes + n * row_bytes;

@@ -213,7 +213,9 @@ void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtyp
   RowParams<kNW> params(groups);
   float result[2 * kNW];
 
-  auto load_rows = [&](auto nw, size_t n) { params.load(w, n, decltype(nw)::value); };
+  auto load_rows = [&](auto nw, size_t n) {
+    params.load(w, n, decltype(nw)::value, kPrefetchBlocks * kNW);
+  };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
     const uint8_t* rows = bytes + n * row_bytes;
