@@ -1,5 +1,6 @@
 // Benchmarks of the fused quantized matmul against the machine's own limits, in one run:
 //   * BM_ReadBandwidth: streaming read of 512 MB (the memory-bandwidth ceiling of GEMV),
+//   * BM_GemvVsRead: the decode GEMV and a read of as many bytes, paired call by call,
 //   * BM_Quantized: our kernel (Auto = AVX-512 here), per shape / batch M / bits / threads,
 //   * BM_EigenDense: dense f32 Eigen on the dequantized weight, same shape and threads,
 //   * BM_Dequantize / BM_Quantize: conversion throughput (checkpoint load / model quantization),
@@ -11,8 +12,12 @@
 #include <omp.h>
 
 #include <Eigen/Core>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -294,6 +299,152 @@ void BM_ReadBandwidth(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Streams byte ranges of a 512 MB buffer on request with 1 or 2 threads, the second one kept
+// alive between requests (blocked, not spinning, so that it takes no core from the kernel
+// measured in between): a std::thread per request would add its start-up to a ~300 us read.
+// Both threads meet at a spin barrier before reading, so the time is that of the read alone.
+class PairedReader {
+ public:
+  PairedReader() : buffer_(kBytes / 4, 1.0f), helper_([this] { serve(); }) {}
+  ~PairedReader() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    helper_.join();
+  }
+  static constexpr size_t kBytes = size_t{512} << 20;
+
+  // Seconds to read [offset, offset + bytes) (offset and bytes multiples of 512), split in
+  // halves over `threads` threads, with or without software prefetch (as BM_ReadBandwidth).
+  double read(size_t offset, size_t bytes, int threads, bool prefetch) {
+    const float* begin = buffer_.data() + offset / 4;
+    const size_t floats = bytes / 4;
+    if (threads == 1) {
+      const auto t0 = std::chrono::steady_clock::now();
+      sink_ += stream(begin, floats, prefetch);
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    const size_t half = floats / 2 / 128 * 128;
+    arrived_.store(0);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = {begin + half, floats - half, prefetch};
+      ++generation_;
+    }
+    wake_.notify_one();
+    arrived_.fetch_add(1);
+    while (arrived_.load() < 2) {
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    sink_ += stream(begin, half, prefetch);
+    while (!helper_done_.exchange(false)) {
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+ private:
+  struct Job {
+    const float* begin = nullptr;
+    size_t floats = 0;
+    bool prefetch = false;
+  };
+
+  static float stream(const float* p, size_t floats, bool prefetch) {
+    __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
+    for (size_t i = 0; i < floats; i += 64) {
+      if (prefetch) {
+        for (int line = 0; line < 4; ++line)
+          _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024 + 16 * line), _MM_HINT_T1);
+      }
+      a = _mm512_add_ps(a, _mm512_loadu_ps(p + i));
+      b = _mm512_add_ps(b, _mm512_loadu_ps(p + i + 16));
+      c = _mm512_add_ps(c, _mm512_loadu_ps(p + i + 32));
+      d = _mm512_add_ps(d, _mm512_loadu_ps(p + i + 48));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+  }
+
+  void serve() {
+    uint64_t seen = 0;
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        job = job_;
+      }
+      arrived_.fetch_add(1);
+      while (arrived_.load() < 2) {
+      }
+      helper_sink_ += stream(job.begin, job.floats, job.prefetch);
+      helper_done_.store(true);
+    }
+  }
+
+  std::vector<float> buffer_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  Job job_;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::atomic<int> arrived_{0};
+  std::atomic<bool> helper_done_{false};
+  float sink_ = 0, helper_sink_ = 0;
+  std::thread helper_;
+};
+
+// The GEMV's bytes per second as a fraction of the machine's read bandwidth, both measured in
+// the same iterations: each iteration times one kernel call (on the next weight copy, from
+// DRAM) and then reads as many bytes, from DRAM too, with the same number of threads, plainly
+// and with software prefetch. The VM's bandwidth drifts by +-15% over minutes; pairing each
+// call with its own reads cancels that drift out of the ratio. Same arguments as BM_Quantized.
+void BM_GemvVsRead(benchmark::State& state) {
+  static PairedReader reader;
+  const size_t n = state.range(0), k = state.range(1), m = state.range(2);
+  const int bits = static_cast<int>(state.range(3));
+  const int threads = static_cast<int>(state.range(4));
+  const auto x_dtype = static_cast<DType>(state.range(7));
+  const QuantizedSet& set = quantized_set(n, k, bits, true);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<uint8_t> x(m * k * dtype_size(x_dtype));
+  for (size_t i = 0; i < m * k; ++i) store_from_f32(x.data(), x_dtype, i, normal(rng));
+  std::vector<float> out(m * n);
+  ExecOptions options;
+  options.threads = threads;
+  options.kernel = static_cast<KernelChoice>(state.range(5));
+  options.precision = static_cast<Precision>(state.range(6));
+  const size_t bytes = set.bytes_per_matrix() + x.size();
+  const size_t read_bytes = bytes / 512 * 512;
+  double kernel_s = 0, plain_s = 0, prefetch_s = 0;
+  size_t i = 0, offset = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    quantized_matmul({x.data(), x.size()}, x_dtype, m, set.matrix(i++ % set.copies), true,
+                     DType::F32, {out.data(), out.size() * 4}, options);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    benchmark::DoNotOptimize(out.data());
+    state.SetIterationTime(dt);
+    kernel_s += dt;
+    if (offset + read_bytes > PairedReader::kBytes) offset = 0;
+    plain_s += reader.read(offset, read_bytes, threads, false);
+    offset += read_bytes;
+    if (offset + read_bytes > PairedReader::kBytes) offset = 0;
+    prefetch_s += reader.read(offset, read_bytes, threads, true);
+    offset += read_bytes;
+  }
+  const double iterations = static_cast<double>(state.iterations());
+  const double read_gbs = read_bytes * iterations / std::min(plain_s, prefetch_s) * 1e-9;
+  const double kernel_gbs = bytes * iterations / kernel_s * 1e-9;
+  state.counters["GB/s"] = kernel_gbs;
+  state.counters["read GB/s"] = read_gbs;
+  state.counters["% of read"] = 100.0 * kernel_gbs / read_gbs;
+}
+
 constexpr int kAuto = static_cast<int>(KernelChoice::Auto);
 constexpr int kAvx2 = static_cast<int>(KernelChoice::Avx2);
 constexpr int kExact = static_cast<int>(Precision::Exact);
@@ -310,6 +461,16 @@ void Shapes(benchmark::internal::Benchmark* b) {
       for (int m : {1, 8, 32, 128, 512})
         b->Args({4096, 4096, m, bits, threads, kAuto, kExact, kF32});
     }
+  }
+}
+
+// The headline GEMV (M = 1, 4-bit g64, 2 threads) against the read bandwidth measured alongside:
+// exact with f32 and bf16 activations, and the int8 mode.
+void PairedShapes(benchmark::internal::Benchmark* b) {
+  for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+    b->Args({n, k, 1, 4, 2, kAuto, kExact, kBF16});
+    b->Args({n, k, 1, 4, 2, kAuto, kExact, kF32});
+    b->Args({n, k, 1, 4, 2, kAuto, kInt8, kF32});
   }
 }
 
@@ -371,6 +532,7 @@ BENCHMARK(BM_ReadBandwidth)
     ->Args({2, 1})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GemvVsRead)->Apply(PairedShapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)
     ->Name("BM_QuantizedBf16x")
