@@ -110,6 +110,19 @@ struct Unpacker {
   }
 };
 
+// 4 bits in the GEMV, where x can be stored in any order once per call: the chunk's 8 bytes
+// zero-extended to dwords give the even values (low nibbles, AND) and the odd values (high
+// nibbles, a shift) with no per-lane shifts or broadcasts; x is stored as [evens, odds].
+struct NibbleUnpacker {
+  __m256i low = _mm256_set1_epi32(0x0F);
+  // Values 0, 2, .., 14 and 1, 3, .., 15 of the chunk at p.
+  void operator()(const uint8_t* p, __m256& even, __m256& odd) const {
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    even = _mm256_cvtepi32_ps(_mm256_and_si256(b, low));
+    odd = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+  }
+};
+
 // Where to unpack `bytes` bytes at p from: p itself, or (when the unpacker's over-read would leave
 // the packed buffer [base, base + total)) a copy in tmp, whose tail stays zero.
 template <int Bits>
@@ -207,8 +220,13 @@ void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, 
       NXQ_UNROLL
       for (int v = 0; v < NW; ++v) {
         const uint8_t* p = src[v] + c * U::kChunkBytes;
-        const __m256 qlo = unpack.lo(p);
-        const __m256 qhi = unpack.hi(p);
+        __m256 qlo, qhi;  // for 4 bits: even and odd values, x being stored in that order
+        if constexpr (Bits == 4) {
+          NibbleUnpacker{}(p, qlo, qhi);
+        } else {
+          qlo = unpack.lo(p);
+          qhi = unpack.hi(p);
+        }
         NXQ_UNROLL
         for (int r = 0; r < MR; ++r) {
           const float* xr = xg + r * k_dim + c * 16;
@@ -254,6 +272,17 @@ void gemv_nk_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_
     __m256 s = _mm256_setzero_ps();
     for (size_t c = 0; c < gs; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + i * gs + c));
     xsum[i] = hsum(s);
+  }
+  std::vector<float> x_nibble_order;
+  if constexpr (Bits == 4) {  // each 16 values as [0, 2, .., 14, 1, 3, .., 15] (NibbleUnpacker)
+    x_nibble_order.resize(m * k_dim);
+    for (size_t c = 0; c < m * k_dim; c += 16) {
+      for (size_t j = 0; j < 8; ++j) {
+        x_nibble_order[c + j] = x[c + 2 * j];
+        x_nibble_order[c + 8 + j] = x[c + 2 * j + 1];
+      }
+    }
+    x = x_nibble_order.data();
   }
   float result[8];
   for (size_t i0 = 0; i0 < m; i0 += 2) {
