@@ -132,7 +132,7 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
       for (size_t kk = 0; kk < kb; ++kk) {
         const uint8_t* row = bytes + (k0 + kk) * row_bytes + t0 * bits / 8;
         for (size_t line = 0; line < kTile * bits / 8; line += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(ahead + kk * row_bytes + line), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + kk * row_bytes + line), _MM_HINT_T1);
         }
         NXQ_UNROLL
         for (int c = 0; c < CHUNKS; ++c) {
