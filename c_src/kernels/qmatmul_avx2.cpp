@@ -23,6 +23,7 @@
 #include <new>
 #include <vector>
 
+#include "gemv_loops.h"
 #include "simd_kernels.h"
 #include "unroll.h"
 
@@ -287,36 +288,29 @@ void gemv_nk_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_
     }
     x = x_nibble_order.data();
   }
+  // W rows outermost (detail::for_gemv_blocks): a block of 4 rows is read from memory once
+  // and stays in L1 while every pair of x rows uses it. The scales and biases of the rows two
+  // blocks on are prefetched with the block's packed words.
   float result[8];
-  for (size_t i0 = 0; i0 < m; i0 += 2) {
-    const bool pair = m - i0 >= 2;
-    const float* xi = x + i0 * k_dim;
-    const float* si = xsum.data() + i0 * groups;
-    size_t n = n_begin;
-    auto store = [&](int mr, int nw) {
-      for (int r = 0; r < mr; ++r)
-        for (int v = 0; v < nw; ++v)
-          store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * nw + v]);
-    };
-    for (; n + 4 <= n_end; n += 4) {
-      if (pair) {
-        gemv_block<Bits, 2, 4>(xi, k_dim, si, groups, packed, n, params, gs, unpack, tmp, result);
-        store(2, 4);
-      } else {
-        gemv_block<Bits, 1, 4>(xi, k_dim, si, groups, packed, n, params, gs, unpack, tmp, result);
-        store(1, 4);
-      }
+  const size_t param_bytes = dtype_size(w.dtype);
+  auto load_rows = [&](auto, size_t n) {
+    const size_t ahead = n + kPrefetchBlocks * 4;
+    if (ahead >= n_dim) return;
+    const size_t end = std::min(ahead + 4, n_dim) * groups * param_bytes;
+    for (size_t b = ahead * groups * param_bytes; b < end; b += 64) {
+      _mm_prefetch(static_cast<const char*>(w.scales.data) + b, _MM_HINT_T1);
+      _mm_prefetch(static_cast<const char*>(w.biases.data) + b, _MM_HINT_T1);
     }
-    for (; n < n_end; ++n) {
-      if (pair) {
-        gemv_block<Bits, 2, 1>(xi, k_dim, si, groups, packed, n, params, gs, unpack, tmp, result);
-        store(2, 1);
-      } else {
-        gemv_block<Bits, 1, 1>(xi, k_dim, si, groups, packed, n, params, gs, unpack, tmp, result);
-        store(1, 1);
-      }
-    }
-  }
+  };
+  auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
+    constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
+    gemv_block<Bits, MR, NW>(x + i0 * k_dim, k_dim, xsum.data() + i0 * groups, groups, packed, n,
+                             params, gs, unpack, tmp, result);
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NW; ++v)
+        store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * NW + v]);
+  };
+  detail::for_gemv_blocks<4>(m, n_begin, n_end, load_rows, run);
 }
 
 // ---- GEMM ------------------------------------------------------------------------------------
