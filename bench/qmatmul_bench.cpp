@@ -94,29 +94,46 @@ const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits, bool rotat
 // 1 = Int8), the activations' dtype (DType: 0 = f32, 2 = bf16). transpose = true
 // (weight stored [N, K]). x is random normal: f32 x uses every mantissa bit (the bf16-dot
 // GEMV then needs three bf16 parts per value; bf16 x needs one).
-void run_quantized(benchmark::State& state, bool rotate, bool transpose = true) {
-  const size_t n = state.range(0), k = state.range(1), m = state.range(2);
-  const int bits = static_cast<int>(state.range(3));
-  const auto x_dtype = static_cast<DType>(state.range(7));
-  // transpose=false stores W as [K, N] (rows = K).
-  const QuantizedSet& set =
-      transpose ? quantized_set(n, k, bits, rotate) : quantized_set(k, n, bits, rotate);
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint8_t> x(m * k * dtype_size(x_dtype));
-  for (size_t i = 0; i < m * k; ++i) store_from_f32(x.data(), x_dtype, i, normal(rng));
-  std::vector<float> out(m * n);
+// One matmul case from a benchmark's arguments: the weight set, random x, out and options.
+struct MatmulCase {
+  size_t n, k, m;
+  DType x_dtype;
+  const QuantizedSet* set;
+  std::vector<uint8_t> x;
+  std::vector<float> out;
   ExecOptions options;
-  options.threads = static_cast<int>(state.range(4));
-  options.kernel = static_cast<KernelChoice>(state.range(5));
-  options.precision = static_cast<Precision>(state.range(6));
-  size_t i = 0;
-  for (auto _ : state) {
-    quantized_matmul({x.data(), x.size()}, x_dtype, m, set.matrix(i++ % set.copies), transpose,
+
+  MatmulCase(const benchmark::State& state, bool rotate, bool transpose)
+      : n(state.range(0)),
+        k(state.range(1)),
+        m(state.range(2)),
+        x_dtype(static_cast<DType>(state.range(7))),
+        x(m * k * dtype_size(x_dtype)),
+        out(m * n) {
+    const int bits = static_cast<int>(state.range(3));
+    // transpose=false stores W as [K, N] (rows = K).
+    set = transpose ? &quantized_set(n, k, bits, rotate) : &quantized_set(k, n, bits, rotate);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (size_t i = 0; i < m * k; ++i) store_from_f32(x.data(), x_dtype, i, normal(rng));
+    options.threads = static_cast<int>(state.range(4));
+    options.kernel = static_cast<KernelChoice>(state.range(5));
+    options.precision = static_cast<Precision>(state.range(6));
+  }
+  void run(size_t copy, bool transpose) {
+    quantized_matmul({x.data(), x.size()}, x_dtype, m, set->matrix(copy % set->copies), transpose,
                      DType::F32, {out.data(), out.size() * 4}, options);
     benchmark::DoNotOptimize(out.data());
   }
-  const double bytes = static_cast<double>(set.bytes_per_matrix() + x.size());
+  size_t bytes() const { return set->bytes_per_matrix() + x.size(); }
+};
+
+void run_quantized(benchmark::State& state, bool rotate, bool transpose = true) {
+  MatmulCase c(state, rotate, transpose);
+  const size_t n = c.n, k = c.k, m = c.m;
+  size_t i = 0;
+  for (auto _ : state) c.run(i++, transpose);
+  const double bytes = static_cast<double>(c.bytes());
   state.counters["GB/s"] =
       benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["GFLOP/s"] =
@@ -404,30 +421,16 @@ class PairedReader {
 // call with its own reads cancels that drift out of the ratio. Same arguments as BM_Quantized.
 void BM_GemvVsRead(benchmark::State& state) {
   static PairedReader reader;
-  const size_t n = state.range(0), k = state.range(1), m = state.range(2);
-  const int bits = static_cast<int>(state.range(3));
-  const int threads = static_cast<int>(state.range(4));
-  const auto x_dtype = static_cast<DType>(state.range(7));
-  const QuantizedSet& set = quantized_set(n, k, bits, true);
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<uint8_t> x(m * k * dtype_size(x_dtype));
-  for (size_t i = 0; i < m * k; ++i) store_from_f32(x.data(), x_dtype, i, normal(rng));
-  std::vector<float> out(m * n);
-  ExecOptions options;
-  options.threads = threads;
-  options.kernel = static_cast<KernelChoice>(state.range(5));
-  options.precision = static_cast<Precision>(state.range(6));
-  const size_t bytes = set.bytes_per_matrix() + x.size();
+  MatmulCase c(state, true, true);
+  const int threads = c.options.threads;
+  const size_t bytes = c.bytes();
   const size_t read_bytes = bytes / 512 * 512;
   double kernel_s = 0, plain_s = 0, prefetch_s = 0;
   size_t i = 0, offset = 0;
   for (auto _ : state) {
     const auto t0 = std::chrono::steady_clock::now();
-    quantized_matmul({x.data(), x.size()}, x_dtype, m, set.matrix(i++ % set.copies), true,
-                     DType::F32, {out.data(), out.size() * 4}, options);
+    c.run(i++, true);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    benchmark::DoNotOptimize(out.data());
     state.SetIterationTime(dt);
     kernel_s += dt;
     if (offset + read_bytes > PairedReader::kBytes) offset = 0;

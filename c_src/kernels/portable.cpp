@@ -49,39 +49,49 @@ inline float dequantized_value(uint32_t q, float scale, float bias, DType dtype)
   return round_to_dtype(round_to_dtype(static_cast<float>(q) * scale, dtype) + bias, dtype);
 }
 
+// fn(r, g, q, scale, bias) for every group g of rows [row_begin, row_end): q its unpacked
+// values, scale and bias as f32.
+template <typename F>
+void for_each_group(const QuantizedMatrix& w, size_t row_begin, size_t row_end, F&& fn) {
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t words_per_row = w.cols * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
+  const size_t groups_per_row = w.cols / gs;
+  const auto* packed = static_cast<const uint32_t*>(w.packed.data);
+  std::vector<uint8_t> q(gs);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t g = 0; g < groups_per_row; ++g) {
+      detail::unpack_aligned(w.spec.bits, packed + r * words_per_row + g * words_per_group, gs,
+                             q.data());
+      fn(r, g, q.data(), load_as_f32(w.scales.data, w.dtype, r * groups_per_row + g),
+         load_as_f32(w.biases.data, w.dtype, r * groups_per_row + g));
+    }
+  }
+}
+
 // Up to 4 bits a group has at most 16 distinct outputs: each is computed once, stored as the
 // dtype's bits, and the group's values are table lookups (the same values, far less work).
 template <typename Storage>  // uint32_t for f32, uint16_t for f16/bf16
 void dequantize_by_table(const QuantizedMatrix& w, bool transpose_out, size_t row_begin,
                          size_t row_end, void* out) {
   const size_t gs = static_cast<size_t>(w.spec.group_size);
-  const size_t words_per_row = w.cols * static_cast<size_t>(w.spec.bits) / 32;
-  const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
-  const size_t groups_per_row = w.cols / gs;
-  const auto* packed = static_cast<const uint32_t*>(w.packed.data);
   auto* out_bits = static_cast<Storage*>(out);
-  std::vector<uint8_t> q(gs);
   alignas(4) unsigned char raw_table[16 * sizeof(Storage)];  // store_from_f32 writes dtype bits
   Storage table[16];
-  for (size_t r = row_begin; r < row_end; ++r) {
-    for (size_t g = 0; g < groups_per_row; ++g) {
-      detail::unpack_aligned(w.spec.bits, packed + r * words_per_row + g * words_per_group, gs,
-                             q.data());
-      const float scale = load_as_f32(w.scales.data, w.dtype, r * groups_per_row + g);
-      const float bias = load_as_f32(w.biases.data, w.dtype, r * groups_per_row + g);
-      for (uint32_t v = 0; v < (1u << w.spec.bits); ++v) {
-        store_from_f32(raw_table, w.dtype, v, dequantized_value(v, scale, bias, w.dtype));
-      }
-      std::memcpy(table, raw_table, sizeof table);
-      const size_t c0 = g * gs;
-      if (transpose_out) {
-        for (size_t j = 0; j < gs; ++j) out_bits[(c0 + j) * w.rows + r] = table[q[j]];
-      } else {
-        Storage* dst = out_bits + r * w.cols + c0;
-        for (size_t j = 0; j < gs; ++j) dst[j] = table[q[j]];
-      }
-    }
-  }
+  for_each_group(
+      w, row_begin, row_end, [&](size_t r, size_t g, const uint8_t* q, float scale, float bias) {
+        for (uint32_t v = 0; v < (1u << w.spec.bits); ++v) {
+          store_from_f32(raw_table, w.dtype, v, dequantized_value(v, scale, bias, w.dtype));
+        }
+        std::memcpy(table, raw_table, sizeof table);
+        const size_t c0 = g * gs;
+        if (transpose_out) {
+          for (size_t j = 0; j < gs; ++j) out_bits[(c0 + j) * w.rows + r] = table[q[j]];
+        } else {
+          Storage* dst = out_bits + r * w.cols + c0;
+          for (size_t j = 0; j < gs; ++j) dst[j] = table[q[j]];
+        }
+      });
 }
 
 }  // namespace
@@ -94,24 +104,14 @@ void dequantize(const QuantizedMatrix& w, bool transpose_out, size_t row_begin, 
     return dequantize_by_table<uint16_t>(w, transpose_out, row_begin, row_end, out);
   }
   const size_t gs = static_cast<size_t>(w.spec.group_size);
-  const size_t words_per_row = w.cols * static_cast<size_t>(w.spec.bits) / 32;
-  const size_t words_per_group = gs * static_cast<size_t>(w.spec.bits) / 32;
-  const size_t groups_per_row = w.cols / gs;
-  const auto* packed = static_cast<const uint32_t*>(w.packed.data);
-  std::vector<uint8_t> q(gs);
-  for (size_t r = row_begin; r < row_end; ++r) {
-    for (size_t g = 0; g < groups_per_row; ++g) {
-      detail::unpack_aligned(w.spec.bits, packed + r * words_per_row + g * words_per_group, gs,
-                             q.data());
-      const float scale = load_as_f32(w.scales.data, w.dtype, r * groups_per_row + g);
-      const float bias = load_as_f32(w.biases.data, w.dtype, r * groups_per_row + g);
-      for (size_t j = 0; j < gs; ++j) {
-        const size_t c = g * gs + j;
-        store_from_f32(out, w.dtype, transpose_out ? c * w.rows + r : r * w.cols + c,
-                       dequantized_value(q[j], scale, bias, w.dtype));
-      }
-    }
-  }
+  for_each_group(w, row_begin, row_end,
+                 [&](size_t r, size_t g, const uint8_t* q, float scale, float bias) {
+                   for (size_t j = 0; j < gs; ++j) {
+                     const size_t c = g * gs + j;
+                     store_from_f32(out, w.dtype, transpose_out ? c * w.rows + r : r * w.cols + c,
+                                    dequantized_value(q[j], scale, bias, w.dtype));
+                   }
+                 });
 }
 
 namespace {
