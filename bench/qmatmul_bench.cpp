@@ -561,6 +561,8 @@ BENCHMARK(BM_QuantizedCached)
     ->Args({4096, 4096, 1, 4, 2, kAuto, kInt8, kF32})
     ->Args({4096, 4096, 1, 4, 1, kAuto, kExact, kBF16})
     ->Args({4096, 4096, 1, 4, 2, kAuto, kExact, kBF16})
+    ->Args({4096, 4096, 1, 4, 1, kAvx2, kExact, kF32})
+    ->Args({4096, 4096, 1, 4, 2, kAvx2, kExact, kF32})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_EigenDense)->Apply(DenseShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);

@@ -46,19 +46,22 @@ inline __m512 round_to(__m512 v, DType dtype) {
   }
 }
 
-// Stores 16 values already representable in dtype (so the conversion is exact).
-inline void store_exact(void* out, DType dtype, size_t index, __m512 v) {
+// Stores the first `count` (16 unless told) lanes of v, already representable in dtype (so the
+// conversion is exact), at element `index` of out.
+inline void store_exact(void* out, DType dtype, size_t index, __m512 v, size_t count = 16) {
+  const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1u);
   switch (dtype) {
     case DType::F32:
-      _mm512_storeu_ps(static_cast<float*>(out) + index, v);
+      _mm512_mask_storeu_ps(static_cast<float*>(out) + index, lanes, v);
       break;
     case DType::F16:
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + index),
-                          _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + index, lanes,
+                               _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
       break;
     default:
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(out) + index),
-                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16)));
+      _mm256_mask_storeu_epi16(
+          static_cast<uint16_t*>(out) + index, lanes,
+          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(v), 16)));
       break;
   }
 }
@@ -116,10 +119,6 @@ struct Packer {
     _mm512_mask_storeu_epi8(out, store, _mm512_permutexvar_epi8(compact, octets));
   }
 };
-
-}  // namespace
-
-namespace {
 
 // w for every q of a group, computed with the same two rounded operations as the direct path
 // (lane q holds w(q)); lanes past 2^bits are never looked up.
@@ -276,30 +275,6 @@ inline GroupParams16 group_params_16(__m512 w_min, __m512 w_max, int bits) {
           _mm512_mask_mov_ps(_mm512_setzero_ps(), nonzero, edge)};
 }
 
-// Stores `count` (<= 16) lanes of v rounded to dtype at element `index` of out.
-inline void store_rounded(void* out, DType dtype, size_t index, __m512 v, size_t count) {
-  const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1u);
-  const __m512 r = round_to(v, dtype);
-  switch (dtype) {
-    case DType::F32:
-      _mm512_mask_storeu_ps(static_cast<float*>(out) + index, lanes, r);
-      break;
-    case DType::F16:
-      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + index, lanes,
-                               _mm512_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      break;
-    default:
-      _mm256_mask_storeu_epi16(
-          static_cast<uint16_t*>(out) + index, lanes,
-          _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(r), 16)));
-      break;
-  }
-}
-
-}  // namespace
-
-namespace {
-
 template <DType D>
 void quantize_rows_of(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begin,
                       size_t row_end, uint32_t* packed, void* scales, void* biases) {
@@ -334,8 +309,8 @@ void quantize_rows_of(const void* dense, size_t cols, const QuantSpec& spec, siz
           group_params_16(reduce_each<false>(lo), reduce_each<true>(hi), spec.bits);
       _mm512_store_ps(group_scale, params.scale);
       _mm512_store_ps(group_bias, params.bias);
-      store_rounded(scales, D, r * groups + g0, params.scale, count);
-      store_rounded(biases, D, r * groups + g0, params.bias, count);
+      store_exact(scales, D, r * groups + g0, round_to(params.scale, D), count);
+      store_exact(biases, D, r * groups + g0, round_to(params.bias, D), count);
       // The values, 64 at a time (4 chunks of 16, each in its own group's scale and bias),
       // narrowed to 64 q bytes in a register and packed. 16 groups hold a multiple of 32
       // values, so only the block's last unit can be a half one.

@@ -181,6 +181,7 @@ struct Packed {
 // NW rows are contiguous), as the AVX-512 GEMVs do: a distance along the row with an L1 hint
 // read at under half the bandwidth.
 constexpr size_t kPrefetchBlocks = 2;
+constexpr int kBlockRows = 4;  // W rows per block (NW of the full blocks)
 
 template <int Bits, int MR, int NW>
 void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, const Packed& w,
@@ -215,7 +216,7 @@ void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, 
     NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
       const uint8_t* p = rows + v * w.row_bytes + g * group_bytes;
-      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * 4 * w.row_bytes),
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * kBlockRows * w.row_bytes),
                    _MM_HINT_T1);
       src[v] = guarded<Bits>(p, group_bytes, w.bytes, w.total, tmp[v]);
     }
@@ -279,28 +280,15 @@ void gemv_nk_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_
   }
   std::vector<float> x_nibble_order;
   if constexpr (Bits == 4) {  // each 16 values as [0, 2, .., 14, 1, 3, .., 15] (NibbleUnpacker)
-    x_nibble_order.resize(m * k_dim);
-    for (size_t c = 0; c < m * k_dim; c += 16) {
-      for (size_t j = 0; j < 8; ++j) {
-        x_nibble_order[c + j] = x[c + 2 * j];
-        x_nibble_order[c + 8 + j] = x[c + 2 * j + 1];
-      }
-    }
+    x_nibble_order = detail::even_odd_order(x, m * k_dim, 16);
     x = x_nibble_order.data();
   }
   // W rows outermost (detail::for_gemv_blocks): a block of 4 rows is read from memory once
   // and stays in L1 while every pair of x rows uses it. The scales and biases of the rows two
   // blocks on are prefetched with the block's packed words.
   float result[8];
-  const size_t param_bytes = dtype_size(w.dtype);
   auto load_rows = [&](auto, size_t n) {
-    const size_t ahead = n + kPrefetchBlocks * 4;
-    if (ahead >= n_dim) return;
-    const size_t end = std::min(ahead + 4, n_dim) * groups * param_bytes;
-    for (size_t b = ahead * groups * param_bytes; b < end; b += 64) {
-      _mm_prefetch(static_cast<const char*>(w.scales.data) + b, _MM_HINT_T1);
-      _mm_prefetch(static_cast<const char*>(w.biases.data) + b, _MM_HINT_T1);
-    }
+    detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * kBlockRows, kBlockRows);
   };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
@@ -310,7 +298,7 @@ void gemv_nk_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_
       for (int v = 0; v < NW; ++v)
         store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * NW + v]);
   };
-  detail::for_gemv_blocks<4>(m, n_begin, n_end, load_rows, run);
+  detail::for_gemv_blocks<kBlockRows>(m, n_begin, n_end, load_rows, run);
 }
 
 // ---- GEMM ------------------------------------------------------------------------------------

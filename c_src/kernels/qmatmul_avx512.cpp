@@ -286,13 +286,7 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
   // 4 bits: x reordered [16 even | 16 odd] per 32 values (see gemv_block).
   std::vector<float> x_nibbles;
   if (w.spec.bits == 4) {
-    x_nibbles.resize(m * k_dim);
-    for (size_t b = 0; b < m * k_dim; b += 32) {
-      for (size_t j = 0; j < 16; ++j) {
-        x_nibbles[b + j] = x[b + 2 * j];
-        x_nibbles[b + 16 + j] = x[b + 2 * j + 1];
-      }
-    }
+    x_nibbles = detail::even_odd_order(x, m * k_dim, 32);
     x = x_nibbles.data();
   }
 
@@ -300,7 +294,7 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
   std::vector<float> scales(kNW * groups), biases(kNW * groups);
   float result[2 * kNW];
   auto load_rows = [&](auto nw, size_t n) {
-    prefetch_row_params(w, groups, n + kPrefetchBlocks * kNW, kNW);
+    detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * kNW, kNW);
     for (int v = 0; v < decltype(nw)::value; ++v) {
       params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * groups);
       params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);

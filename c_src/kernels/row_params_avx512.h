@@ -3,12 +3,12 @@
 
 #include <immintrin.h>
 
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "gemv_loops.h"
 #include "nx_quant/dtype.h"
 #include "nx_quant/kernels.h"
 
@@ -44,19 +44,6 @@ inline float dot_f32(const float* a, const float* b, size_t count) {
   return _mm512_reduce_add_ps(acc);
 }
 
-// Prefetches (into L2) the scales and biases of W rows [n, n + count) (clipped to W), for the
-// GEMV kernels to call a few row blocks ahead as they prefetch the packed words: left to the
-// hardware prefetcher, these two small streams miss at every block on the machines measured.
-inline void prefetch_row_params(const QuantizedMatrix& w, size_t groups, size_t n, size_t count) {
-  if (n >= w.rows) return;
-  const size_t width = dtype_size(w.dtype);
-  const size_t end = std::min(n + count, w.rows) * groups * width;
-  for (size_t b = n * groups * width; b < end; b += 64) {
-    _mm_prefetch(static_cast<const char*>(w.scales.data) + b, _MM_HINT_T1);
-    _mm_prefetch(static_cast<const char*>(w.biases.data) + b, _MM_HINT_T1);
-  }
-}
-
 // The scales and biases of up to kRows consecutive W rows as f32, for the GEMV kernels that
 // take lane-wise scales per 128-value chunk: a chunk may read up to 4 scales past its row, so
 // each row's scales are `stride` = groups + 4 apart and the padding stays zero.
@@ -71,7 +58,7 @@ struct RowParams {
         biases(kRows * groups_per_row) {}
   // Rows n .. n+count of w (count <= kRows); prefetches the parameters of the `ahead` rows on.
   void load(const QuantizedMatrix& w, size_t n, int count, size_t ahead) {
-    prefetch_row_params(w, groups, n + ahead, kRows);
+    detail::prefetch_row_params(w, groups, n + ahead, kRows);
     for (int v = 0; v < count; ++v) {
       params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * stride);
       params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
