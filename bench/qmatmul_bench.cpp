@@ -155,6 +155,11 @@ void BM_QuantizedKn(benchmark::State& state) {
   run_quantized(state, state.range(2) <= 8, false);
 }
 
+// transpose=false with the weight cache-resident: the kernel's own speed.
+void BM_QuantizedKnCached(benchmark::State& state) {
+  run_quantized(state, false, false);
+}
+
 // The AVX-512 GEMV with f32 FMAs, which CPUs without AVX512_BF16 run (the bf16-dot GEMV off).
 void BM_QuantizedFma(benchmark::State& state) {
   detail::CpuFeatures allowed;
@@ -543,6 +548,13 @@ BENCHMARK(BM_Quantized)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_QuantizedKn)->Apply(KnShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_QuantizedKnCached)
+    ->Args({4096, 4096, 1, 4, 1, kAuto, kExact, kF32})
+    ->Args({4096, 4096, 1, 4, 2, kAuto, kExact, kF32})
+    ->Args({4096, 4096, 1, 2, 2, kAuto, kExact, kF32})
+    ->Args({4096, 4096, 1, 8, 2, kAuto, kExact, kF32})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_QuantizedFma)->Apply(FmaShapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)
     ->Name("BM_QuantizedInt8")

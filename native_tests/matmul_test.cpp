@@ -149,6 +149,11 @@ TEST(QuantizedMatmul, OddShapes) {
   // N not a multiple of anything for transpose=true; K odd multiples of the group size.
   check_case({3, 32, DType::BF16, DType::F32, DType::F32, 9, 96, 13, true}, KernelChoice::Auto, 0);
   check_case({5, 32, DType::F16, DType::F16, DType::F32, 2, 7, 96, false}, KernelChoice::Auto, 0);
+  // transpose=false, 4 bits: N = 160 leaves the last 128-column load a quarter full.
+  for (size_t m : {1, 2, 3}) {
+    check_case({4, 32, DType::BF16, DType::F32, DType::F32, m, 96, 160, false}, KernelChoice::Auto,
+               0);
+  }
   check_case({6, 128, DType::F32, DType::BF16, DType::F32, 1, 384, 1, true}, KernelChoice::Auto, 0);
 }
 

@@ -8,10 +8,10 @@
 // accumulators either way) the tile's accumulators are loaded into registers, the 16 rows'
 // packed bytes are unpacked and a * q added (a = x[i, k] * s[k, g], computed per block with the
 // bias sums), and the accumulators stored back. So a block's rows are read whole, left to right,
-// in a short window (DRAM-friendly), while accumulator traffic is 2 vectors per 16 rows.
+// in a short window, while accumulator traffic is 2 vectors per 16 rows.
 // Every output is summed over k in order by one thread: bit-identical whatever the thread count.
-// For 4 bits the zero-extend / AND / shift split leaves even and odd columns in separate
-// vectors; the accumulators keep that order and are interleaved back when stored.
+// 4 bits have a kernel of their own (a table lookup instead of unpack + convert, see
+// gemv_kn_rows_4bit); every other width goes through the generic unpacker.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -84,24 +84,27 @@ struct Scratch {
   }
 };
 
-// Rows i0 .. i0+MR of x against the columns [n_begin, n_end) (a multiple of 32 wide).
-template <int MR, int CHUNKS, bool Nibbles, int GS, DType D>
-void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const Unpacker& unpack,
-                  size_t n_begin, size_t n_end, DType out_dtype, void* out, size_t i0) {
-  constexpr int kChunksPerGroup = GS / 32;
-  constexpr size_t kTile = CHUNKS * kChunk;
+// The walk both GEMVs share, for rows i0 .. i0+MR of x and the columns [n_begin, n_end): W in
+// blocks of kRowBlock rows (their a = x * s and bias sums computed first), each block in tiles
+// of kTile columns. For each tile, kernel(t0, kb, row, a_row) accumulates the block's rows
+// into registers, where row(kk) is row k0 + kk's packed bytes from column t0 on (its bytes
+// kPrefetchTiles tiles later are prefetched) and a_row(r, kk) that row's a for x row r, per
+// group from the tile's first one. Then finish(acc_mem) stores the outputs. acc_mem holds
+// `acc_stride` floats per x row, in whatever order the kernel keeps them.
+template <int MR, size_t kTile, int GS, DType D, typename Kernel, typename Finish>
+void walk_kn(const float* x, size_t k_dim, const QuantizedMatrix& w, size_t n_begin, size_t n_end,
+             size_t acc_stride, Kernel&& kernel, Finish&& finish) {
   const size_t bits = static_cast<size_t>(w.spec.bits);
   const size_t row_bytes = w.cols * bits / 8;
-  const size_t n_dim = w.cols;
   const size_t columns = n_end - n_begin;
   const size_t g_begin = n_begin / GS, g_count = columns / GS;
-  Scratch scratch(MR * columns);
+  Scratch scratch(MR * acc_stride);
   float* acc_mem = scratch.acc.get();
-  std::fill(acc_mem, acc_mem + MR * columns, 0.0f);
-  scratch.a.resize(MR * kRowBlock * g_count);
+  std::fill(acc_mem, acc_mem + MR * acc_stride, 0.0f);
+  // (+4: a kernel may read up to 4 groups' a from a tile's first group, past the last row's.)
+  scratch.a.resize(MR * kRowBlock * g_count + 4);
   scratch.bias.assign(MR * g_count, 0.0f);
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data) + n_begin * bits / 8;
-  const __m512i low_nibble = _mm512_set1_epi32(0x0F);
 
   const size_t tiles = (columns + kTile - 1) / kTile;
   for (size_t k0 = 0; k0 < k_dim; k0 += kRowBlock) {
@@ -109,7 +112,6 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
     block_params<D>(x, k_dim, MR, w, k0, kb, g_begin, g_count, scratch.a.data(),
                     scratch.bias.data());
     for (size_t t0 = 0; t0 < columns; t0 += kTile) {
-      const int chunks = static_cast<int>(std::min(kTile, columns - t0) / kChunk);
       // The data kPrefetchTiles tiles later in (block, tile) order: further along these rows,
       // or at the start of the next block's rows (prefetches past the end are harmless).
       size_t ahead_tile = t0 / kTile + kPrefetchTiles, ahead_k0 = k0;
@@ -118,39 +120,64 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
         ahead_k0 += kRowBlock;
       }
       const uint8_t* ahead = bytes + ahead_k0 * row_bytes + ahead_tile * kTile * bits / 8;
-      __m512 acc[MR][CHUNKS][2];
-      NXQ_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        NXQ_UNROLL
-        for (int c = 0; c < CHUNKS; ++c) {
-          if (c >= chunks) continue;  // (a guard, not a break: the loop stays unrollable)
-          acc[r][c][0] = _mm512_load_ps(acc_mem + r * columns + t0 + c * kChunk);
-          acc[r][c][1] = _mm512_load_ps(acc_mem + r * columns + t0 + c * kChunk + 16);
-        }
-      }
-      const float* a_tile = scratch.a.data() + t0 / GS;
-      for (size_t kk = 0; kk < kb; ++kk) {
-        const uint8_t* row = bytes + (k0 + kk) * row_bytes + t0 * bits / 8;
+      auto row = [&](size_t kk) NXQ_ALWAYS_INLINE {
         for (size_t line = 0; line < kTile * bits / 8; line += 64) {
           _mm_prefetch(reinterpret_cast<const char*>(ahead + kk * row_bytes + line), _MM_HINT_T1);
         }
+        return bytes + (k0 + kk) * row_bytes + t0 * bits / 8;
+      };
+      const float* a_tile = scratch.a.data() + t0 / GS;
+      auto a_row = [&](int r, size_t kk)
+                       NXQ_ALWAYS_INLINE { return a_tile + (r * kRowBlock + kk) * g_count; };
+      kernel(acc_mem, t0, std::min(kTile, columns - t0), kb, row, a_row);
+    }
+  }
+  finish(acc_mem, scratch.bias.data(), g_count);
+}
+
+// Stores rows i0 .. i0+MR of the output: out[i0 + r, n_begin + j] = acc(r, j) + bias[r, j / GS].
+template <int MR, int GS, typename Acc>
+void store_rows(size_t columns, const float* bias, size_t g_count, DType out_dtype, void* out,
+                size_t n_dim, size_t n_begin, size_t i0, Acc&& acc) {
+  for (int r = 0; r < MR; ++r) {
+    const size_t offset = (i0 + r) * n_dim + n_begin;
+    for (size_t j = 0; j < columns; ++j) {
+      store_from_f32(out, out_dtype, offset + j, acc(r, j) + bias[r * g_count + j / GS]);
+    }
+  }
+}
+
+// Any bit width: 16 values at a time through the generic unpacker, f32 FMAs.
+template <int MR, int CHUNKS, int GS, DType D>
+void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const Unpacker& unpack,
+                  size_t n_begin, size_t n_end, DType out_dtype, void* out, size_t i0) {
+  constexpr int kChunksPerGroup = GS / 32;
+  constexpr size_t kTile = CHUNKS * kChunk;
+  const size_t columns = n_end - n_begin;
+  auto kernel = [&](float* acc_mem, size_t t0, size_t width, size_t kb, auto&& row, auto&& a_row) {
+    // C chunks from chunk c0; C is a compile-time count so that the accumulators stay in
+    // registers (a run-time guard made GCC keep them on the stack).
+    auto tile = [&](auto chunk_count, int c0) NXQ_ALWAYS_INLINE {
+      constexpr int C = decltype(chunk_count)::value;
+      float* acc_tile = acc_mem + t0 + c0 * kChunk;
+      __m512 acc[MR][C][2];
+      NXQ_UNROLL
+      for (int r = 0; r < MR; ++r) {
         NXQ_UNROLL
-        for (int c = 0; c < CHUNKS; ++c) {
-          if (c >= chunks) continue;  // (a guard, not a break: the loop stays unrollable)
-          __m512 q0, q1;
-          if constexpr (Nibbles) {
-            const __m512i b = _mm512_cvtepu8_epi32(
-                _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c * 16)));
-            q0 = _mm512_cvtepi32_ps(_mm512_and_si512(b, low_nibble));  // even columns
-            q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));          // odd columns
-          } else {
-            q0 = unpack(row + c * 2 * unpack.chunk_bytes);
-            q1 = unpack(row + (c * 2 + 1) * unpack.chunk_bytes);
-          }
-          const int g = c / kChunksPerGroup;
+        for (int c = 0; c < C; ++c) {
+          acc[r][c][0] = _mm512_load_ps(acc_tile + r * columns + c * kChunk);
+          acc[r][c][1] = _mm512_load_ps(acc_tile + r * columns + c * kChunk + 16);
+        }
+      }
+      for (size_t kk = 0; kk < kb; ++kk) {
+        const uint8_t* p = row(kk) + c0 * 2 * unpack.chunk_bytes;
+        NXQ_UNROLL
+        for (int c = 0; c < C; ++c) {
+          const __m512 q0 = unpack(p + c * 2 * unpack.chunk_bytes);
+          const __m512 q1 = unpack(p + (c * 2 + 1) * unpack.chunk_bytes);
           NXQ_UNROLL
           for (int r = 0; r < MR; ++r) {
-            const __m512 a = _mm512_set1_ps(a_tile[(r * kRowBlock + kk) * g_count + g]);
+            const __m512 a = _mm512_set1_ps(a_row(r, kk)[(c0 + c) / kChunksPerGroup]);
             acc[r][c][0] = _mm512_fmadd_ps(q0, a, acc[r][c][0]);
             acc[r][c][1] = _mm512_fmadd_ps(q1, a, acc[r][c][1]);
           }
@@ -159,42 +186,121 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
       NXQ_UNROLL
       for (int r = 0; r < MR; ++r) {
         NXQ_UNROLL
-        for (int c = 0; c < CHUNKS; ++c) {
-          if (c >= chunks) continue;  // (a guard, not a break: the loop stays unrollable)
-          _mm512_store_ps(acc_mem + r * columns + t0 + c * kChunk, acc[r][c][0]);
-          _mm512_store_ps(acc_mem + r * columns + t0 + c * kChunk + 16, acc[r][c][1]);
+        for (int c = 0; c < C; ++c) {
+          _mm512_store_ps(acc_tile + r * columns + c * kChunk, acc[r][c][0]);
+          _mm512_store_ps(acc_tile + r * columns + c * kChunk + 16, acc[r][c][1]);
         }
       }
-    }
-  }
-
-  // Nibbles: (even, odd) -> natural order; then the bias sums, and the output dtype.
-  alignas(64) int32_t lo_idx[16], hi_idx[16];
-  for (int j = 0; j < 16; ++j) {
-    lo_idx[j] = (j % 2) * 16 + j / 2;
-    hi_idx[j] = (j % 2) * 16 + 8 + j / 2;
-  }
-  const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
-  for (int r = 0; r < MR; ++r) {
-    float* row_acc = acc_mem + r * columns;
-    for (size_t c = 0; c < columns; c += kChunk) {
-      __m512 v0 = _mm512_load_ps(row_acc + c), v1 = _mm512_load_ps(row_acc + c + 16);
-      if constexpr (Nibbles) {
-        const __m512 even = v0, odd = v1;
-        v0 = _mm512_permutex2var_ps(even, lo, odd);
-        v1 = _mm512_permutex2var_ps(even, hi, odd);
-      }
-      const __m512 bias = _mm512_set1_ps(scratch.bias[r * g_count + c / GS]);
-      _mm512_store_ps(row_acc + c, _mm512_add_ps(v0, bias));
-      _mm512_store_ps(row_acc + c + 16, _mm512_add_ps(v1, bias));
-    }
-    const size_t offset = (i0 + r) * n_dim + n_begin;
-    if (out_dtype == DType::F32) {
-      std::copy(row_acc, row_acc + columns, static_cast<float*>(out) + offset);
+    };
+    const int chunks = static_cast<int>(width / kChunk);
+    if (chunks == CHUNKS) {
+      tile(detail::Int<CHUNKS>{}, 0);
     } else {
-      for (size_t j = 0; j < columns; ++j) store_from_f32(out, out_dtype, offset + j, row_acc[j]);
+      for (int c = 0; c < chunks; ++c) tile(detail::Int<1>{}, c);
     }
+  };
+  auto finish = [&](const float* acc_mem, const float* bias, size_t g_count) {
+    store_rows<MR, GS>(columns, bias, g_count, out_dtype, out, w.cols, n_begin, i0,
+                       [&](int r, size_t j) { return acc_mem[r * columns + j]; });
+  };
+  walk_kn<MR, kTile, GS, D>(x, k_dim, w, n_begin, n_end, columns, kernel, finish);
+}
+
+// 4 bits: a 64-byte load holds 128 columns, lane d's 32-bit word columns 8d .. 8d+7 (one per
+// nibble). vpermps looks up float(q) with the word itself as index (it reads only the low 4
+// bits), so nibble j costs one shift and one lookup: no widening, no int-to-float conversion.
+// Accumulator j of a piece of 128 columns holds columns 8d + j; finish() restores the order.
+// Same products and the same order over k as the generic path: bit-identical results.
+template <int MR, int CHUNKS, int GS, DType D>
+void gemv_kn_rows_4bit(const float* x, size_t k_dim, const QuantizedMatrix& w, size_t n_begin,
+                       size_t n_end, DType out_dtype, void* out, size_t i0) {
+  constexpr size_t kPiece = 128;  // columns per 64-byte load
+  constexpr int kPieces = CHUNKS * kChunk / kPiece;
+  constexpr size_t kTile = kPieces * kPiece;
+  constexpr int kGroupsPerPiece = kPiece / GS;
+  const size_t columns = n_end - n_begin;
+  const size_t stride = (columns + kPiece - 1) / kPiece * kPiece;
+  alignas(64) float values[16];
+  alignas(64) int32_t lane_group[16];
+  for (int i = 0; i < 16; ++i) {
+    values[i] = static_cast<float>(i);
+    lane_group[i] = 8 * i / GS;
   }
+  const __m512 table = _mm512_load_ps(values);
+  const __m512i group_of_lane = _mm512_load_si512(lane_group);
+
+  auto kernel = [&](float* acc_mem, size_t t0, size_t width, size_t kb, auto&& row, auto&& a_row) {
+    const int pieces = static_cast<int>((width + kPiece - 1) / kPiece);
+    // Bytes of the last piece (columns are a multiple of 32: whole 16-byte quarters).
+    const size_t last_bytes = (width - (pieces - 1) * kPiece) / 2;
+    const __mmask64 last_mask =
+        last_bytes >= 64 ? ~__mmask64{0} : _cvtu64_mask64((uint64_t{1} << last_bytes) - 1);
+    // P pieces, the last one masked; P is a compile-time count so that the accumulators stay
+    // in registers (a run-time guard made GCC keep them on the stack).
+    auto tile = [&](auto piece_count) NXQ_ALWAYS_INLINE {
+      constexpr int P = decltype(piece_count)::value;
+      __m512 acc[MR][P][8];
+      NXQ_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        NXQ_UNROLL
+        for (int p = 0; p < P; ++p) {
+          NXQ_UNROLL
+          for (int j = 0; j < 8; ++j) {
+            acc[r][p][j] = _mm512_load_ps(acc_mem + r * stride + t0 + p * kPiece + j * 16);
+          }
+        }
+      }
+      for (size_t kk = 0; kk < kb; ++kk) {
+        const uint8_t* bytes = row(kk);
+        NXQ_UNROLL
+        for (int p = 0; p < P; ++p) {
+          const __m512i raw =
+              _mm512_maskz_loadu_epi8(p == P - 1 ? last_mask : ~__mmask64{0}, bytes + p * 64);
+          __m512 a[MR];
+          NXQ_UNROLL
+          for (int r = 0; r < MR; ++r) {
+            const float* ar = a_row(r, kk) + p * kGroupsPerPiece;
+            if constexpr (kGroupsPerPiece == 1) {
+              a[r] = _mm512_set1_ps(ar[0]);
+            } else {
+              a[r] = _mm512_permutexvar_ps(group_of_lane, _mm512_castps128_ps512(_mm_loadu_ps(ar)));
+            }
+          }
+          NXQ_UNROLL
+          for (int j = 0; j < 8; ++j) {
+            const __m512i index = j == 0 ? raw : _mm512_srli_epi32(raw, 4 * j);
+            const __m512 q = _mm512_permutexvar_ps(index, table);
+            NXQ_UNROLL
+            for (int r = 0; r < MR; ++r) acc[r][p][j] = _mm512_fmadd_ps(q, a[r], acc[r][p][j]);
+          }
+        }
+      }
+      NXQ_UNROLL
+      for (int r = 0; r < MR; ++r) {
+        NXQ_UNROLL
+        for (int p = 0; p < P; ++p) {
+          NXQ_UNROLL
+          for (int j = 0; j < 8; ++j) {
+            _mm512_store_ps(acc_mem + r * stride + t0 + p * kPiece + j * 16, acc[r][p][j]);
+          }
+        }
+      }
+    };
+    static_assert(kPieces <= 2, "a partial tile is one piece");
+    if (pieces == kPieces) {
+      tile(detail::Int<kPieces>{});
+    } else {
+      tile(detail::Int<1>{});
+    }
+  };
+  auto finish = [&](const float* acc_mem, const float* bias, size_t g_count) {
+    store_rows<MR, GS>(columns, bias, g_count, out_dtype, out, w.cols, n_begin, i0,
+                       [&](int r, size_t j) {
+                         const size_t piece = j / kPiece * kPiece, within = j % kPiece;
+                         return acc_mem[r * stride + piece + (within % 8) * 16 + within / 8];
+                       });
+  };
+  walk_kn<MR, kTile, GS, D>(x, k_dim, w, n_begin, n_end, stride, kernel, finish);
 }
 
 }  // namespace
@@ -208,21 +314,24 @@ void gemv_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
     constexpr int MR = decltype(mr)::value, CHUNKS = decltype(max_chunks)::value;
     detail::with_group_size(gs, [&](auto group_size) {
       constexpr int GS = decltype(group_size)::value;
-      auto run = [&](auto nibbles, auto dtype) {
-        gemv_kn_rows<MR, CHUNKS, decltype(nibbles)::value, GS, decltype(dtype)::value>(
-            x + i0 * k_dim, k_dim, w, unpack, n_begin, n_end, out_dtype, out, i0);
-      };
-      auto with_dtype = [&](auto nibbles) {
-        switch (w.dtype) {
-          case DType::F32:
-            return run(nibbles, std::integral_constant<DType, DType::F32>{});
-          case DType::F16:
-            return run(nibbles, std::integral_constant<DType, DType::F16>{});
-          default:
-            return run(nibbles, std::integral_constant<DType, DType::BF16>{});
+      auto run = [&](auto dtype) {
+        constexpr DType D = decltype(dtype)::value;
+        if (w.spec.bits == 4) {
+          gemv_kn_rows_4bit<MR, CHUNKS, GS, D>(x + i0 * k_dim, k_dim, w, n_begin, n_end, out_dtype,
+                                               out, i0);
+        } else {
+          gemv_kn_rows<MR, CHUNKS, GS, D>(x + i0 * k_dim, k_dim, w, unpack, n_begin, n_end,
+                                          out_dtype, out, i0);
         }
       };
-      w.spec.bits == 4 ? with_dtype(std::true_type{}) : with_dtype(std::false_type{});
+      switch (w.dtype) {
+        case DType::F32:
+          return run(std::integral_constant<DType, DType::F32>{});
+        case DType::F16:
+          return run(std::integral_constant<DType, DType::F16>{});
+        default:
+          return run(std::integral_constant<DType, DType::BF16>{});
+      }
     });
   };
   size_t i0 = 0;
