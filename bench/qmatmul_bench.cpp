@@ -275,8 +275,8 @@ void BM_Copy(benchmark::State& state) {
 }
 
 void ConversionArgs(benchmark::internal::Benchmark* b) {
-  for (int kernel :
-       {static_cast<int>(KernelChoice::Auto), static_cast<int>(KernelChoice::Portable)}) {
+  for (int kernel : {static_cast<int>(KernelChoice::Auto), static_cast<int>(KernelChoice::Avx2),
+                     static_cast<int>(KernelChoice::Portable)}) {
     for (int threads : {1, 2}) {
       for (int bits : {4, 3, 8}) b->Args({bits, threads, kernel});
     }

@@ -11,6 +11,7 @@
 
 #include "nx_quant/kernels.h"
 #include "nx_quant/reference.h"
+#include "cpu_features.h"
 #include "test_util.h"
 
 using namespace nx_quant;
@@ -18,8 +19,10 @@ using namespace nx_quant::testing;
 
 namespace {
 
+// The portable kernel, and each SIMD one this CPU can run (Auto is the widest).
 std::vector<KernelChoice> conversion_kernels() {
   std::vector<KernelChoice> kernels = {KernelChoice::Portable, KernelChoice::Auto};
+  if (detail::cpu_features().avx2_fma) kernels.push_back(KernelChoice::Avx2);
   return kernels;
 }
 

@@ -179,6 +179,12 @@ void dequantize(const QuantizedMatrix& w, MutableBuffer out, bool transpose_out,
     });
     return;
   }
+  if (kernel == KernelChoice::Avx2 && !transpose_out) {
+    detail::parallel_for(w.rows, 1, options.threads, [&](size_t begin, size_t end) {
+      avx2::dequantize_rows(w, begin, end, out.data);
+    });
+    return;
+  }
 #endif
   (void)kernel;
   detail::parallel_for(w.rows, 1, options.threads, [&](size_t begin, size_t end) {

@@ -79,4 +79,8 @@ void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
           size_t n_begin, size_t n_end, void* out);
 
+// dequantize of rows [row_begin, row_end) into the stored layout (not transposed),
+// bit-identical to the reference.
+void dequantize_rows(const QuantizedMatrix& w, size_t row_begin, size_t row_end, void* out);
+
 }  // namespace nx_quant::avx2

@@ -1,0 +1,236 @@
+// AVX2 dequantize (CPUs without AVX-512), bit-identical to the reference (MLX's rules):
+// w = round(round(q * scale) + bias), each rounding to the scales' dtype (bf16 in integer
+// arithmetic, f16 through vcvtps2ph with round-to-nearest-even, as the AVX-512 kernel does).
+//   * 2-, 3- and 4-bit values into bf16/f16: a group has at most 16 distinct outputs. They are
+//     computed once per group (two vectors of 8) and split into a table of their low bytes and
+//     one of their high bytes; every 16 values are then two pshufb lookups whose results,
+//     interleaved, are the 16-bit outputs.
+//   * f32 output, and 5-, 6- and 8-bit values: computed directly, 8 lanes at a time.
+// The transposed output (one column per stored row) stays with the portable kernel.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "simd_kernels.h"
+
+namespace nx_quant::avx2 {
+
+namespace {
+
+// f32 lanes rounded to bf16 (round to nearest even; NaN -> 0x7FC0), still as f32.
+inline __m256 round_bf16(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), odd));
+  r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
+  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  return _mm256_blendv_ps(_mm256_castsi256_ps(r),
+                          _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), nan);
+}
+
+inline __m256 round_f16(__m256 v) {
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// Two operations, each rounded to the dtype (never a fused multiply-add: the project builds
+// with -ffp-contract=off).
+inline __m256 dequantized(__m256 q, __m256 scale, __m256 bias, DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return _mm256_add_ps(_mm256_mul_ps(q, scale), bias);
+    case DType::F16:
+      return round_f16(_mm256_add_ps(round_f16(_mm256_mul_ps(q, scale)), bias));
+    default:
+      return round_bf16(_mm256_add_ps(round_bf16(_mm256_mul_ps(q, scale)), bias));
+  }
+}
+
+// 8 lanes already representable in the 16-bit dtype, as its bits (exact conversion).
+inline __m128i half_bits(__m256 v, DType dtype) {
+  if (dtype == DType::F16) return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256i h = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
+  return _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+// The first N (<= 16) bytes at p, exactly (never past them), the rest of the vector zero.
+template <size_t N>
+inline __m128i load_bytes(const uint8_t* p) {
+  uint64_t lo = 0, hi = 0;
+  std::memcpy(&lo, p, N < 8 ? N : 8);
+  if constexpr (N > 8) std::memcpy(&hi, p + 8, N - 8);
+  return _mm_set_epi64x(static_cast<long long>(hi), static_cast<long long>(lo));
+}
+
+// 16 consecutive values (a chunk: 2 * Bits packed bytes) as 16-bit lanes. Value i lies in the
+// two bytes from (i * Bits) / 8 at bit offset s = (i * Bits) % 8 (s + Bits <= 16): a byte
+// shuffle brings those two bytes to lane i, a multiply by 2^(8 - s) moves the value to bit 8
+// (AVX2 has no per-lane 16-bit shift), and a shift and a mask isolate it.
+template <int Bits>
+struct Unpack16 {
+  __m256i gather[2], multiplier, mask;
+  Unpack16() {
+    alignas(32) uint8_t index[2][32];
+    alignas(32) uint16_t factor[16];
+    for (int c = 0; c < 2; ++c) {
+      for (int i = 0; i < 16; ++i) {
+        const int byte = 2 * Bits * c + i * Bits / 8;
+        index[c][2 * i] = static_cast<uint8_t>(byte);
+        index[c][2 * i + 1] = static_cast<uint8_t>(byte + 1 < 16 ? byte + 1 : 0x80);
+      }
+    }
+    for (int i = 0; i < 16; ++i) factor[i] = static_cast<uint16_t>(1u << (8 - i * Bits % 8));
+    for (int c = 0; c < 2; ++c) {
+      gather[c] = _mm256_load_si256(reinterpret_cast<const __m256i*>(index[c]));
+    }
+    multiplier = _mm256_load_si256(reinterpret_cast<const __m256i*>(factor));
+    mask = _mm256_set1_epi16((1 << Bits) - 1);
+  }
+  // Chunk c (0 or 1) of the packed bytes in `packed`.
+  __m256i operator()(__m128i packed, int c) const {
+    const __m256i both = _mm256_broadcastsi128_si256(packed);
+    const __m256i moved = _mm256_mullo_epi16(_mm256_shuffle_epi8(both, gather[c]), multiplier);
+    return _mm256_and_si256(_mm256_srli_epi16(moved, 8), mask);
+  }
+  // The chunk at p.
+  __m256i operator()(const uint8_t* p) const {
+    if constexpr (Bits == 8) {
+      return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    } else {
+      return (*this)(load_bytes<2 * Bits>(p), 0);
+    }
+  }
+};
+
+// The q values 0..15 and 16..31 of 32 consecutive values, as bytes in value order, from their
+// 4 * Bits packed bytes at p (never read past them; p is on a word boundary).
+template <int Bits>
+inline void indices_of_32(const Unpack16<Bits>& unpack, const uint8_t* p, __m128i& first,
+                          __m128i& second) {
+  if constexpr (Bits == 4) {  // byte j: value 2j in the low nibble, 2j + 1 in the high one
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i lo = _mm_and_si128(b, nibble), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nibble);
+    first = _mm_unpacklo_epi8(lo, hi);
+    second = _mm_unpackhi_epi8(lo, hi);
+  } else if constexpr (Bits == 2) {  // byte j: values 4j .. 4j + 3, two bits each
+    const __m128i pair = _mm_set1_epi8(0x03);
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const __m128i s0 = _mm_and_si128(b, pair), s1 = _mm_and_si128(_mm_srli_epi16(b, 2), pair);
+    const __m128i s2 = _mm_and_si128(_mm_srli_epi16(b, 4), pair);
+    const __m128i s3 = _mm_and_si128(_mm_srli_epi16(b, 6), pair);
+    const __m128i s01 = _mm_unpacklo_epi8(s0, s1), s23 = _mm_unpacklo_epi8(s2, s3);
+    first = _mm_unpacklo_epi16(s01, s23);
+    second = _mm_unpackhi_epi16(s01, s23);
+  } else {  // 3 bits straddle bytes: two 16-value chunks narrowed to bytes
+    const __m128i packed = load_bytes<4 * Bits>(p);
+    const __m256i bytes = _mm256_permute4x64_epi64(
+        _mm256_packus_epi16(unpack(packed, 0), unpack(packed, 1)), _MM_SHUFFLE(3, 1, 2, 0));
+    first = _mm256_castsi256_si128(bytes);
+    second = _mm256_extracti128_si256(bytes, 1);
+  }
+}
+
+// 16 table lookups: out[j] = low[index[j]] | high[index[j]] << 8.
+inline void store_lookups(uint16_t* out, __m128i index, __m128i low, __m128i high) {
+  const __m128i l = _mm_shuffle_epi8(low, index), h = _mm_shuffle_epi8(high, index);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                      _mm256_set_m128i(_mm_unpackhi_epi8(l, h), _mm_unpacklo_epi8(l, h)));
+}
+
+template <int Bits>
+void dequantize_rows_half_by_table(const QuantizedMatrix& w, size_t row_begin, size_t row_end,
+                                   uint16_t* out) {
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = w.cols / gs;
+  const size_t row_bytes = w.cols * Bits / 8;
+  const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
+  const __m256 q_first = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 q_second = _mm256_setr_ps(8, 9, 10, 11, 12, 13, 14, 15);
+  const __m128i low_byte = _mm_set1_epi16(0x00FF);
+  const Unpack16<Bits> unpack;  // (3 bits; 2 and 4 have cheaper splits)
+  for (size_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* row = bytes + r * row_bytes;
+    uint16_t* out_row = out + r * w.cols;
+    for (size_t g = 0; g < groups; ++g) {
+      const __m256 scale = _mm256_set1_ps(load_as_f32(w.scales.data, w.dtype, r * groups + g));
+      const __m256 bias = _mm256_set1_ps(load_as_f32(w.biases.data, w.dtype, r * groups + g));
+      // w(q) for q = 0..15 (entries past 2^Bits are never looked up), split into bytes.
+      const __m128i w0 = half_bits(dequantized(q_first, scale, bias, w.dtype), w.dtype);
+      const __m128i w1 = half_bits(dequantized(q_second, scale, bias, w.dtype), w.dtype);
+      const __m128i low =
+          _mm_packus_epi16(_mm_and_si128(w0, low_byte), _mm_and_si128(w1, low_byte));
+      const __m128i high = _mm_packus_epi16(_mm_srli_epi16(w0, 8), _mm_srli_epi16(w1, 8));
+      for (size_t c = g * gs; c < (g + 1) * gs; c += 32) {
+        __m128i first, second;
+        indices_of_32(unpack, row + c * Bits / 8, first, second);
+        store_lookups(out_row + c, first, low, high);
+        store_lookups(out_row + c + 16, second, low, high);
+      }
+    }
+  }
+}
+
+template <int Bits>
+void dequantize_rows_direct(const QuantizedMatrix& w, size_t row_begin, size_t row_end, void* out) {
+  const Unpack16<Bits> unpack;
+  const size_t gs = static_cast<size_t>(w.spec.group_size);
+  const size_t groups = w.cols / gs;
+  const size_t row_bytes = w.cols * Bits / 8;
+  const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t g = 0; g < groups; ++g) {
+      const __m256 scale = _mm256_set1_ps(load_as_f32(w.scales.data, w.dtype, r * groups + g));
+      const __m256 bias = _mm256_set1_ps(load_as_f32(w.biases.data, w.dtype, r * groups + g));
+      for (size_t c = g * gs; c < (g + 1) * gs; c += 16) {
+        const __m256i q = unpack(bytes + r * row_bytes + c * Bits / 8);
+        for (int h = 0; h < 2; ++h) {
+          const __m128i half = h == 0 ? _mm256_castsi256_si128(q) : _mm256_extracti128_si256(q, 1);
+          const __m256 v =
+              dequantized(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(half)), scale, bias, w.dtype);
+          const size_t index = r * w.cols + c + 8 * h;
+          if (w.dtype == DType::F32) {
+            _mm256_storeu_ps(static_cast<float*>(out) + index, v);
+          } else {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + index),
+                             half_bits(v, w.dtype));
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void dequantize_rows(const QuantizedMatrix& w, size_t row_begin, size_t row_end, void* out) {
+  if (w.dtype != DType::F32) {
+    auto* out16 = static_cast<uint16_t*>(out);
+    switch (w.spec.bits) {
+      case 2:
+        return dequantize_rows_half_by_table<2>(w, row_begin, row_end, out16);
+      case 3:
+        return dequantize_rows_half_by_table<3>(w, row_begin, row_end, out16);
+      case 4:
+        return dequantize_rows_half_by_table<4>(w, row_begin, row_end, out16);
+      default:
+        break;
+    }
+  }
+  switch (w.spec.bits) {
+    case 2:
+      return dequantize_rows_direct<2>(w, row_begin, row_end, out);
+    case 3:
+      return dequantize_rows_direct<3>(w, row_begin, row_end, out);
+    case 4:
+      return dequantize_rows_direct<4>(w, row_begin, row_end, out);
+    case 5:
+      return dequantize_rows_direct<5>(w, row_begin, row_end, out);
+    case 6:
+      return dequantize_rows_direct<6>(w, row_begin, row_end, out);
+    default:
+      return dequantize_rows_direct<8>(w, row_begin, row_end, out);
+  }
+}
+
+}  // namespace nx_quant::avx2
