@@ -151,6 +151,13 @@ void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const Qu
     });
     return;
   }
+  if (kernel == KernelChoice::Avx2) {
+    detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {
+      avx2::quantize_rows(dense.data, dtype, cols, spec, begin, end, words, scales.data,
+                          biases.data);
+    });
+    return;
+  }
 #endif
   (void)kernel;
   detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {

@@ -1,17 +1,23 @@
-// AVX2 dequantize (CPUs without AVX-512), bit-identical to the reference (MLX's rules):
-// w = round(round(q * scale) + bias), each rounding to the scales' dtype (bf16 in integer
-// arithmetic, f16 through vcvtps2ph with round-to-nearest-even, as the AVX-512 kernel does).
-//   * 2-, 3- and 4-bit values into bf16/f16: a group has at most 16 distinct outputs. They are
+// AVX2 quantize and dequantize (CPUs without AVX-512), bit-identical to the reference (MLX's
+// rules), as the AVX-512 kernels are:
+//   * dequantize: w = round(round(q * scale) + bias), each rounding to the scales' dtype (bf16
+//     in integer arithmetic, f16 through vcvtps2ph with round-to-nearest-even).
+//     2-, 3- and 4-bit values into bf16/f16: a group has at most 16 distinct outputs. They are
 //     computed once per group (two vectors of 8) and split into a table of their low bytes and
 //     one of their high bytes; every 16 values are then two pshufb lookups whose results,
-//     interleaved, are the 16-bit outputs.
-//   * f32 output, and 5-, 6- and 8-bit values: computed directly, 8 lanes at a time.
-// The transposed output (one column per stored row) stays with the portable kernel.
+//     interleaved, are the 16-bit outputs. f32 output, and 5-, 6- and 8-bit values: computed
+//     directly, 8 lanes at a time. The transposed output stays with the portable kernel.
+//   * quantize: per group, min/max 8 lanes at a time (max_ps(v, acc) is std::max(acc, v): a
+//     NaN v leaves acc as it is, as in the reference), the scalar group_params_from_range,
+//     q = clamp(rint((w - bias) / scale)) 8 lanes at a time, and 32 q bytes packed into 4*bits
+//     bytes by two multiply-adds and a byte shuffle.
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
+#include "nx_quant/reference.h"
 #include "simd_kernels.h"
 
 namespace nx_quant::avx2 {
@@ -230,6 +236,153 @@ void dequantize_rows(const QuantizedMatrix& w, size_t row_begin, size_t row_end,
       return dequantize_rows_direct<6>(w, row_begin, row_end, out);
     default:
       return dequantize_rows_direct<8>(w, row_begin, row_end, out);
+  }
+}
+
+namespace {
+
+// 8 values of dtype D as f32 (exact).
+template <DType D>
+inline __m256 load8(const void* data, size_t index) {
+  if constexpr (D == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(data) + index);
+  } else {
+    const __m128i h = _mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(data) + index));
+    if constexpr (D == DType::F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+}
+
+// Lane-wise max / min folded to one value. The lanes hold no NaN (max_ps(v, acc) never lets
+// one in), so the order of the comparisons cannot change the group's parameters.
+inline float fold_max(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+inline float fold_min(__m256 v) {
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_min_ss(m, _mm_movehdup_ps(m)));
+}
+
+// Writes 32 q bytes (each < 2^Bits, in value order) as their 4 * Bits bytes of the
+// little-endian bit stream. maddubs joins byte pairs (q0 + q1 << Bits), madd word pairs (four
+// values in the low 4 * Bits bits of each dword), a shift-and-or joins each qword's dwords
+// (eight values in its low Bits bytes), and a byte shuffle puts those bytes back to back.
+template <int Bits>
+struct Packer32 {
+  __m256i byte_pairs, word_pairs, low_dword, compact;
+  Packer32() {
+    if constexpr (Bits < 8) {  // 2^Bits <= 64 and 2^(2 Bits) <= 4096: signed multipliers
+      byte_pairs = _mm256_set1_epi16(static_cast<int16_t>(0x0001 | (1 << (Bits + 8))));
+      word_pairs = _mm256_set1_epi32(1 | (1 << (2 * Bits + 16)));
+    }
+    low_dword = _mm256_set1_epi64x(0xFFFFFFFF);
+    alignas(32) uint8_t index[32];
+    for (int lane = 0; lane < 2; ++lane) {
+      for (int j = 0; j < 16; ++j) {
+        index[16 * lane + j] =
+            static_cast<uint8_t>(j < 2 * Bits ? (j / Bits) * 8 + j % Bits : 0x80);
+      }
+    }
+    compact = _mm256_load_si256(reinterpret_cast<const __m256i*>(index));
+  }
+  void operator()(__m256i q, uint8_t* out) const {
+    if constexpr (Bits == 8) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), q);
+    } else {
+      const __m256i quads = _mm256_madd_epi16(_mm256_maddubs_epi16(q, byte_pairs), word_pairs);
+      const __m256i octets =
+          _mm256_or_si256(_mm256_and_si256(quads, low_dword),
+                          _mm256_slli_epi64(_mm256_srli_epi64(quads, 32), 4 * Bits));
+      const __m256i packed = _mm256_shuffle_epi8(octets, compact);
+      alignas(32) uint8_t lanes[32];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), packed);
+      std::memcpy(out, lanes, 2 * Bits);  // each 128-bit lane holds 16 values' 2 * Bits bytes
+      std::memcpy(out + 2 * Bits, lanes + 16, 2 * Bits);
+    }
+  }
+};
+
+template <int Bits, DType D>
+void quantize_rows_of(const void* dense, size_t cols, size_t gs, size_t row_begin, size_t row_end,
+                      uint32_t* packed, void* scales, void* biases) {
+  const Packer32<Bits> pack;
+  const size_t groups = cols / gs;
+  const size_t row_bytes = cols * Bits / 8;
+  auto* out = reinterpret_cast<uint8_t*>(packed);
+  const __m256 top = _mm256_set1_ps(static_cast<float>((1 << Bits) - 1));
+  const __m256i value_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t g = 0; g < groups; ++g) {
+      const size_t base = r * cols + g * gs;
+      __m256 w_max = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+      __m256 w_min = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+      for (size_t j = 0; j < gs; j += 8) {
+        const __m256 v = load8<D>(dense, base + j);
+        w_max = _mm256_max_ps(v, w_max);
+        w_min = _mm256_min_ps(v, w_min);
+      }
+      const auto params =
+          reference::group_params_from_range(fold_min(w_min), fold_max(w_max), Bits);
+      const __m256 scale = _mm256_set1_ps(params.scale), bias = _mm256_set1_ps(params.bias);
+      for (size_t c = 0; c < gs; c += 32) {
+        __m256i q[4];
+        for (int k = 0; k < 4; ++k) {
+          const __m256 v = load8<D>(dense, base + c + 8 * k);
+          const __m256 t = _mm256_round_ps(_mm256_div_ps(_mm256_sub_ps(v, bias), scale),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          // max_ps(t, 0) is 0 for a NaN or negative t (as the reference's !(q >= 0)); then
+          // the clamp to the top bin.
+          q[k] = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), top));
+        }
+        const __m256i bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packus_epi16(_mm256_packus_epi32(q[0], q[1]), _mm256_packus_epi32(q[2], q[3])),
+            value_order);
+        pack(bytes, out + r * row_bytes + (g * gs + c) * Bits / 8);
+      }
+      store_from_f32(scales, D, r * groups + g, params.scale);
+      store_from_f32(biases, D, r * groups + g, params.bias);
+    }
+  }
+}
+
+template <DType D>
+void quantize_rows_with(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begin,
+                        size_t row_end, uint32_t* packed, void* scales, void* biases) {
+  const size_t gs = static_cast<size_t>(spec.group_size);
+  switch (spec.bits) {
+    case 2:
+      return quantize_rows_of<2, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
+    case 3:
+      return quantize_rows_of<3, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
+    case 4:
+      return quantize_rows_of<4, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
+    case 5:
+      return quantize_rows_of<5, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
+    case 6:
+      return quantize_rows_of<6, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
+    default:
+      return quantize_rows_of<8, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
+  }
+}
+
+}  // namespace
+
+void quantize_rows(const void* dense, DType dtype, size_t cols, const QuantSpec& spec,
+                   size_t row_begin, size_t row_end, uint32_t* packed, void* scales, void* biases) {
+  switch (dtype) {
+    case DType::F32:
+      return quantize_rows_with<DType::F32>(dense, cols, spec, row_begin, row_end, packed, scales,
+                                            biases);
+    case DType::F16:
+      return quantize_rows_with<DType::F16>(dense, cols, spec, row_begin, row_end, packed, scales,
+                                            biases);
+    default:
+      return quantize_rows_with<DType::BF16>(dense, cols, spec, row_begin, row_end, packed, scales,
+                                             biases);
   }
 }
 

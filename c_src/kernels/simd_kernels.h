@@ -83,4 +83,8 @@ void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DT
 // bit-identical to the reference.
 void dequantize_rows(const QuantizedMatrix& w, size_t row_begin, size_t row_end, void* out);
 
+// quantize of rows [row_begin, row_end), bit-identical to the reference.
+void quantize_rows(const void* dense, DType dtype, size_t cols, const QuantSpec& spec,
+                   size_t row_begin, size_t row_end, uint32_t* packed, void* scales, void* biases);
+
 }  // namespace nx_quant::avx2
