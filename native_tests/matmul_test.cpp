@@ -149,6 +149,16 @@ TEST(QuantizedMatmul, OddShapes) {
   // N not a multiple of anything for transpose=true; K odd multiples of the group size.
   check_case({3, 32, DType::BF16, DType::F32, DType::F32, 9, 96, 13, true}, KernelChoice::Auto, 0);
   check_case({5, 32, DType::F16, DType::F16, DType::F32, 2, 7, 96, false}, KernelChoice::Auto, 0);
+  // transpose=false: K = 1100 spans two slices of the decode GEMV's K split.
+  for (int bits : {3, 4}) {
+    check_case({bits, 64, DType::BF16, DType::F32, DType::F32, 3, 1100, 192, false},
+               KernelChoice::Auto, 2);
+  }
+  // transpose=false with N > kGemvKnSplitKMaxColumns: columns split between threads instead.
+  for (int bits : {2, 4}) {
+    check_case({bits, 64, DType::BF16, DType::F32, DType::F32, 3, 40, 6400, false},
+               KernelChoice::Auto, 2);
+  }
   // transpose=false, 4 bits: N = 160 leaves the last 128-column load a quarter full.
   for (size_t m : {1, 2, 3}) {
     check_case({4, 32, DType::BF16, DType::F32, DType::F32, m, 96, 160, false}, KernelChoice::Auto,
@@ -160,7 +170,8 @@ TEST(QuantizedMatmul, OddShapes) {
 TEST(QuantizedMatmul, ResultsAreBitIdenticalWhateverTheThreadCount) {
   for (bool transpose : {true, false}) {
     for (size_t m : {1, 6, 20}) {  // GEMV and GEMM paths
-      const size_t k = 256, n = 384;
+      // transpose=false: K over two slices of the decode GEMV's K split (the last partial).
+      const size_t k = transpose ? 256 : 1312, n = 384;
       const size_t rows = transpose ? n : k, cols = transpose ? k : n;
       TypedBuffer dense(DType::BF16, random_values(rows * cols, 5, cols));
       OwnedQuantized w(dense, rows, cols, {4, 64});
@@ -177,6 +188,29 @@ TEST(QuantizedMatmul, ResultsAreBitIdenticalWhateverTheThreadCount) {
         } else {
           ASSERT_EQ(out.bytes, first) << "threads " << threads << " transpose " << transpose;
         }
+      }
+    }
+  }
+}
+
+// transpose=false with more than kGemvKnSplitKMaxColumns columns: the decode GEMV splits
+// columns between threads rather than K; results must not move either.
+TEST(QuantizedMatmul, WideTransposeFalseIsBitIdenticalWhateverTheThreadCount) {
+  const size_t k = 96, n = 6400;
+  TypedBuffer dense(DType::BF16, random_values(k * n, 7, n));
+  OwnedQuantized w(dense, k, n, {4, 64});
+  for (size_t m : {1, 3}) {
+    TypedBuffer x(DType::F32, random_values(m * k, 8));
+    std::vector<uint8_t> first;
+    for (int threads : {1, 2, 3, 7}) {
+      TypedBuffer out(DType::F32, m * n);
+      ExecOptions options;
+      options.threads = threads;
+      quantized_matmul(x.cbuf(), DType::F32, m, w.matrix, false, DType::F32, out.mbuf(), options);
+      if (first.empty()) {
+        first = out.bytes;
+      } else {
+        ASSERT_EQ(out.bytes, first) << "threads " << threads << " m " << m;
       }
     }
   }

@@ -261,10 +261,23 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
         avx512::gemv_nk_4bit_bf16(xs, w, out_dtype, begin, end, out.data);
       });
     } else if (!transpose && m < kGemvKnMaxRows) {
-      detail::parallel_for(n_dim, avx512::kGemvKnTile, options.threads,
-                           [&](size_t begin, size_t end) {
-                             avx512::gemv_kn(xf.data(), m, w, out_dtype, begin, end, out.data);
-                           });
+      avx512::KnPartials partials(m, w);
+      if (partials.slices > 1) {  // whole slices per thread
+        detail::parallel_for(partials.slices, 1, options.threads, [&](size_t begin, size_t end) {
+          for (size_t s = begin; s < end; ++s) {
+            avx512::gemv_kn_slice(xf.data(), w, s, 0, n_dim, partials);
+          }
+        });
+      } else if (partials.slices == 1) {  // columns split between threads
+        detail::parallel_for(n_dim, avx512::kGemvKnTile, options.threads,
+                             [&](size_t begin, size_t end) {
+                               avx512::gemv_kn_slice(xf.data(), w, 0, begin, end, partials);
+                             });
+      }
+      detail::parallel_for(n_dim, 64, options.threads, [&](size_t begin, size_t end) {
+        avx512::gemv_kn_combine(partials, static_cast<size_t>(w.spec.group_size), out_dtype, begin,
+                                end, out.data);
+      });
     } else if (transpose && m < (w.spec.bits == 4 ? kGemvMaxRows4Bit : kGemvMaxRows)) {
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
         avx512::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);

@@ -92,8 +92,8 @@ struct Scratch {
 // group from the tile's first one. Then finish(acc_mem) stores the outputs. acc_mem holds
 // `acc_stride` floats per x row, in whatever order the kernel keeps them.
 template <int MR, size_t kTile, int GS, DType D, typename Kernel, typename Finish>
-void walk_kn(const float* x, size_t k_dim, const QuantizedMatrix& w, size_t n_begin, size_t n_end,
-             size_t acc_stride, Kernel&& kernel, Finish&& finish) {
+void walk_kn(const float* x, size_t k_dim, const QuantizedMatrix& w, size_t k_begin, size_t k_end,
+             size_t n_begin, size_t n_end, size_t acc_stride, Kernel&& kernel, Finish&& finish) {
   const size_t bits = static_cast<size_t>(w.spec.bits);
   const size_t row_bytes = w.cols * bits / 8;
   const size_t columns = n_end - n_begin;
@@ -107,8 +107,8 @@ void walk_kn(const float* x, size_t k_dim, const QuantizedMatrix& w, size_t n_be
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data) + n_begin * bits / 8;
 
   const size_t tiles = (columns + kTile - 1) / kTile;
-  for (size_t k0 = 0; k0 < k_dim; k0 += kRowBlock) {
-    const size_t kb = std::min(kRowBlock, k_dim - k0);
+  for (size_t k0 = k_begin; k0 < k_end; k0 += kRowBlock) {
+    const size_t kb = std::min(kRowBlock, k_end - k0);
     block_params<D>(x, k_dim, MR, w, k0, kb, g_begin, g_count, scratch.a.data(),
                     scratch.bias.data());
     for (size_t t0 = 0; t0 < columns; t0 += kTile) {
@@ -135,14 +135,22 @@ void walk_kn(const float* x, size_t k_dim, const QuantizedMatrix& w, size_t n_be
   finish(acc_mem, scratch.bias.data(), g_count);
 }
 
-// Stores rows i0 .. i0+MR of the output: out[i0 + r, n_begin + j] = acc(r, j) + bias[r, j / GS].
+// Where rows i0 .. i0+MR of x leave their partial sums over one slice of K: acc[r * n + j] for
+// the output columns and bias[r * groups + g] for the bias terms of the groups.
+struct SliceOut {
+  float* acc;
+  float* bias;
+  size_t n, groups;
+};
+
+// acc(r, j) (column n_begin + j) and the walk's bias sums into `out`.
 template <int MR, int GS, typename Acc>
-void store_rows(size_t columns, const float* bias, size_t g_count, DType out_dtype, void* out,
-                size_t n_dim, size_t n_begin, size_t i0, Acc&& acc) {
+void store_partials(size_t n_begin, size_t columns, const float* bias, size_t g_count,
+                    const SliceOut& out, Acc&& acc) {
   for (int r = 0; r < MR; ++r) {
-    const size_t offset = (i0 + r) * n_dim + n_begin;
-    for (size_t j = 0; j < columns; ++j) {
-      store_from_f32(out, out_dtype, offset + j, acc(r, j) + bias[r * g_count + j / GS]);
+    for (size_t j = 0; j < columns; ++j) out.acc[r * out.n + n_begin + j] = acc(r, j);
+    for (size_t g = 0; g < g_count; ++g) {
+      out.bias[r * out.groups + n_begin / GS + g] = bias[r * g_count + g];
     }
   }
 }
@@ -150,7 +158,7 @@ void store_rows(size_t columns, const float* bias, size_t g_count, DType out_dty
 // Any bit width: 16 values at a time through the generic unpacker, f32 FMAs.
 template <int MR, int CHUNKS, int GS, DType D>
 void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const Unpacker& unpack,
-                  size_t n_begin, size_t n_end, DType out_dtype, void* out, size_t i0) {
+                  size_t k_begin, size_t k_end, size_t n_begin, size_t n_end, const SliceOut& out) {
   constexpr int kChunksPerGroup = GS / 32;
   constexpr size_t kTile = CHUNKS * kChunk;
   const size_t columns = n_end - n_begin;
@@ -200,10 +208,10 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
     }
   };
   auto finish = [&](const float* acc_mem, const float* bias, size_t g_count) {
-    store_rows<MR, GS>(columns, bias, g_count, out_dtype, out, w.cols, n_begin, i0,
-                       [&](int r, size_t j) { return acc_mem[r * columns + j]; });
+    store_partials<MR, GS>(n_begin, columns, bias, g_count, out,
+                           [&](int r, size_t j) { return acc_mem[r * columns + j]; });
   };
-  walk_kn<MR, kTile, GS, D>(x, k_dim, w, n_begin, n_end, columns, kernel, finish);
+  walk_kn<MR, kTile, GS, D>(x, k_dim, w, k_begin, k_end, n_begin, n_end, columns, kernel, finish);
 }
 
 // 4 bits: a 64-byte load holds 128 columns, lane d's 32-bit word columns 8d .. 8d+7 (one per
@@ -212,8 +220,8 @@ void gemv_kn_rows(const float* x, size_t k_dim, const QuantizedMatrix& w, const 
 // Accumulator j of a piece of 128 columns holds columns 8d + j; finish() restores the order.
 // Same products and the same order over k as the generic path: bit-identical results.
 template <int MR, int CHUNKS, int GS, DType D>
-void gemv_kn_rows_4bit(const float* x, size_t k_dim, const QuantizedMatrix& w, size_t n_begin,
-                       size_t n_end, DType out_dtype, void* out, size_t i0) {
+void gemv_kn_rows_4bit(const float* x, size_t k_dim, const QuantizedMatrix& w, size_t k_begin,
+                       size_t k_end, size_t n_begin, size_t n_end, const SliceOut& out) {
   constexpr size_t kPiece = 128;  // columns per 64-byte load
   constexpr int kPieces = CHUNKS * kChunk / kPiece;
   constexpr size_t kTile = kPieces * kPiece;
@@ -294,34 +302,48 @@ void gemv_kn_rows_4bit(const float* x, size_t k_dim, const QuantizedMatrix& w, s
     }
   };
   auto finish = [&](const float* acc_mem, const float* bias, size_t g_count) {
-    store_rows<MR, GS>(columns, bias, g_count, out_dtype, out, w.cols, n_begin, i0,
-                       [&](int r, size_t j) {
-                         const size_t piece = j / kPiece * kPiece, within = j % kPiece;
-                         return acc_mem[r * stride + piece + (within % 8) * 16 + within / 8];
-                       });
+    store_partials<MR, GS>(n_begin, columns, bias, g_count, out, [&](int r, size_t j) {
+      const size_t piece = j / kPiece * kPiece, within = j % kPiece;
+      return acc_mem[r * stride + piece + (within % 8) * 16 + within / 8];
+    });
   };
-  walk_kn<MR, kTile, GS, D>(x, k_dim, w, n_begin, n_end, stride, kernel, finish);
+  walk_kn<MR, kTile, GS, D>(x, k_dim, w, k_begin, k_end, n_begin, n_end, stride, kernel, finish);
 }
 
 }  // namespace
 
-void gemv_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
-             size_t n_end, void* out) {
+KnPartials::KnPartials(size_t m_rows, const QuantizedMatrix& w)
+    : m(m_rows),
+      n(w.cols),
+      groups(w.cols / static_cast<size_t>(w.spec.group_size)),
+      slice_rows(w.cols <= kGemvKnSplitKMaxColumns ? kGemvKnSliceRows
+                                                   : std::max<size_t>(w.rows, 1)),
+      slices((w.rows + slice_rows - 1) / slice_rows),
+      acc(slices * m * n),
+      bias(slices * m * groups) {}
+
+void gemv_kn_slice(const float* x, const QuantizedMatrix& w, size_t slice, size_t n_begin,
+                   size_t n_end, KnPartials& partials) {
   const Unpacker unpack(w.spec.bits);
-  const size_t k_dim = w.rows;
+  const size_t k_dim = w.rows, m = partials.m;
+  const size_t k_begin = slice * partials.slice_rows;
+  const size_t k_end = std::min(k_dim, k_begin + partials.slice_rows);
   const size_t gs = static_cast<size_t>(w.spec.group_size);
   auto rows = [&](auto mr, auto max_chunks, size_t i0) {
     constexpr int MR = decltype(mr)::value, CHUNKS = decltype(max_chunks)::value;
+    const SliceOut out{partials.acc.data() + (slice * m + i0) * partials.n,
+                       partials.bias.data() + (slice * m + i0) * partials.groups, partials.n,
+                       partials.groups};
     detail::with_group_size(gs, [&](auto group_size) {
       constexpr int GS = decltype(group_size)::value;
       auto run = [&](auto dtype) {
         constexpr DType D = decltype(dtype)::value;
         if (w.spec.bits == 4) {
-          gemv_kn_rows_4bit<MR, CHUNKS, GS, D>(x + i0 * k_dim, k_dim, w, n_begin, n_end, out_dtype,
-                                               out, i0);
+          gemv_kn_rows_4bit<MR, CHUNKS, GS, D>(x + i0 * k_dim, k_dim, w, k_begin, k_end, n_begin,
+                                               n_end, out);
         } else {
-          gemv_kn_rows<MR, CHUNKS, GS, D>(x + i0 * k_dim, k_dim, w, unpack, n_begin, n_end,
-                                          out_dtype, out, i0);
+          gemv_kn_rows<MR, CHUNKS, GS, D>(x + i0 * k_dim, k_dim, w, unpack, k_begin, k_end, n_begin,
+                                          n_end, out);
         }
       };
       switch (w.dtype) {
@@ -337,6 +359,25 @@ void gemv_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
   size_t i0 = 0;
   for (; i0 + 2 <= m; i0 += 2) rows(detail::Int<2>{}, detail::Int<4>{}, i0);
   if (i0 < m) rows(detail::Int<1>{}, detail::Int<8>{}, i0);
+}
+
+void gemv_kn_combine(const KnPartials& partials, size_t group_size, DType out_dtype, size_t n_begin,
+                     size_t n_end, void* out) {
+  const size_t m = partials.m, n = partials.n, groups = partials.groups;
+  // Slice by slice in order, then the bias terms likewise: a fixed order for every output.
+  auto slice_sum = [&](const std::vector<float>& v, size_t row_size, size_t i, size_t j) {
+    if (partials.slices == 0) return 0.0f;  // K = 0: an empty sum
+    float sum = v[i * row_size + j];
+    for (size_t s = 1; s < partials.slices; ++s) sum += v[(s * m + i) * row_size + j];
+    return sum;
+  };
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t j = n_begin; j < n_end; ++j) {
+      const float value =
+          slice_sum(partials.acc, n, i, j) + slice_sum(partials.bias, groups, i, j / group_size);
+      store_from_f32(out, out_dtype, i * n + j, value);
+    }
+  }
 }
 
 }  // namespace nx_quant::avx512

@@ -17,11 +17,27 @@ constexpr size_t kGemmBlock = 32;
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out);
 
-// transpose=false, for small m (decode): output columns [n_begin, n_end); n_begin a multiple
-// of kGemvKnTile.
+// transpose=false, for small m (decode). gemv_kn_slice computes output columns
+// [n_begin, n_end) (n_begin a multiple of kGemvKnTile) over one slice of W's rows (K) into that
+// slice's partial sums; gemv_kn_combine adds the slices in order for columns [n_begin, n_end).
+// With at most kGemvKnSplitKMaxColumns columns, K is cut into slices of kGemvKnSliceRows and
+// each thread computes whole slices (all columns: it streams its own part of W, and its
+// accumulators still fit L1); wider weights are one slice whose columns are split between
+// threads (each thread's accumulators fit L1). Either way results depend on the shape only,
+// never on the thread count or on which thread ran what.
 constexpr size_t kGemvKnTile = 256;
-void gemv_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
-             size_t n_end, void* out);
+constexpr size_t kGemvKnSliceRows = 1024;
+constexpr size_t kGemvKnSplitKMaxColumns = 6144;
+struct KnPartials {
+  KnPartials(size_t m, const QuantizedMatrix& w);
+  size_t m, n, groups, slice_rows, slices;
+  std::vector<float> acc;   // [slice][m][n]: sum over the slice of x * scale * q
+  std::vector<float> bias;  // [slice][m][groups]: sum over the slice of x * bias
+};
+void gemv_kn_slice(const float* x, const QuantizedMatrix& w, size_t slice, size_t n_begin,
+                   size_t n_end, KnPartials& partials);
+void gemv_kn_combine(const KnPartials& partials, size_t group_size, DType out_dtype, size_t n_begin,
+                     size_t n_end, void* out);
 
 // Both layouts, any m (prefill): W is dequantized tile by tile into an L1/L2-resident f32
 // panel that a register-blocked microkernel reuses across all rows of x. n_begin must be a
