@@ -168,49 +168,32 @@ TEST(QuantizedMatmul, OddShapes) {
 }
 
 TEST(QuantizedMatmul, ResultsAreBitIdenticalWhateverTheThreadCount) {
-  for (bool transpose : {true, false}) {
+  struct Shape {
+    bool transpose;
+    size_t k, n;
+  };
+  // transpose=false: K over two slices of the decode GEMV's K split (the last partial), and a
+  // weight wider than kGemvKnSplitKMaxColumns, whose columns are split between threads instead.
+  for (const Shape& shape :
+       {Shape{true, 256, 384}, Shape{false, 1312, 384}, Shape{false, 96, 6400}}) {
+    const size_t k = shape.k, n = shape.n;
+    const size_t rows = shape.transpose ? n : k, cols = shape.transpose ? k : n;
+    TypedBuffer dense(DType::BF16, random_values(rows * cols, 5, cols));
+    OwnedQuantized w(dense, rows, cols, {4, 64});
     for (size_t m : {1, 6, 20}) {  // GEMV and GEMM paths
-      // transpose=false: K over two slices of the decode GEMV's K split (the last partial).
-      const size_t k = transpose ? 256 : 1312, n = 384;
-      const size_t rows = transpose ? n : k, cols = transpose ? k : n;
-      TypedBuffer dense(DType::BF16, random_values(rows * cols, 5, cols));
-      OwnedQuantized w(dense, rows, cols, {4, 64});
       TypedBuffer x(DType::F32, random_values(m * k, 6));
       std::vector<uint8_t> first;
       for (int threads : {1, 2, 3, 7}) {
         TypedBuffer out(DType::F32, m * n);
         ExecOptions options;
         options.threads = threads;
-        quantized_matmul(x.cbuf(), DType::F32, m, w.matrix, transpose, DType::F32, out.mbuf(),
+        quantized_matmul(x.cbuf(), DType::F32, m, w.matrix, shape.transpose, DType::F32, out.mbuf(),
                          options);
         if (first.empty()) {
           first = out.bytes;
         } else {
-          ASSERT_EQ(out.bytes, first) << "threads " << threads << " transpose " << transpose;
+          ASSERT_EQ(out.bytes, first) << "threads " << threads << " k " << k << " n " << n;
         }
-      }
-    }
-  }
-}
-
-// transpose=false with more than kGemvKnSplitKMaxColumns columns: the decode GEMV splits
-// columns between threads rather than K; results must not move either.
-TEST(QuantizedMatmul, WideTransposeFalseIsBitIdenticalWhateverTheThreadCount) {
-  const size_t k = 96, n = 6400;
-  TypedBuffer dense(DType::BF16, random_values(k * n, 7, n));
-  OwnedQuantized w(dense, k, n, {4, 64});
-  for (size_t m : {1, 3}) {
-    TypedBuffer x(DType::F32, random_values(m * k, 8));
-    std::vector<uint8_t> first;
-    for (int threads : {1, 2, 3, 7}) {
-      TypedBuffer out(DType::F32, m * n);
-      ExecOptions options;
-      options.threads = threads;
-      quantized_matmul(x.cbuf(), DType::F32, m, w.matrix, false, DType::F32, out.mbuf(), options);
-      if (first.empty()) {
-        first = out.bytes;
-      } else {
-        ASSERT_EQ(out.bytes, first) << "threads " << threads << " m " << m;
       }
     }
   }

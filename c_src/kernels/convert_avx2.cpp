@@ -17,6 +17,7 @@
 #include <cstring>
 #include <limits>
 
+#include "gemv_loops.h"
 #include "nx_quant/reference.h"
 #include "simd_kernels.h"
 
@@ -373,17 +374,10 @@ void quantize_rows_with(const void* dense, size_t cols, const QuantSpec& spec, s
 
 void quantize_rows(const void* dense, DType dtype, size_t cols, const QuantSpec& spec,
                    size_t row_begin, size_t row_end, uint32_t* packed, void* scales, void* biases) {
-  switch (dtype) {
-    case DType::F32:
-      return quantize_rows_with<DType::F32>(dense, cols, spec, row_begin, row_end, packed, scales,
-                                            biases);
-    case DType::F16:
-      return quantize_rows_with<DType::F16>(dense, cols, spec, row_begin, row_end, packed, scales,
-                                            biases);
-    default:
-      return quantize_rows_with<DType::BF16>(dense, cols, spec, row_begin, row_end, packed, scales,
-                                             biases);
-  }
+  detail::with_dtype(dtype, [&](auto d) {
+    quantize_rows_with<decltype(d)::value>(dense, cols, spec, row_begin, row_end, packed, scales,
+                                           biases);
+  });
 }
 
 }  // namespace nx_quant::avx2

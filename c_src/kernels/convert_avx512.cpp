@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "gemv_loops.h"
 #include "nx_quant/reference.h"
 #include "simd_kernels.h"
 #include "unpack_avx512.h"
@@ -365,17 +366,10 @@ void quantize_rows_of(const void* dense, size_t cols, const QuantSpec& spec, siz
 
 void quantize_rows(const void* dense, DType dtype, size_t cols, const QuantSpec& spec,
                    size_t row_begin, size_t row_end, uint32_t* packed, void* scales, void* biases) {
-  switch (dtype) {
-    case DType::F32:
-      return quantize_rows_of<DType::F32>(dense, cols, spec, row_begin, row_end, packed, scales,
-                                          biases);
-    case DType::F16:
-      return quantize_rows_of<DType::F16>(dense, cols, spec, row_begin, row_end, packed, scales,
-                                          biases);
-    default:
-      return quantize_rows_of<DType::BF16>(dense, cols, spec, row_begin, row_end, packed, scales,
-                                           biases);
-  }
+  detail::with_dtype(dtype, [&](auto d) {
+    quantize_rows_of<decltype(d)::value>(dense, cols, spec, row_begin, row_end, packed, scales,
+                                         biases);
+  });
 }
 
 }  // namespace nx_quant::avx512

@@ -1,6 +1,6 @@
-// The loops the GEMV kernels share: which rows of W and x are computed together, the dispatch
-// from run-time group sizes to compile-time ones, and the per-call preparation of x and of the
-// parameter streams that does not depend on the instruction set.
+// What the SIMD kernels share beyond their instruction set: which rows of W and x the GEMVs
+// compute together, the dispatch from run-time group sizes and dtypes to compile-time ones,
+// and the per-call preparation of x and of the parameter streams.
 #pragma once
 
 #include <algorithm>
@@ -26,6 +26,19 @@ void with_group_size(size_t gs, F&& f) {
       return f(Int<64>{});
     default:
       return f(Int<128>{});
+  }
+}
+
+// f(std::integral_constant<DType, D>{}) for the dtype t: a run-time dtype to a compile-time one.
+template <typename F>
+void with_dtype(DType t, F&& f) {
+  switch (t) {
+    case DType::F32:
+      return f(std::integral_constant<DType, DType::F32>{});
+    case DType::F16:
+      return f(std::integral_constant<DType, DType::F16>{});
+    default:
+      return f(std::integral_constant<DType, DType::BF16>{});
   }
 }
 

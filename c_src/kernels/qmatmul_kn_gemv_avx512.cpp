@@ -346,14 +346,7 @@ void gemv_kn_slice(const float* x, const QuantizedMatrix& w, size_t slice, size_
                                           n_end, out);
         }
       };
-      switch (w.dtype) {
-        case DType::F32:
-          return run(std::integral_constant<DType, DType::F32>{});
-        case DType::F16:
-          return run(std::integral_constant<DType, DType::F16>{});
-        default:
-          return run(std::integral_constant<DType, DType::BF16>{});
-      }
+      detail::with_dtype(w.dtype, run);
     });
   };
   size_t i0 = 0;
