@@ -211,33 +211,16 @@ void dequantize_rows_direct(const QuantizedMatrix& w, size_t row_begin, size_t r
 }  // namespace
 
 void dequantize_rows(const QuantizedMatrix& w, size_t row_begin, size_t row_end, void* out) {
-  if (w.dtype != DType::F32) {
-    auto* out16 = static_cast<uint16_t*>(out);
-    switch (w.spec.bits) {
-      case 2:
-        return dequantize_rows_half_by_table<2>(w, row_begin, row_end, out16);
-      case 3:
-        return dequantize_rows_half_by_table<3>(w, row_begin, row_end, out16);
-      case 4:
-        return dequantize_rows_half_by_table<4>(w, row_begin, row_end, out16);
-      default:
-        break;
+  detail::with_bits(w.spec.bits, [&](auto bits) {
+    constexpr int Bits = decltype(bits)::value;
+    if constexpr (Bits <= 4) {
+      if (w.dtype != DType::F32) {
+        return dequantize_rows_half_by_table<Bits>(w, row_begin, row_end,
+                                                   static_cast<uint16_t*>(out));
+      }
     }
-  }
-  switch (w.spec.bits) {
-    case 2:
-      return dequantize_rows_direct<2>(w, row_begin, row_end, out);
-    case 3:
-      return dequantize_rows_direct<3>(w, row_begin, row_end, out);
-    case 4:
-      return dequantize_rows_direct<4>(w, row_begin, row_end, out);
-    case 5:
-      return dequantize_rows_direct<5>(w, row_begin, row_end, out);
-    case 6:
-      return dequantize_rows_direct<6>(w, row_begin, row_end, out);
-    default:
-      return dequantize_rows_direct<8>(w, row_begin, row_end, out);
-  }
+    dequantize_rows_direct<Bits>(w, row_begin, row_end, out);
+  });
 }
 
 namespace {
@@ -354,20 +337,10 @@ template <DType D>
 void quantize_rows_with(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begin,
                         size_t row_end, uint32_t* packed, void* scales, void* biases) {
   const size_t gs = static_cast<size_t>(spec.group_size);
-  switch (spec.bits) {
-    case 2:
-      return quantize_rows_of<2, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
-    case 3:
-      return quantize_rows_of<3, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
-    case 4:
-      return quantize_rows_of<4, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
-    case 5:
-      return quantize_rows_of<5, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
-    case 6:
-      return quantize_rows_of<6, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
-    default:
-      return quantize_rows_of<8, D>(dense, cols, gs, row_begin, row_end, packed, scales, biases);
-  }
+  detail::with_bits(spec.bits, [&](auto bits) {
+    quantize_rows_of<decltype(bits)::value, D>(dense, cols, gs, row_begin, row_end, packed, scales,
+                                               biases);
+  });
 }
 
 }  // namespace

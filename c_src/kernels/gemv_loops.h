@@ -29,6 +29,25 @@ void with_group_size(size_t gs, F&& f) {
   }
 }
 
+// f(Int<Bits>{}) for the bit width (2, 3, 4, 5, 6 or 8, validated before any kernel runs).
+template <typename F>
+void with_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2:
+      return f(Int<2>{});
+    case 3:
+      return f(Int<3>{});
+    case 4:
+      return f(Int<4>{});
+    case 5:
+      return f(Int<5>{});
+    case 6:
+      return f(Int<6>{});
+    default:
+      return f(Int<8>{});
+  }
+}
+
 // f(std::integral_constant<DType, D>{}) for the dtype t: a run-time dtype to a compile-time one.
 template <typename F>
 void with_dtype(DType t, F&& f) {

@@ -503,39 +503,17 @@ void gemm_impl(const float* x, size_t m, const QuantizedMatrix& w, bool transpos
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out) {
   if (m == 0 || n_begin >= n_end) return;
-  switch (w.spec.bits) {
-    case 2:
-      return gemv_nk_impl<2>(x, m, w, out_dtype, n_begin, n_end, out);
-    case 3:
-      return gemv_nk_impl<3>(x, m, w, out_dtype, n_begin, n_end, out);
-    case 4:
-      return gemv_nk_impl<4>(x, m, w, out_dtype, n_begin, n_end, out);
-    case 5:
-      return gemv_nk_impl<5>(x, m, w, out_dtype, n_begin, n_end, out);
-    case 6:
-      return gemv_nk_impl<6>(x, m, w, out_dtype, n_begin, n_end, out);
-    default:
-      return gemv_nk_impl<8>(x, m, w, out_dtype, n_begin, n_end, out);
-  }
+  detail::with_bits(w.spec.bits, [&](auto bits) {
+    gemv_nk_impl<decltype(bits)::value>(x, m, w, out_dtype, n_begin, n_end, out);
+  });
 }
 
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
           size_t n_begin, size_t n_end, void* out) {
   if (m == 0 || n_begin >= n_end) return;
-  switch (w.spec.bits) {
-    case 2:
-      return gemm_impl<2>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
-    case 3:
-      return gemm_impl<3>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
-    case 4:
-      return gemm_impl<4>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
-    case 5:
-      return gemm_impl<5>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
-    case 6:
-      return gemm_impl<6>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
-    default:
-      return gemm_impl<8>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
-  }
+  detail::with_bits(w.spec.bits, [&](auto bits) {
+    gemm_impl<decltype(bits)::value>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+  });
 }
 
 }  // namespace nx_quant::avx2
