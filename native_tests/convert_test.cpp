@@ -9,9 +9,9 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_features.h"
 #include "nx_quant/kernels.h"
 #include "nx_quant/reference.h"
-#include "cpu_features.h"
 #include "test_util.h"
 
 using namespace nx_quant;
@@ -46,6 +46,17 @@ std::vector<float> nasty_values(size_t count, uint32_t seed) {
   return v;
 }
 
+// AVX-512 dequantizes 5-8-bit bf16 with vcvtneps2bf16 where AVX512_BF16 is present: test with
+// and without it.
+std::vector<detail::CpuFeatures> bf16_variants() {
+  std::vector<detail::CpuFeatures> variants = {detail::cpu_features()};
+  if (variants[0].avx512_bf16) {
+    variants.push_back(variants[0]);
+    variants.back().avx512_bf16 = false;
+  }
+  return variants;
+}
+
 }  // namespace
 
 TEST(Conversion, QuantizeMatchesReferenceOnSpecialValuesAndHalfChunks) {
@@ -68,37 +79,72 @@ TEST(Conversion, QuantizeMatchesReferenceOnSpecialValuesAndHalfChunks) {
 }
 
 TEST(Conversion, DequantizeMatchesReferenceWithSpecialScalesBothOrientations) {
-  for (KernelChoice kernel : conversion_kernels()) {
-    for (int bits : kAllBits) {
-      for (int gs : kAllGroupSizes) {
-        for (DType dtype : kAllDtypes) {
-          const size_t rows = 5, cols = gs == 32 ? 160 : 384;
-          TypedBuffer dense(dtype, random_values(rows * cols, bits, cols));
-          OwnedQuantized q(dense, rows, cols, {bits, gs}, KernelChoice::Reference);
-          // Overwrite some scales and biases with specials and extreme values.
-          const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
-                                    std::numeric_limits<float>::infinity(),
-                                    -0.0f,
-                                    6e-8f,
-                                    60000.0f,
-                                    -1e-39f};
-          for (size_t i = 0; i < q.scales.count(); i += 3) {
-            store_from_f32(q.scales.bytes.data(), dtype, i, specials[i % 6]);
-            store_from_f32(q.biases.bytes.data(), dtype, (i + 1) % q.biases.count(),
-                           specials[(i + 2) % 6]);
-          }
-          for (bool transpose_out : {false, true}) {
-            TypedBuffer expected(dtype, rows * cols), got(dtype, rows * cols);
-            reference::dequantize(q.matrix, expected.bytes.data(), transpose_out);
-            ExecOptions options;
-            options.kernel = kernel;
-            options.threads = 2;
-            dequantize(q.matrix, got.mbuf(), transpose_out, options);
-            ASSERT_EQ(got.bytes, expected.bytes)
-                << "kernel " << int(kernel) << " bits " << bits << " gs " << gs << " "
-                << dtype_name(dtype) << " transpose " << transpose_out;
+  for (const auto& features : bf16_variants()) {
+    detail::ScopedCpuFeatures scoped(features);
+    for (KernelChoice kernel : conversion_kernels()) {
+      for (int bits : kAllBits) {
+        for (int gs : kAllGroupSizes) {
+          for (DType dtype : kAllDtypes) {
+            const size_t rows = 5, cols = gs == 32 ? 160 : 384;
+            TypedBuffer dense(dtype, random_values(rows * cols, bits, cols));
+            OwnedQuantized q(dense, rows, cols, {bits, gs}, KernelChoice::Reference);
+            // Overwrite some scales and biases with specials and extreme values.
+            const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
+                                      std::numeric_limits<float>::infinity(),
+                                      -0.0f,
+                                      6e-8f,
+                                      60000.0f,
+                                      -1e-39f};
+            for (size_t i = 0; i < q.scales.count(); i += 3) {
+              store_from_f32(q.scales.bytes.data(), dtype, i, specials[i % 6]);
+              store_from_f32(q.biases.bytes.data(), dtype, (i + 1) % q.biases.count(),
+                             specials[(i + 2) % 6]);
+            }
+            for (bool transpose_out : {false, true}) {
+              TypedBuffer expected(dtype, rows * cols), got(dtype, rows * cols);
+              reference::dequantize(q.matrix, expected.bytes.data(), transpose_out);
+              ExecOptions options;
+              options.kernel = kernel;
+              options.threads = 2;
+              dequantize(q.matrix, got.mbuf(), transpose_out, options);
+              ASSERT_EQ(got.bytes, expected.bytes)
+                  << "kernel " << int(kernel) << " bits " << bits << " gs " << gs << " "
+                  << dtype_name(dtype) << " transpose " << transpose_out;
+            }
           }
         }
+      }
+    }
+  }
+}
+
+// The bf16 dequantize of 5-8-bit values rounds with vcvtneps2bf16 only in groups whose scale and
+// bias keep every intermediate a normal number (or 0 or inf): at and around that bound,
+// denormal products (scale 1e-39), denormal sums of normal operands (1.5 * 2^-126 - 2^-126) and
+// overflowing products, the result is still the reference's bit for bit.
+TEST(Conversion, DequantizeBf16RoundingAtTinyAndHugeScales) {
+  const std::pair<float, float> scale_bias[] = {
+      {0x1.8p-126f, -0x1p-126f}, {0x1p-100f, -0x1.8p-100f}, {-0x1p-100f, 0.0f},
+      {0x1.8p-101f, 0x1p-101f},  {0x1p-100f, -0x1p-107f},   {1e-39f, 0x1p-126f},
+      {-0x1p-120f, 0x1.4p-119f}, {3e36f, -1e38f},           {-3e36f, 3e38f},
+      {0x1p-99f, -0x1p-92f}};
+  for (const auto& features : bf16_variants()) {
+    detail::ScopedCpuFeatures scoped(features);
+    for (int bits : {5, 6, 8}) {
+      for (int gs : kAllGroupSizes) {
+        const size_t rows = 4, cols = 2 * static_cast<size_t>(gs) * 5;
+        TypedBuffer dense(DType::BF16, random_values(rows * cols, bits + gs, cols));
+        OwnedQuantized q(dense, rows, cols, {bits, gs}, KernelChoice::Reference);
+        for (size_t g = 0; g < q.scales.count(); ++g) {
+          const auto [s, b] = scale_bias[g % std::size(scale_bias)];
+          store_from_f32(q.scales.bytes.data(), DType::BF16, g, s);
+          store_from_f32(q.biases.bytes.data(), DType::BF16, g, b);
+        }
+        TypedBuffer expected(DType::BF16, rows * cols), got(DType::BF16, rows * cols);
+        reference::dequantize(q.matrix, expected.bytes.data(), false);
+        dequantize(q.matrix, got.mbuf(), false, {});
+        ASSERT_EQ(got.bytes, expected.bytes)
+            << "bits " << bits << " gs " << gs << " bf16 " << features.avx512_bf16;
       }
     }
   }

@@ -9,10 +9,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#include "cpu_features.h"
 #include "gemv_loops.h"
 #include "nx_quant/reference.h"
 #include "simd_kernels.h"
@@ -191,6 +193,38 @@ void dequantize_rows_half_by_table(const QuantizedMatrix& w, size_t row_begin, s
   }
 }
 
+// vcvtneps2bf16 rounds to nearest even like round_bf16 except on denormal inputs (flushed to
+// zero) and NaN (kept, quieted). In a group whose bf16 scale and bias are finite and each zero or
+// of magnitude >= 2^-100, neither occurs: q * scale is 0, >= 2^-100 or infinite, and rounded
+// product + bias is 0, infinite or a nonzero multiple of 2^-107 (both terms are bf16 values of
+// that size), all normal in f32.
+inline bool rounds_like_vcvtneps2bf16(__m512 scale, __m512 bias) {
+  const float s = _mm512_cvtss_f32(scale), b = _mm512_cvtss_f32(bias);
+  const auto fine = [](float v) {
+    return v == 0.0f ||
+           (std::abs(v) >= 0x1p-100f && std::abs(v) <= std::numeric_limits<float>::max());
+  };
+  return fine(s) && fine(b);
+}
+
+// One group of 5-, 6- or 8-bit values into bf16, MLX's two roundings done by vcvtneps2bf16
+// (only where rounds_like_vcvtneps2bf16 holds): 16 values cost an unpack (8-bit: one widening
+// load), a conversion, a
+// multiply, a rounding, a widening back to f32, an add and a rounding.
+template <bool kBytes>
+void dequantize_group_bf16(const Unpacker& unpack, const uint8_t* packed, __m512 scale, __m512 bias,
+                           size_t group_size, uint16_t* out) {
+  for (size_t c = 0; c < group_size; c += 16) {
+    const __m512 q = kBytes ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + c))))
+                            : unpack(packed + c / 16 * unpack.chunk_bytes);
+    const __m512 product = _mm512_mul_ps(q, scale);
+    const __m512 sum = _mm512_add_ps(_mm512_cvtpbh_ps(_mm512_cvtneps_pbh(product)), bias);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c),
+                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(sum)));
+  }
+}
+
 }  // namespace
 
 void dequantize_rows(const QuantizedMatrix& w, bool transpose_out, size_t row_begin, size_t row_end,
@@ -202,6 +236,8 @@ void dequantize_rows(const QuantizedMatrix& w, bool transpose_out, size_t row_be
   // Up to 4 bits a group has at most 16 distinct outputs: compute them once (group_table) and
   // look each value up (vpermps) instead of computing it. Wider values are computed directly.
   const bool by_table = w.spec.bits <= 4;
+  const bool bf16_rounding =
+      !by_table && w.dtype == DType::BF16 && !transpose_out && detail::cpu_features().avx512_bf16;
   const Unpacker unpack(w.spec.bits);
   const size_t gs = static_cast<size_t>(w.spec.group_size);
   const size_t groups = w.cols / gs;
@@ -213,6 +249,16 @@ void dequantize_rows(const QuantizedMatrix& w, bool transpose_out, size_t row_be
       const __m512 scale = _mm512_set1_ps(load_as_f32(w.scales.data, w.dtype, r * groups + g));
       const __m512 bias = _mm512_set1_ps(load_as_f32(w.biases.data, w.dtype, r * groups + g));
       const __m512 table = by_table ? group_table(scale, bias, w.dtype) : _mm512_setzero_ps();
+      if (bf16_rounding && rounds_like_vcvtneps2bf16(scale, bias)) {
+        const uint8_t* packed = bytes + r * row_bytes + g * gs / 16 * unpack.chunk_bytes;
+        uint16_t* group_out = static_cast<uint16_t*>(out) + r * w.cols + g * gs;
+        if (w.spec.bits == 8) {
+          dequantize_group_bf16<true>(unpack, packed, scale, bias, gs, group_out);
+        } else {
+          dequantize_group_bf16<false>(unpack, packed, scale, bias, gs, group_out);
+        }
+        continue;
+      }
       for (size_t c = g * gs; c < (g + 1) * gs; c += 16) {
         const uint8_t* chunk = bytes + r * row_bytes + (c / 16) * unpack.chunk_bytes;
         __m512 v;
