@@ -4,6 +4,7 @@
 // rows whose length leaves a final half chunk (cols = 64 * n + 32), and NaN/inf scales.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -146,6 +147,40 @@ TEST(Conversion, DequantizeBf16RoundingAtTinyAndHugeScales) {
         ASSERT_EQ(got.bytes, expected.bytes)
             << "bits " << bits << " gs " << gs << " bf16 " << features.avx512_bf16;
       }
+    }
+  }
+}
+
+// Values a few ulps either side of every bias + (k + 0.5) * scale: (w - bias) / scale lands on
+// and around half-integers, where rint's ties-to-even and any shortcut for the division (such
+// as a multiplication by the reciprocal, which parts from it there) show.
+TEST(Conversion, QuantizeValuesAtHalfIntegerQuotients) {
+  for (KernelChoice kernel : conversion_kernels()) {
+    for (int bits : kAllBits) {
+      const int gs = 64;
+      const size_t rows = 8, cols = 64 * static_cast<size_t>(gs);
+      const int n_bins = (1 << bits) - 1;
+      std::vector<float> values(rows * cols);
+      size_t next = 0;  // which (half-integer, ulp offset) pair comes next
+      for (size_t g = 0; g < rows * cols / gs; ++g) {
+        float* group = values.data() + g * gs;
+        const float lo = -0.7f - 0.011f * static_cast<float>(g % 17);
+        const float hi = 1.1f + 0.013f * static_cast<float>(g % 23);
+        const reference::GroupParams p = reference::group_params_from_range(lo, hi, bits);
+        group[0] = lo;
+        group[1] = hi;
+        for (int i = 2; i < gs; ++i, ++next) {
+          const int half = static_cast<int>(next / 15 % static_cast<size_t>(n_bins));
+          const int ulps = static_cast<int>(next % 15) - 7;
+          float v = p.bias + (static_cast<float>(half) + 0.5f) * p.scale;
+          for (int s = 0; s < std::abs(ulps); ++s) v = std::nextafter(v, ulps > 0 ? hi : lo);
+          group[i] = std::clamp(v, lo, hi);
+        }
+      }
+      TypedBuffer dense(DType::F32, values);
+      OwnedQuantized expected(dense, rows, cols, {bits, gs}, KernelChoice::Reference);
+      OwnedQuantized got(dense, rows, cols, {bits, gs}, kernel, 2);
+      ASSERT_EQ(got.packed, expected.packed) << "kernel " << int(kernel) << " bits " << bits;
     }
   }
 }
