@@ -278,7 +278,7 @@ void ConversionArgs(benchmark::internal::Benchmark* b) {
   for (int kernel : {static_cast<int>(KernelChoice::Auto), static_cast<int>(KernelChoice::Avx2),
                      static_cast<int>(KernelChoice::Portable)}) {
     for (int threads : {1, 2}) {
-      for (int bits : {4, 3, 8}) b->Args({bits, threads, kernel});
+      for (int bits : {4, 3, 6, 8}) b->Args({bits, threads, kernel});
     }
   }
 }
