@@ -198,19 +198,17 @@ void dequantize_rows_half_by_table(const QuantizedMatrix& w, size_t row_begin, s
 // of magnitude >= 2^-100, neither occurs: q * scale is 0, >= 2^-100 or infinite, and rounded
 // product + bias is 0, infinite or a nonzero multiple of 2^-107 (both terms are bf16 values of
 // that size), all normal in f32.
-inline bool rounds_like_vcvtneps2bf16(__m512 scale, __m512 bias) {
-  const float s = _mm512_cvtss_f32(scale), b = _mm512_cvtss_f32(bias);
+inline bool rounds_like_vcvtneps2bf16(float scale, float bias) {
   const auto fine = [](float v) {
     return v == 0.0f ||
            (std::abs(v) >= 0x1p-100f && std::abs(v) <= std::numeric_limits<float>::max());
   };
-  return fine(s) && fine(b);
+  return fine(scale) && fine(bias);
 }
 
 // One group of 5-, 6- or 8-bit values into bf16, MLX's two roundings done by vcvtneps2bf16
 // (only where rounds_like_vcvtneps2bf16 holds): 16 values cost an unpack (8-bit: one widening
-// load), a conversion, a
-// multiply, a rounding, a widening back to f32, an add and a rounding.
+// load), a conversion, a multiply, a rounding, a widening back to f32, an add and a rounding.
 template <bool kBytes>
 void dequantize_group_bf16(const Unpacker& unpack, const uint8_t* packed, __m512 scale, __m512 bias,
                            size_t group_size, uint16_t* out) {
@@ -246,10 +244,11 @@ void dequantize_rows(const QuantizedMatrix& w, bool transpose_out, size_t row_be
   alignas(64) float values[16];
   for (size_t r = row_begin; r < row_end; ++r) {
     for (size_t g = 0; g < groups; ++g) {
-      const __m512 scale = _mm512_set1_ps(load_as_f32(w.scales.data, w.dtype, r * groups + g));
-      const __m512 bias = _mm512_set1_ps(load_as_f32(w.biases.data, w.dtype, r * groups + g));
+      const float group_scale = load_as_f32(w.scales.data, w.dtype, r * groups + g);
+      const float group_bias = load_as_f32(w.biases.data, w.dtype, r * groups + g);
+      const __m512 scale = _mm512_set1_ps(group_scale), bias = _mm512_set1_ps(group_bias);
       const __m512 table = by_table ? group_table(scale, bias, w.dtype) : _mm512_setzero_ps();
-      if (bf16_rounding && rounds_like_vcvtneps2bf16(scale, bias)) {
+      if (bf16_rounding && rounds_like_vcvtneps2bf16(group_scale, group_bias)) {
         const uint8_t* packed = bytes + r * row_bytes + g * gs / 16 * unpack.chunk_bytes;
         uint16_t* group_out = static_cast<uint16_t*>(out) + r * w.cols + g * gs;
         if (w.spec.bits == 8) {
