@@ -184,3 +184,36 @@ TEST(Conversion, QuantizeValuesAtHalfIntegerQuotients) {
     }
   }
 }
+
+// NaN scales and biases that are not the canonical quiet NaN (negative, with payload bits): the
+// reference gives the canonical NaN (bf16 0x7FC0) for every NaN result, so a kernel that
+// rounds a NaN like a number (0xFFC1 stays 0xFFC1, 0x7FFF carries into the sign) is caught.
+TEST(Conversion, DequantizeNonCanonicalNaNScalesAndBiases) {
+  const uint16_t nan_bits[] = {0xFFC1, 0x7FFF, 0xFF81, 0x7FC0};
+  for (const auto& features : bf16_variants()) {
+    detail::ScopedCpuFeatures scoped(features);
+    for (KernelChoice kernel : conversion_kernels()) {
+      for (int bits : kAllBits) {
+        const int gs = 32;
+        const size_t rows = 3, cols = 256;
+        TypedBuffer dense(DType::BF16, random_values(rows * cols, bits, cols));
+        OwnedQuantized q(dense, rows, cols, {bits, gs}, KernelChoice::Reference);
+        auto* scales = reinterpret_cast<uint16_t*>(q.scales.bytes.data());
+        auto* biases = reinterpret_cast<uint16_t*>(q.biases.bytes.data());
+        for (size_t g = 0; g < q.scales.count(); g += 2) {
+          if (g % 4 == 0) {
+            scales[g] = nan_bits[g / 4 % 4];
+          } else {
+            biases[g] = nan_bits[g / 4 % 4];
+          }
+        }
+        TypedBuffer expected(DType::BF16, rows * cols), got(DType::BF16, rows * cols);
+        reference::dequantize(q.matrix, expected.bytes.data(), false);
+        ExecOptions options;
+        options.kernel = kernel;
+        dequantize(q.matrix, got.mbuf(), false, options);
+        ASSERT_EQ(got.bytes, expected.bytes) << "kernel " << int(kernel) << " bits " << bits;
+      }
+    }
+  }
+}

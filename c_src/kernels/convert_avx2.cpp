@@ -13,6 +13,8 @@
 //     bytes by two multiply-adds and a byte shuffle.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -25,12 +27,15 @@ namespace nx_quant::avx2 {
 
 namespace {
 
-// f32 lanes rounded to bf16 (round to nearest even; NaN -> 0x7FC0), still as f32.
+// f32 lanes rounded to bf16 (round to nearest even; NaN -> 0x7FC0), still as f32. Callers that
+// know no lane is NaN skip the NaN fix-up (kMayBeNaN = false).
+template <bool kMayBeNaN = true>
 inline __m256 round_bf16(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), odd));
   r = _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
+  if constexpr (!kMayBeNaN) return _mm256_castsi256_ps(r);
   const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
   return _mm256_blendv_ps(_mm256_castsi256_ps(r),
                           _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), nan);
@@ -41,7 +46,9 @@ inline __m256 round_f16(__m256 v) {
 }
 
 // Two operations, each rounded to the dtype (never a fused multiply-add: the project builds
-// with -ffp-contract=off).
+// with -ffp-contract=off). With a finite scale and bias no intermediate can be NaN (q is a
+// small integer): kMayBeNaN = false drops the bf16 rounding's NaN fix-up.
+template <bool kMayBeNaN = true>
 inline __m256 dequantized(__m256 q, __m256 scale, __m256 bias, DType dtype) {
   switch (dtype) {
     case DType::F32:
@@ -49,7 +56,8 @@ inline __m256 dequantized(__m256 q, __m256 scale, __m256 bias, DType dtype) {
     case DType::F16:
       return round_f16(_mm256_add_ps(round_f16(_mm256_mul_ps(q, scale)), bias));
     default:
-      return round_bf16(_mm256_add_ps(round_bf16(_mm256_mul_ps(q, scale)), bias));
+      return round_bf16<kMayBeNaN>(
+          _mm256_add_ps(round_bf16<kMayBeNaN>(_mm256_mul_ps(q, scale)), bias));
   }
 }
 
@@ -187,14 +195,17 @@ void dequantize_rows_direct(const QuantizedMatrix& w, size_t row_begin, size_t r
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
   for (size_t r = row_begin; r < row_end; ++r) {
     for (size_t g = 0; g < groups; ++g) {
-      const __m256 scale = _mm256_set1_ps(load_as_f32(w.scales.data, w.dtype, r * groups + g));
-      const __m256 bias = _mm256_set1_ps(load_as_f32(w.biases.data, w.dtype, r * groups + g));
+      const float group_scale = load_as_f32(w.scales.data, w.dtype, r * groups + g);
+      const float group_bias = load_as_f32(w.biases.data, w.dtype, r * groups + g);
+      const __m256 scale = _mm256_set1_ps(group_scale), bias = _mm256_set1_ps(group_bias);
+      const bool finite = std::isfinite(group_scale) && std::isfinite(group_bias);
       for (size_t c = g * gs; c < (g + 1) * gs; c += 16) {
         const __m256i q = unpack(bytes + r * row_bytes + c * Bits / 8);
         for (int h = 0; h < 2; ++h) {
           const __m128i half = h == 0 ? _mm256_castsi256_si128(q) : _mm256_extracti128_si256(q, 1);
-          const __m256 v =
-              dequantized(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(half)), scale, bias, w.dtype);
+          const __m256 qf = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(half));
+          const __m256 v = finite ? dequantized<false>(qf, scale, bias, w.dtype)
+                                  : dequantized(qf, scale, bias, w.dtype);
           const size_t index = r * w.cols + c + 8 * h;
           if (w.dtype == DType::F32) {
             _mm256_storeu_ps(static_cast<float*>(out) + index, v);
