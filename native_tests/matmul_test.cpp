@@ -167,6 +167,47 @@ TEST(QuantizedMatmul, OddShapes) {
   check_case({6, 128, DType::F32, DType::BF16, DType::F32, 1, 384, 1, true}, KernelChoice::Auto, 0);
 }
 
+// A row's result depends on its own scales and biases only. Kernels that read parameters in
+// place must not let a row's last, partial 128-value chunk pick up the next row's (here
+// infinite) scales, nor read past the last row's.
+TEST(QuantizedMatmul, PartialChunksReadOnlyTheirOwnRowsParameters) {
+  for_each_kernel([](KernelChoice kernel) {
+    for (DType w_dtype : kAllDtypes) {
+      for (int gs : {32, 64}) {
+        for (size_t k : {160, 192, 224}) {
+          if (k % gs != 0) continue;
+          const size_t n = 9, m = 1, groups = k / gs;
+          TypedBuffer dense(w_dtype, random_values(n * k, 31, k));
+          OwnedQuantized w(dense, n, k, {4, gs});
+          for (size_t row = 1; row < n; row += 2) {
+            for (size_t g = 0; g < groups; ++g) {
+              store_from_f32(w.scales.bytes.data(), w_dtype, row * groups + g, INFINITY);
+            }
+          }
+          TypedBuffer x(DType::F32, random_values(m * k, 32));
+          std::vector<float> expected(n), out(n);
+          reference::quantized_matmul(x.bytes.data(), DType::F32, m, w.matrix, true, DType::F32,
+                                      expected.data());
+          ExecOptions options;
+          options.kernel = kernel;
+          quantized_matmul(x.cbuf(), DType::F32, m, w.matrix, true, DType::F32,
+                           {out.data(), out.size() * 4}, options);
+          TypedBuffer wd(w_dtype, n * k);
+          dequantize(w.matrix, wd.mbuf());
+          for (size_t j = 0; j < n; j += 2) {
+            float sum_abs = 0.0f;
+            for (size_t c = 0; c < k; ++c) sum_abs += std::abs(x.at(c) * wd.at(j * k + c));
+            ASSERT_TRUE(std::isfinite(out[j]))
+                << dtype_name(w_dtype) << " gs " << gs << " k " << k << " row " << j;
+            ASSERT_NEAR(out[j], expected[j], tolerance(sum_abs * 1.01f, expected[j], DType::F32))
+                << dtype_name(w_dtype) << " gs " << gs << " k " << k << " row " << j;
+          }
+        }
+      }
+    }
+  });
+}
+
 TEST(QuantizedMatmul, ResultsAreBitIdenticalWhateverTheThreadCount) {
   struct Shape {
     bool transpose;

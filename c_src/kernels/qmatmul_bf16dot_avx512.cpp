@@ -119,10 +119,9 @@ Bf16Operand prepare_bf16(const float* x, size_t m, size_t k, size_t group_size) 
 namespace {
 
 // Rows n .. n+NW of W against rows i0 .. i0+MR of x, with NS parts per x value.
-template <int MR, int NW, int NS, int GS>
+template <int MR, int NW, int NS, int GS, DType PD>
 void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_t row_bytes,
-                     const float* scales, size_t scale_stride, const float* biases, size_t groups,
-                     float* result /* [MR][NW] */) {
+                     const ParamRows<PD>& params, size_t groups, float* result /* [MR][NW] */) {
   // Lane L of a chunk holds values 8L .. 8L+7: group (c * 128 + 8L) / GS.
   constexpr int kGroupsPerChunk = GS <= 128 ? 128 / GS : 1;
   // Accumulator chains per output. With several parts, the first part has a chain of its own
@@ -131,9 +130,6 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
   // (a chain of 4 dependent dot products per chunk, not 8, keeps latency hidden), and with a
   // single part two chains alternate.
   constexpr int kChains = MR == 1 ? (NS > 2 ? NS : 2) : (NS > 1 ? 2 : 1);
-  alignas(64) int32_t lane_group[16];
-  for (int l = 0; l < 16; ++l) lane_group[l] = kGroupsPerChunk * l / 16;
-  const __m512i scale_index = _mm512_load_si512(lane_group);
   alignas(64) uint16_t bf16_of[32];
   for (int i = 0; i < 32; ++i) bf16_of[i] = static_cast<uint16_t>(f32_bits(float(i & 15)) >> 16);
   const __m512i table = _mm512_load_si512(bf16_of);
@@ -148,7 +144,7 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
     for (int v = 0; v < NW; ++v) acc[r][v] = _mm512_setzero_ps();
   }
 
-  auto step = [&](size_t c, __mmask64 load) NXQ_ALWAYS_INLINE {
+  auto step = [&](size_t c, __mmask64 load, int live_groups) NXQ_ALWAYS_INLINE {
     __m512i raw[NW];
     __m512 scale[NW];
     NXQ_UNROLL
@@ -158,13 +154,7 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * NW * row_bytes),
                    _MM_HINT_T1);
       raw[v] = _mm512_maskz_loadu_epi8(load, p);
-      const float* s = scales + v * scale_stride;
-      if constexpr (kGroupsPerChunk > 1) {
-        scale[v] = _mm512_permutexvar_ps(
-            scale_index, _mm512_castps128_ps512(_mm_loadu_ps(s + c * kGroupsPerChunk)));
-      } else {
-        scale[v] = _mm512_set1_ps(s[c * 128 / GS]);
-      }
+      scale[v] = chunk_scales<GS, PD>(params.scale_row(v), c, live_groups);
     }
     __m512 t[MR][NW][kChains];
     NXQ_UNROLL
@@ -209,8 +199,11 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
     }
   };
   const size_t full_chunks = x.k / kChunkValues;
-  for (size_t c = 0; c < full_chunks; ++c) step(c, ~__mmask64{0});
-  if (x.chunks > full_chunks) step(full_chunks, byte_mask((x.k % kChunkValues) / 2));
+  for (size_t c = 0; c < full_chunks; ++c) step(c, ~__mmask64{0}, kGroupsPerChunk);
+  if (x.chunks > full_chunks) {
+    const size_t tail = x.k % kChunkValues;
+    step(full_chunks, byte_mask(tail / 2), static_cast<int>(tail / GS));
+  }
 
   NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
@@ -218,7 +211,7 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
     for (int v = 0; v < NW; ++v) {
       result[r * NW + v] =
           _mm512_reduce_add_ps(acc[r][v]) +
-          dot_f32(biases + v * groups, x.group_sum.data() + (i0 + r) * groups, groups);
+          bias_dot<PD>(params.bias_row(v), x.group_sum.data() + (i0 + r) * groups, groups);
     }
   }
 }
@@ -237,16 +230,36 @@ void gemv_nk_4bit_bf16(const Bf16Operand& x, const QuantizedMatrix& w, DType out
   RowParams<kNW> params(groups);
   float result[2 * kNW];
 
+  // f32 and bf16 scales and biases are read in place; f16 ones are converted per row block.
+  const bool convert_params = w.dtype == DType::F16;
   auto load_rows = [&](auto nw, size_t n) {
-    params.load(w, n, decltype(nw)::value, kPrefetchBlocks * kNW);
+    if (convert_params) {
+      params.load(w, n, decltype(nw)::value, kPrefetchBlocks * kNW);
+    } else {
+      detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * kNW, kNW);
+    }
   };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
     const uint8_t* rows = bytes + n * row_bytes;
     auto block = [&](auto splits, auto group_size) {
-      gemv_bf16_block<MR, NW, decltype(splits)::value, decltype(group_size)::value>(
-          x, i0, rows, row_bytes, params.scales.data(), params.stride, params.biases.data(), groups,
-          result);
+      auto with_params = [&](const auto& p) {
+        gemv_bf16_block<MR, NW, decltype(splits)::value, decltype(group_size)::value,
+                        std::decay_t<decltype(p)>::kDType>(x, i0, rows, row_bytes, p, groups,
+                                                           result);
+      };
+      if (convert_params) {
+        with_params(ParamRows<DType::F32>{params.scales.data(), params.stride, params.biases.data(),
+                                          groups});
+      } else if (w.dtype == DType::F32) {
+        const auto* s = static_cast<const float*>(w.scales.data) + n * groups;
+        const auto* b = static_cast<const float*>(w.biases.data) + n * groups;
+        with_params(ParamRows<DType::F32>{s, groups, b, groups});
+      } else {
+        const auto* s = static_cast<const uint16_t*>(w.scales.data) + n * groups;
+        const auto* b = static_cast<const uint16_t*>(w.biases.data) + n * groups;
+        with_params(ParamRows<DType::BF16>{s, groups, b, groups});
+      }
     };
     detail::with_group_size(gs, [&](auto group_size) {
       switch (x.splits) {

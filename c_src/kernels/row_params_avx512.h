@@ -11,6 +11,7 @@
 #include "gemv_loops.h"
 #include "nx_quant/dtype.h"
 #include "nx_quant/kernels.h"
+#include "unroll.h"
 
 namespace nx_quant::avx512 {
 
@@ -42,6 +43,88 @@ inline float dot_f32(const float* a, const float* b, size_t count) {
                           acc);
   }
   return _mm512_reduce_add_ps(acc);
+}
+
+// Where a GEMV row block finds its scales and biases (row v's at v * stride elements): in W itself
+// when they are f32 or bf16, so that no per-block copy is made (converting each block's parameters,
+// storing them and loading them back cost ~10% of a decode GEMV); f16 parameters are first
+// converted into a RowParams copy (as f32).
+template <DType D>
+struct ParamRows {
+  static_assert(D == DType::F32 || D == DType::BF16, "f16 parameters are read from f32 copies");
+  static constexpr DType kDType = D;
+  const void* scales;
+  size_t scale_stride;
+  const void* biases;
+  size_t bias_stride;
+
+  const void* scale_row(int v) const { return element(scales, v * scale_stride); }
+  const void* bias_row(int v) const { return element(biases, v * bias_stride); }
+  static const void* element(const void* p, size_t i) {
+    return static_cast<const char*>(p) + i * (D == DType::F32 ? 4 : 2);
+  }
+};
+
+// The scales of chunk c (128 values) of one row for a dot product whose lane L sums values
+// 8L .. 8L+7 of the chunk: lane L holds the scale of group (8L) / GS. `live_groups` (those of
+// the chunk inside the row; fewer only in a row's last, partial chunk) bounds what is read,
+// and the lanes past them get 0.
+template <int GS, DType D>
+NXQ_ALWAYS_INLINE inline __m512 chunk_scales(const void* row_scales, size_t c, int live_groups) {
+  constexpr int kGroups = 128 / GS;
+  const size_t first = c * kGroups;
+  if constexpr (kGroups == 1) {
+    if constexpr (D == DType::F32) {
+      return _mm512_set1_ps(static_cast<const float*>(row_scales)[first]);
+    } else {
+      const uint32_t bits = static_cast<const uint16_t*>(row_scales)[first];
+      return _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(bits << 16)));
+    }
+  } else {
+    // 32-bit lane L takes parameter kGroups * L / 16 (a bf16 one as its high half).
+    constexpr __mmask16 kFull = (1u << kGroups) - 1;
+    const __mmask16 live = live_groups >= kGroups ? kFull : (1u << live_groups) - 1;
+    if constexpr (D == DType::F32) {
+      const __m512i index = _mm512_set_epi32(
+          kGroups * 15 / 16, kGroups * 14 / 16, kGroups * 13 / 16, kGroups * 12 / 16,
+          kGroups * 11 / 16, kGroups * 10 / 16, kGroups * 9 / 16, kGroups * 8 / 16,
+          kGroups * 7 / 16, kGroups * 6 / 16, kGroups * 5 / 16, kGroups * 4 / 16, kGroups * 3 / 16,
+          kGroups * 2 / 16, kGroups * 1 / 16, 0);
+      const __m128 v = _mm_maskz_loadu_ps(static_cast<__mmask8>(live),
+                                          static_cast<const float*>(row_scales) + first);
+      return _mm512_permutexvar_ps(index, _mm512_castps128_ps512(v));
+    } else {
+      const __m512i index = _mm512_set_epi16(
+          kGroups * 15 / 16, 0, kGroups * 14 / 16, 0, kGroups * 13 / 16, 0, kGroups * 12 / 16, 0,
+          kGroups * 11 / 16, 0, kGroups * 10 / 16, 0, kGroups * 9 / 16, 0, kGroups * 8 / 16, 0,
+          kGroups * 7 / 16, 0, kGroups * 6 / 16, 0, kGroups * 5 / 16, 0, kGroups * 4 / 16, 0,
+          kGroups * 3 / 16, 0, kGroups * 2 / 16, 0, kGroups * 1 / 16, 0, 0, 0);
+      const __m128i v = _mm_maskz_loadu_epi16(static_cast<__mmask8>(live),
+                                              static_cast<const uint16_t*>(row_scales) + first);
+      // Odd words (the high halves) take the bf16 scale, even words are zeroed.
+      return _mm512_castsi512_ps(
+          _mm512_maskz_permutexvar_epi16(0xAAAAAAAA, index, _mm512_castsi128_si512(v)));
+    }
+  }
+}
+
+// sum_g biases[g] * b[g] over one row's `count` biases, in dot_f32's order (the same result).
+template <DType D>
+inline float bias_dot(const void* row_biases, const float* b, size_t count) {
+  if constexpr (D == DType::F32) {
+    return dot_f32(static_cast<const float*>(row_biases), b, count);
+  } else {
+    const auto* h = static_cast<const uint16_t*>(row_biases);
+    __m512 acc = _mm512_setzero_ps();
+    for (size_t i = 0; i < count; i += 16) {
+      const __mmask16 live =
+          count - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (count - i)) - 1);
+      const __m512 a = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, h + i)), 16));
+      acc = _mm512_fmadd_ps(a, _mm512_maskz_loadu_ps(live, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+  }
 }
 
 // The scales and biases of up to kRows consecutive W rows as f32, for the GEMV kernels that
