@@ -13,12 +13,12 @@ namespace nx_quant::detail {
 
 namespace {
 
-// A persistent pool: workers sleep on a condition variable between jobs. A job is a set of
-// chunks claimed through an atomic counter; the submitting thread works on chunks too.
-// Waking a sleeping thread costs tens of microseconds (more in a VM), a noticeable share of a
-// decode-sized matmul (~0.2-1 ms), and decode calls come back to back: so a worker that has
-// just finished spins for a short while (kSpinIterations pauses, ~0.1 ms) watching for the
-// next job before it sleeps, and the caller spins the same way for the helpers to finish.
+// A persistent pool: workers sleep on a condition variable between jobs; the submitting
+// thread works too. Waking a sleeping thread costs tens of microseconds (more in a VM), a
+// noticeable share of a decode-sized matmul (~0.2-1 ms), and decode calls come back to back:
+// so a worker that has just finished spins for a short while (kSpinIterations pauses, ~0.1 ms)
+// watching for the next job before it sleeps, and the caller spins the same way for the
+// helpers to finish.
 constexpr int kSpinIterations = 4000;
 
 inline void cpu_relax() {
@@ -28,10 +28,62 @@ inline void cpu_relax() {
   asm volatile("yield");
 #endif
 }
+
+// How a job's units are shared. Each party (the caller and each helper) owns one contiguous
+// range and takes pieces from its front, so that it streams through memory in order (a GEMV's
+// prefetches run on from one piece into the next); a party that has finished its own range
+// takes pieces from the back of the others'. A helper woken from sleep starts tens of
+// microseconds after the caller, and the stealing absorbs that without the fixed chunks that
+// would either leave one thread idle at the end or break every thread's stream into many
+// short ones. Pieces shrink as a range empties (a quarter of what is left, at least
+// `min_piece`), so the parties finish within about one small piece of each other.
+class WorkRanges {
+ public:
+  void reset(size_t units, size_t parties) {
+    ranges_.assign(parties, Range{});
+    for (size_t p = 0; p < parties; ++p) {
+      ranges_[p].front = units * p / parties;
+      ranges_[p].back = units * (p + 1) / parties;
+    }
+    min_piece_ = std::max<size_t>(1, units / (parties * 64));
+  }
+
+  // Claims the next piece for `party`: false when no work is left anywhere.
+  bool claim(size_t party, size_t& begin, size_t& end) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const size_t parties = ranges_.size();
+    for (size_t i = 0; i < parties; ++i) {
+      Range& r = ranges_[(party + i) % parties];
+      const size_t left = r.back - r.front;
+      if (left == 0) continue;
+      const size_t piece = std::min(left, std::max(min_piece_, left / 4));
+      if (i == 0) {  // its own range: from the front
+        begin = r.front;
+        r.front += piece;
+        end = r.front;
+      } else {  // another's: from the back
+        end = r.back;
+        r.back -= piece;
+        begin = r.back;
+      }
+      return true;
+    }
+    return false;
+  }
+
+ private:
+  struct Range {
+    size_t front = 0, back = 0;
+  };
+  std::mutex mutex_;  // claims are few (tens per job): a lock costs nothing measurable
+  std::vector<Range> ranges_;
+  size_t min_piece_ = 1;
+};
+
 class ThreadPool {
  public:
   explicit ThreadPool(int workers) {
-    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this, i] { worker_loop(i); });
   }
   ~ThreadPool() {
     {
@@ -44,23 +96,22 @@ class ThreadPool {
 
   int workers() const { return static_cast<int>(threads_.size()); }
 
-  // Runs chunk(i) for i in [0, chunks) using the caller and up to `helpers` workers.
-  // Returns false without running anything if another job holds the pool.
-  bool try_run(size_t chunks, int helpers, const std::function<void(size_t)>& chunk) {
+  // Runs piece(begin, end) over pieces covering [0, units) using the caller and up to
+  // `helpers` workers. Returns false without running anything if another job holds the pool.
+  bool try_run(size_t units, int helpers, const std::function<void(size_t, size_t)>& piece) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &chunk;
-      chunks_ = chunks;
-      next_.store(0);
+      job_ = &piece;
       error_ = nullptr;
       active_helpers_ = std::min(helpers, workers());
+      ranges_.reset(units, static_cast<size_t>(active_helpers_) + 1);
       pending_ = active_helpers_;
       ++generation_;
     }
     wake_.notify_all();
-    work();
+    work(0);
     for (int i = 0; i < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++i) {
       cpu_relax();
     }
@@ -72,10 +123,11 @@ class ThreadPool {
   }
 
  private:
-  void work() {
-    for (size_t i = next_.fetch_add(1); i < chunks_; i = next_.fetch_add(1)) {
+  void work(size_t party) {
+    size_t begin, end;
+    while (ranges_.claim(party, begin, end)) {
       try {
-        (*job_)(i);
+        (*job_)(begin, end);
       } catch (...) {
         std::lock_guard<std::mutex> lock(mutex_);
         if (!error_) error_ = std::current_exception();
@@ -83,13 +135,8 @@ class ThreadPool {
     }
   }
 
-  void worker_loop() {
+  void worker_loop(int index) {
     size_t seen = 0;
-    int index;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      index = started_++;
-    }
     for (;;) {
       for (int i = 0; i < kSpinIterations && generation_.load(std::memory_order_acquire) == seen;
            ++i) {
@@ -102,7 +149,7 @@ class ThreadPool {
         seen = generation_;
         if (index >= active_helpers_) continue;  // not needed for this job
       }
-      work();
+      work(static_cast<size_t>(index) + 1);  // party 0 is the caller
       {
         std::lock_guard<std::mutex> lock(mutex_);
         --pending_;
@@ -115,14 +162,12 @@ class ThreadPool {
   std::mutex busy_;  // held by the one job using the pool
   std::mutex mutex_;
   std::condition_variable wake_, done_;
-  const std::function<void(size_t)>* job_ = nullptr;
-  size_t chunks_ = 0;
-  std::atomic<size_t> next_{0};
+  const std::function<void(size_t, size_t)>* job_ = nullptr;
+  WorkRanges ranges_;
   std::exception_ptr error_;
   std::atomic<size_t> generation_{0};  // written under mutex_; read without it while spinning
   int active_helpers_ = 0;
   std::atomic<int> pending_{0};  // likewise
-  int started_ = 0;
   bool stopping_ = false;
 };
 
@@ -156,16 +201,10 @@ void parallel_for(size_t count, size_t grain, int threads,
     fn(0, count);
     return;
   }
-  // Chunk boundaries depend on n_threads only through the chunk count; since each work item
-  // is computed entirely within one chunk, the results do not depend on it at all.
-  const size_t chunks = std::min(units, n_threads * 4);
-  const size_t per_chunk = (units + chunks - 1) / chunks;
-  const std::function<void(size_t)> chunk = [&](size_t i) {
-    const size_t begin = std::min(count, i * per_chunk * grain);
-    const size_t end = std::min(count, (i + 1) * per_chunk * grain);
-    if (begin < end) fn(begin, end);
+  const std::function<void(size_t, size_t)> piece = [&](size_t begin, size_t end) {
+    fn(begin * grain, std::min(count, end * grain));
   };
-  if (!pool().try_run(chunks, static_cast<int>(n_threads) - 1, chunk)) {
+  if (!pool().try_run(units, static_cast<int>(n_threads) - 1, piece)) {
     fn(0, count);  // the pool is serving another caller: run here, single-threaded
   }
 }
