@@ -154,7 +154,7 @@ void gemv_bf16_block(const Bf16Operand& x, size_t i0, const uint8_t* rows, size_
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * NW * row_bytes),
                    _MM_HINT_T1);
       raw[v] = _mm512_maskz_loadu_epi8(load, p);
-      scale[v] = chunk_scales<GS, PD>(params.scale_row(v), c, live_groups);
+      scale[v] = chunk_scales<kChunkValues, GS, PD>(params.scale_row(v), c, live_groups);
     }
     __m512 t[MR][NW][kChains];
     NXQ_UNROLL
@@ -248,18 +248,7 @@ void gemv_nk_4bit_bf16(const Bf16Operand& x, const QuantizedMatrix& w, DType out
                         std::decay_t<decltype(p)>::kDType>(x, i0, rows, row_bytes, p, groups,
                                                            result);
       };
-      if (convert_params) {
-        with_params(ParamRows<DType::F32>{params.scales.data(), params.stride, params.biases.data(),
-                                          groups});
-      } else if (w.dtype == DType::F32) {
-        const auto* s = static_cast<const float*>(w.scales.data) + n * groups;
-        const auto* b = static_cast<const float*>(w.biases.data) + n * groups;
-        with_params(ParamRows<DType::F32>{s, groups, b, groups});
-      } else {
-        const auto* s = static_cast<const uint16_t*>(w.scales.data) + n * groups;
-        const auto* b = static_cast<const uint16_t*>(w.biases.data) + n * groups;
-        with_params(ParamRows<DType::BF16>{s, groups, b, groups});
-      }
+      with_row_params(w, params, n, groups, convert_params, with_params);
     };
     detail::with_group_size(gs, [&](auto group_size) {
       switch (x.splits) {

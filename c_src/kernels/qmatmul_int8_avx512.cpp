@@ -114,18 +114,12 @@ namespace {
 // Rows n .. n+NW of W against rows i0 .. i0+MR of x. Bit packing (Nibbles) and group size (GS)
 // are template parameters so that every index below is a compile-time shift: the inner loop has
 // no division, no branch and, once unrolled, keeps lo/hi/scale/acc in registers.
-template <int MR, int NW, bool Nibbles, int GS>
+template <int MR, int NW, bool Nibbles, int GS, DType PD>
 void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const ChunkPlan& plan,
-                     const uint8_t* rows, size_t row_bytes, const float* scales,
-                     size_t scale_stride, const float* biases, size_t groups,
-                     float* result /* [MR][NW] */) {
+                     const uint8_t* rows, size_t row_bytes, const ParamRows<PD>& params,
+                     size_t groups, float* result /* [MR][NW] */) {
   constexpr int kValues = Nibbles ? 128 : 64;  // values per chunk, 16 int32 lanes
-  // Lane L of chunk c belongs to group (c * kValues + L * kValues / 16) / GS.
   constexpr int kGroupsPerChunk = kValues >= GS ? kValues / GS : 1;
-  constexpr int kChunksPerGroup = GS > kValues ? GS / kValues : 1;
-  alignas(64) int32_t lane_group[16];
-  for (int l = 0; l < 16; ++l) lane_group[l] = kGroupsPerChunk * l / 16;
-  const __m512i scale_index = _mm512_load_si512(lane_group);
   const __m512i zero = _mm512_setzero_si512();
   const __m512i low_nibble = _mm512_set1_epi8(0x0F);
   const int8_t* xq[MR];
@@ -142,7 +136,7 @@ void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const C
     for (int v = 0; v < NW; ++v) acc[r][v] = _mm512_setzero_ps();
   }
 
-  auto step = [&](size_t c, __mmask64 load) NXQ_ALWAYS_INLINE {
+  auto step = [&](size_t c, __mmask64 load, int live_groups) NXQ_ALWAYS_INLINE {
     const size_t byte = c * plan.chunk_bytes;
     __m512i lo[NW], hi[NW];
     __m512 scale[NW];
@@ -162,13 +156,7 @@ void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const C
       } else {
         lo[v] = plan.unpack_generic(p, load);
       }
-      const float* s = scales + v * scale_stride;
-      if constexpr (kGroupsPerChunk > 1) {
-        scale[v] = _mm512_permutexvar_ps(
-            scale_index, _mm512_castps128_ps512(_mm_loadu_ps(s + c * kGroupsPerChunk)));
-      } else {
-        scale[v] = _mm512_set1_ps(s[c / kChunksPerGroup]);
-      }
+      scale[v] = chunk_scales<kValues, GS, PD>(params.scale_row(v), c, live_groups);
     }
     NXQ_UNROLL
     for (int r = 0; r < MR; ++r) {
@@ -184,15 +172,17 @@ void gemv_int8_block(const Int8Operand& x, const float* xsum, size_t i0, const C
       }
     }
   };
-  for (size_t c = 0; c < plan.full_chunks; ++c) step(c, plan.full_load);
-  if (plan.chunks > plan.full_chunks) step(plan.full_chunks, plan.last_load);
+  for (size_t c = 0; c < plan.full_chunks; ++c) step(c, plan.full_load, kGroupsPerChunk);
+  if (plan.chunks > plan.full_chunks) {
+    step(plan.full_chunks, plan.last_load, static_cast<int>(x.source->k % kValues / GS));
+  }
 
   NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
     NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
       result[r * NW + v] = _mm512_reduce_add_ps(acc[r][v]) +
-                           dot_f32(biases + v * groups, xsum + (i0 + r) * groups, groups);
+                           bias_dot<PD>(params.bias_row(v), xsum + (i0 + r) * groups, groups);
     }
   }
 }
@@ -213,16 +203,25 @@ void gemv_nk_int8(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtyp
   RowParams<kNW> params(groups);
   float result[2 * kNW];
 
+  // f32 and bf16 scales and biases are read in place; f16 ones are converted per row block.
+  const bool convert_params = w.dtype == DType::F16;
   auto load_rows = [&](auto nw, size_t n) {
-    params.load(w, n, decltype(nw)::value, kPrefetchBlocks * kNW);
+    if (convert_params) {
+      params.load(w, n, decltype(nw)::value, kPrefetchBlocks * kNW);
+    } else {
+      detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * kNW, kNW);
+    }
   };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
     const uint8_t* rows = bytes + n * row_bytes;
     auto block = [&](auto nibbles, auto group_size) {
-      gemv_int8_block<MR, NW, decltype(nibbles)::value, decltype(group_size)::value>(
-          x, xa.group_sum.data(), i0, plan, rows, row_bytes, params.scales.data(), params.stride,
-          params.biases.data(), groups, result);
+      auto with_params = [&](const auto& p) {
+        gemv_int8_block<MR, NW, decltype(nibbles)::value, decltype(group_size)::value,
+                        std::decay_t<decltype(p)>::kDType>(x, xa.group_sum.data(), i0, plan, rows,
+                                                           row_bytes, p, groups, result);
+      };
+      with_row_params(w, params, n, groups, convert_params, with_params);
     };
     detail::with_group_size(gs, [&](auto group_size) {
       plan.nibbles ? block(std::true_type{}, group_size) : block(std::false_type{}, group_size);

@@ -65,14 +65,34 @@ struct ParamRows {
   }
 };
 
-// The scales of chunk c (128 values) of one row for a dot product whose lane L sums values
-// 8L .. 8L+7 of the chunk: lane L holds the scale of group (8L) / GS. `live_groups` (those of
-// the chunk inside the row; fewer only in a row's last, partial chunk) bounds what is read,
-// and the lanes past them get 0.
-template <int GS, DType D>
+template <int kRows>
+struct RowParams;
+
+// f(ParamRows<...>) for W rows n.. : in place for f32 and bf16 parameters, else (f16) from
+// `converted`, which holds those rows' parameters as f32.
+template <int kRows, typename F>
+void with_row_params(const QuantizedMatrix& w, const RowParams<kRows>& converted, size_t n,
+                     size_t groups, bool use_converted, F&& f) {
+  if (use_converted) {
+    f(ParamRows<DType::F32>{converted.scales.data(), converted.stride, converted.biases.data(),
+                            groups});
+  } else if (w.dtype == DType::F32) {
+    f(ParamRows<DType::F32>{static_cast<const float*>(w.scales.data) + n * groups, groups,
+                            static_cast<const float*>(w.biases.data) + n * groups, groups});
+  } else {
+    f(ParamRows<DType::BF16>{static_cast<const uint16_t*>(w.scales.data) + n * groups, groups,
+                             static_cast<const uint16_t*>(w.biases.data) + n * groups, groups});
+  }
+}
+
+// The scales of chunk c (kValues values) of one row for a dot product whose 16 lanes each sum
+// kValues / 16 consecutive values of the chunk: lane L holds the scale of the group of value
+// L * kValues / 16. `live_groups` (those of the chunk inside the row; fewer only in a row's
+// last, partial chunk) bounds what is read, and the lanes past them get 0.
+template <int kValues, int GS, DType D>
 NXQ_ALWAYS_INLINE inline __m512 chunk_scales(const void* row_scales, size_t c, int live_groups) {
-  constexpr int kGroups = 128 / GS;
-  const size_t first = c * kGroups;
+  constexpr int kGroups = kValues >= GS ? kValues / GS : 1;
+  const size_t first = c * kValues / GS;
   if constexpr (kGroups == 1) {
     if constexpr (D == DType::F32) {
       return _mm512_set1_ps(static_cast<const float*>(row_scales)[first]);
