@@ -75,7 +75,7 @@ void with_row_params(const QuantizedMatrix& w, const RowParams<kRows>& converted
                      size_t groups, bool use_converted, F&& f) {
   if (use_converted) {
     f(ParamRows<DType::F32>{converted.scales.data(), converted.stride, converted.biases.data(),
-                            groups});
+                            converted.stride});
   } else if (w.dtype == DType::F32) {
     f(ParamRows<DType::F32>{static_cast<const float*>(w.scales.data) + n * groups, groups,
                             static_cast<const float*>(w.biases.data) + n * groups, groups});
@@ -147,24 +147,23 @@ inline float bias_dot(const void* row_biases, const float* b, size_t count) {
   }
 }
 
-// The scales and biases of up to kRows consecutive W rows as f32, for the GEMV kernels that
-// take lane-wise scales per 128-value chunk: a chunk may read up to 4 scales past its row, so
-// each row's scales are `stride` = groups + 4 apart and the padding stays zero.
+// The scales and biases of up to kRows consecutive W rows converted to f32 (for f16 ones), each
+// row's `groups` values `stride` apart.
 template <int kRows>
 struct RowParams {
   size_t groups, stride;
   std::vector<float> scales, biases;
   explicit RowParams(size_t groups_per_row)
       : groups(groups_per_row),
-        stride(groups_per_row + 4),
-        scales(kRows * stride, 0.0f),
-        biases(kRows * groups_per_row) {}
+        stride(groups_per_row),
+        scales(kRows * stride),
+        biases(kRows * stride) {}
   // Rows n .. n+count of w (count <= kRows); prefetches the parameters of the `ahead` rows on.
   void load(const QuantizedMatrix& w, size_t n, int count, size_t ahead) {
     detail::prefetch_row_params(w, groups, n + ahead, kRows);
     for (int v = 0; v < count; ++v) {
       params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * stride);
-      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
+      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * stride);
     }
   }
 };
