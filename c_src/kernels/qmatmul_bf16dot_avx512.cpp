@@ -227,17 +227,11 @@ void gemv_nk_4bit_bf16(const Bf16Operand& x, const QuantizedMatrix& w, DType out
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
 
   constexpr int kNW = 4;
-  RowParams<kNW> params(groups);
+  RowParams<kNW> params(w, groups);
   float result[2 * kNW];
 
-  // f32 and bf16 scales and biases are read in place; f16 ones are converted per row block.
-  const bool convert_params = w.dtype == DType::F16;
   auto load_rows = [&](auto nw, size_t n) {
-    if (convert_params) {
-      params.load(w, n, decltype(nw)::value, kPrefetchBlocks * kNW);
-    } else {
-      detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * kNW, kNW);
-    }
+    params.load(w, n, decltype(nw)::value, kPrefetchBlocks * kNW);
   };
   auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
     constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
@@ -248,7 +242,7 @@ void gemv_nk_4bit_bf16(const Bf16Operand& x, const QuantizedMatrix& w, DType out
                         std::decay_t<decltype(p)>::kDType>(x, i0, rows, row_bytes, p, groups,
                                                            result);
       };
-      with_row_params(w, params, n, groups, convert_params, with_params);
+      with_row_params(w, params, n, with_params);
     };
     detail::with_group_size(gs, [&](auto group_size) {
       switch (x.splits) {

@@ -68,14 +68,13 @@ struct ParamRows {
 template <int kRows>
 struct RowParams;
 
-// f(ParamRows<...>) for W rows n.. : in place for f32 and bf16 parameters, else (f16) from
-// `converted`, which holds those rows' parameters as f32.
+// f(ParamRows<...>) for W rows n.. (those `params` last loaded).
 template <int kRows, typename F>
-void with_row_params(const QuantizedMatrix& w, const RowParams<kRows>& converted, size_t n,
-                     size_t groups, bool use_converted, F&& f) {
-  if (use_converted) {
-    f(ParamRows<DType::F32>{converted.scales.data(), converted.stride, converted.biases.data(),
-                            converted.stride});
+void with_row_params(const QuantizedMatrix& w, const RowParams<kRows>& params, size_t n, F&& f) {
+  const size_t groups = params.groups;
+  if (params.convert) {
+    f(ParamRows<DType::F32>{params.scales.data(), params.stride, params.biases.data(),
+                            params.stride});
   } else if (w.dtype == DType::F32) {
     f(ParamRows<DType::F32>{static_cast<const float*>(w.scales.data) + n * groups, groups,
                             static_cast<const float*>(w.biases.data) + n * groups, groups});
@@ -147,20 +146,24 @@ inline float bias_dot(const void* row_biases, const float* b, size_t count) {
   }
 }
 
-// The scales and biases of up to kRows consecutive W rows converted to f32 (for f16 ones), each
-// row's `groups` values `stride` apart.
+// Per row block, the GEMV kernels' view of W's scales and biases: f32 and bf16 ones are read in
+// place (load() only prefetches those `ahead` rows on); f16 ones are converted to f32 copies of
+// up to kRows rows, each row's `groups` values `stride` apart.
 template <int kRows>
 struct RowParams {
   size_t groups, stride;
+  bool convert;
   std::vector<float> scales, biases;
-  explicit RowParams(size_t groups_per_row)
+  RowParams(const QuantizedMatrix& w, size_t groups_per_row)
       : groups(groups_per_row),
         stride(groups_per_row),
-        scales(kRows * stride),
-        biases(kRows * stride) {}
-  // Rows n .. n+count of w (count <= kRows); prefetches the parameters of the `ahead` rows on.
+        convert(w.dtype == DType::F16),
+        scales(convert ? kRows * stride : 0),
+        biases(convert ? kRows * stride : 0) {}
+  // Rows n .. n+count of w (count <= kRows).
   void load(const QuantizedMatrix& w, size_t n, int count, size_t ahead) {
     detail::prefetch_row_params(w, groups, n + ahead, kRows);
+    if (!convert) return;
     for (int v = 0; v < count; ++v) {
       params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * stride);
       params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * stride);
