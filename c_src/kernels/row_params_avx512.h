@@ -45,44 +45,24 @@ inline float dot_f32(const float* a, const float* b, size_t count) {
   return _mm512_reduce_add_ps(acc);
 }
 
-// Where a GEMV row block finds its scales and biases (row v's at v * stride elements): in W itself
-// when they are f32 or bf16, so that no per-block copy is made (converting each block's parameters,
-// storing them and loading them back cost ~10% of a decode GEMV); f16 parameters are first
-// converted into a RowParams copy (as f32).
+// Where a GEMV row block finds its scales and biases, row v's `groups` values starting at
+// v * groups: in W itself when they are f32 or bf16, so that no per-block copy is made
+// (converting each block's parameters, storing them and loading them back cost ~10% of a
+// decode GEMV); f16 parameters are first converted into a RowParams copy (as f32).
 template <DType D>
 struct ParamRows {
   static_assert(D == DType::F32 || D == DType::BF16, "f16 parameters are read from f32 copies");
   static constexpr DType kDType = D;
   const void* scales;
-  size_t scale_stride;
   const void* biases;
-  size_t bias_stride;
+  size_t groups;
 
-  const void* scale_row(int v) const { return element(scales, v * scale_stride); }
-  const void* bias_row(int v) const { return element(biases, v * bias_stride); }
+  const void* scale_row(int v) const { return element(scales, v * groups); }
+  const void* bias_row(int v) const { return element(biases, v * groups); }
   static const void* element(const void* p, size_t i) {
     return static_cast<const char*>(p) + i * (D == DType::F32 ? 4 : 2);
   }
 };
-
-template <int kRows>
-struct RowParams;
-
-// f(ParamRows<...>) for W rows n.. (those `params` last loaded).
-template <int kRows, typename F>
-void with_row_params(const QuantizedMatrix& w, const RowParams<kRows>& params, size_t n, F&& f) {
-  const size_t groups = params.groups;
-  if (params.convert) {
-    f(ParamRows<DType::F32>{params.scales.data(), params.stride, params.biases.data(),
-                            params.stride});
-  } else if (w.dtype == DType::F32) {
-    f(ParamRows<DType::F32>{static_cast<const float*>(w.scales.data) + n * groups, groups,
-                            static_cast<const float*>(w.biases.data) + n * groups, groups});
-  } else {
-    f(ParamRows<DType::BF16>{static_cast<const uint16_t*>(w.scales.data) + n * groups, groups,
-                             static_cast<const uint16_t*>(w.biases.data) + n * groups, groups});
-  }
-}
 
 // The scales of chunk c (kValues values) of one row for a dot product whose 16 lanes each sum
 // kValues / 16 consecutive values of the chunk: lane L holds the scale of the group of value
@@ -148,27 +128,41 @@ inline float bias_dot(const void* row_biases, const float* b, size_t count) {
 
 // Per row block, the GEMV kernels' view of W's scales and biases: f32 and bf16 ones are read in
 // place (load() only prefetches those `ahead` rows on); f16 ones are converted to f32 copies of
-// up to kRows rows, each row's `groups` values `stride` apart.
+// up to kRows rows.
 template <int kRows>
 struct RowParams {
-  size_t groups, stride;
+  size_t groups;
   bool convert;
   std::vector<float> scales, biases;
   RowParams(const QuantizedMatrix& w, size_t groups_per_row)
       : groups(groups_per_row),
-        stride(groups_per_row),
         convert(w.dtype == DType::F16),
-        scales(convert ? kRows * stride : 0),
-        biases(convert ? kRows * stride : 0) {}
+        scales(convert ? kRows * groups : 0),
+        biases(convert ? kRows * groups : 0) {}
   // Rows n .. n+count of w (count <= kRows).
   void load(const QuantizedMatrix& w, size_t n, int count, size_t ahead) {
     detail::prefetch_row_params(w, groups, n + ahead, kRows);
     if (!convert) return;
     for (int v = 0; v < count; ++v) {
-      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * stride);
-      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * stride);
+      params_to_f32(w.scales.data, w.dtype, (n + v) * groups, groups, scales.data() + v * groups);
+      params_to_f32(w.biases.data, w.dtype, (n + v) * groups, groups, biases.data() + v * groups);
     }
   }
 };
+
+// f(ParamRows<...>) for W rows n.. (those `params` last loaded).
+template <int kRows, typename F>
+void with_row_params(const QuantizedMatrix& w, const RowParams<kRows>& params, size_t n, F&& f) {
+  const size_t groups = params.groups;
+  if (params.convert) {
+    f(ParamRows<DType::F32>{params.scales.data(), params.biases.data(), groups});
+  } else if (w.dtype == DType::F32) {
+    f(ParamRows<DType::F32>{static_cast<const float*>(w.scales.data) + n * groups,
+                            static_cast<const float*>(w.biases.data) + n * groups, groups});
+  } else {
+    f(ParamRows<DType::BF16>{static_cast<const uint16_t*>(w.scales.data) + n * groups,
+                             static_cast<const uint16_t*>(w.biases.data) + n * groups, groups});
+  }
+}
 
 }  // namespace nx_quant::avx512
