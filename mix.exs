@@ -19,6 +19,9 @@ defmodule Mix.Tasks.Compile.NxQuantNative do
     jobs = System.get_env("NX_QUANT_JOBS", Integer.to_string(System.schedulers_online()))
     File.mkdir_p!(build_dir)
     File.mkdir_p!(priv_dir)
+    # Mix links _build/ENV/lib/nx_quant/priv to priv/ before compilers run, and only when priv/
+    # exists: on a fresh clone it does not yet, so link it now that it does.
+    Mix.Project.build_structure()
 
     unless File.exists?(Path.join(build_dir, "CMakeCache.txt")) do
       cmake!([
