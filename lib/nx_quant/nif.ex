@@ -25,9 +25,16 @@ defmodule NxQuant.NIF do
     :ok
   end
 
+  # :erlang.nif_error/1 (not raise/1): Elixir's type checker then treats the stubs' results
+  # as dynamic() instead of none(), which would flag every caller's match as unreachable.
   defp not_loaded! do
     reason = :persistent_term.get({__MODULE__, :load_error}, "unknown reason")
-    raise "nx_quant's native library (priv/libnx_quant_nif.so) is not loaded: #{reason}"
+
+    :erlang.nif_error(
+      RuntimeError.exception(
+        "nx_quant's native library (priv/libnx_quant_nif.so) is not loaded: #{reason}"
+      )
+    )
   end
 
   @doc false

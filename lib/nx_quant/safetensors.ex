@@ -163,7 +163,10 @@ defmodule NxQuant.Safetensors do
     base = String.replace_suffix(name, ".weight", "")
     %{packed: p, scales: s, biases: b} = Core.parts(qt)
     leading = Tuple.delete_at(qt.shape, tuple_size(qt.shape) - 1)
-    shaped = fn %Dense{shape: {_, n}} = d -> %{d | shape: Tuple.append(leading, n)} end
+
+    shaped = fn %Dense{shape: {_, n}} = d ->
+      %{d | shape: Tuple.insert_at(leading, tuple_size(leading), n)}
+    end
 
     [
       {"#{base}.weight", shaped.(p)},
