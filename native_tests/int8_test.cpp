@@ -1,14 +1,18 @@
 // Precision::Int8 (the opt-in fast mode): the activation quantizer against hand-computed
 // values, every int8 kernel against an independent double-precision evaluation of the same
 // int8 formula, and the fast mode against the exact oracle within its documented error bound.
+// Where the kernel that runs has no int8 path (AVX2, AVX-512 without VNNI), the fast mode must
+// instead give exactly the exact mode's bits.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "int8_activations.h"
 #include "nx_quant/kernels.h"
 #include "nx_quant/reference.h"
@@ -19,22 +23,64 @@ using namespace nx_quant::testing;
 
 namespace {
 
-std::vector<KernelChoice> int8_kernels() {
-  std::vector<KernelChoice> kernels = {KernelChoice::Portable, KernelChoice::Auto};
-  return kernels;
+// A kernel choice and the CPU features it runs with (narrowed from what this CPU has, at or
+// below NX_QUANT_MAX_ISA).
+struct Int8Case {
+  std::string name;
+  KernelChoice kernel;
+  detail::CpuFeatures features;
+};
+
+// Every kernel this CPU can run: the portable loop, Auto, each SIMD kernel explicitly, and
+// AVX-512 without VNNI (which computes exactly).
+std::vector<Int8Case> int8_cases() {
+  const detail::CpuFeatures cpu = detail::cpu_features();
+  std::vector<Int8Case> cases = {{"portable", KernelChoice::Portable, cpu},
+                                 {"auto", KernelChoice::Auto, cpu}};
+  if (cpu.avx2_fma) cases.push_back({"avx2", KernelChoice::Avx2, cpu});
+  if (cpu.avx512) cases.push_back({"avx512", KernelChoice::Avx512, cpu});
+  if (cpu.avx512_vnni) {
+    detail::CpuFeatures no_vnni = cpu;
+    no_vnni.avx512_vnni = false;
+    cases.push_back({"avx512 without VNNI", KernelChoice::Avx512, no_vnni});
+  }
+  return cases;
 }
 
-// out[m, n] in f32 from x [m, k] against w stored [n, k], fast mode.
+// Whether Precision::Int8 approximates with `kernel` on the CPU features in force, as
+// quantized_matmul dispatches it (c_src/kernels/api.cpp): the portable int8 loop, or AVX-512
+// with VNNI; every other kernel computes exactly. (Decode shapes only: transpose, m < 8.)
+bool int8_approximates(KernelChoice kernel) {
+  const auto& cpu = detail::cpu_features();
+  if (kernel == KernelChoice::Auto) {
+    kernel = cpu.avx512     ? KernelChoice::Avx512
+             : cpu.avx2_fma ? KernelChoice::Avx2
+                            : KernelChoice::Portable;
+  }
+  return kernel == KernelChoice::Portable || (kernel == KernelChoice::Avx512 && cpu.avx512_vnni);
+}
+
+// out[m, n] in f32 from x [m, k] against w stored [n, k], fast mode (or `precision`).
 std::vector<float> run_int8(const std::vector<float>& x, size_t m, const QuantizedMatrix& w,
-                            KernelChoice kernel, int threads) {
+                            KernelChoice kernel, int threads,
+                            Precision precision = Precision::Int8) {
   std::vector<float> out(m * w.rows);
   ExecOptions options;
   options.kernel = kernel;
   options.threads = threads;
-  options.precision = Precision::Int8;
+  options.precision = precision;
   quantized_matmul({x.data(), x.size() * 4}, DType::F32, m, w, true, DType::F32,
                    {out.data(), out.size() * 4}, options);
   return out;
+}
+
+// Where `kernel` has no int8 path: the fast mode's result is the exact mode's, bit for bit.
+void expect_exact_bits(const std::vector<float>& fast, const std::vector<float>& x, size_t m,
+                       const QuantizedMatrix& w, KernelChoice kernel, const std::string& what) {
+  const auto exact = run_int8(x, m, w, kernel, 0, Precision::Exact);
+  ASSERT_EQ(fast.size(), exact.size());
+  ASSERT_EQ(0, std::memcmp(fast.data(), exact.data(), fast.size() * 4))
+      << what << ": without an int8 path the fast mode must compute exactly";
 }
 
 // The int8 formula evaluated independently in double: per group g,
@@ -105,7 +151,9 @@ TEST(Int8Activations, PaddingZeroAndNonFiniteBlocks) {
 }
 
 TEST(Int8Matmul, EveryKernelMatchesTheInt8FormulaAllBitsGroupsDtypes) {
-  for (KernelChoice kernel : int8_kernels()) {
+  for (const Int8Case& c : int8_cases()) {
+    detail::ScopedCpuFeatures scope(c.features);
+    const bool approximates = int8_approximates(c.kernel);
     for (int bits : kAllBits) {
       for (int gs : kAllGroupSizes) {
         for (DType wt : kAllDtypes) {
@@ -114,15 +162,20 @@ TEST(Int8Matmul, EveryKernelMatchesTheInt8FormulaAllBitsGroupsDtypes) {
           TypedBuffer dense(wt, random_values(n * k, bits * 7 + gs, k));
           OwnedQuantized w(dense, n, k, {bits, gs});
           const auto x = random_values(m * k, 5 + bits);
-          const auto out = run_int8(x, m, w.matrix, kernel, 0);
+          const auto out = run_int8(x, m, w.matrix, c.kernel, 0);
+          const std::string what = c.name + " bits " + std::to_string(bits) + " gs " +
+                                   std::to_string(gs) + " " + dtype_name(wt);
+          if (!approximates) {
+            expect_exact_bits(out, x, m, w.matrix, c.kernel, what);
+            continue;
+          }
           const auto xa = detail::quantize_activations(x.data(), m, k, gs);
           for (size_t i = 0; i < m; ++i) {
             for (size_t j = 0; j < n; ++j) {
               double sum_abs;
               const double e = int8_formula(xa, i, w.matrix, j, &sum_abs);
               ASSERT_NEAR(out[i * n + j], e, 2e-6 * sum_abs + 1e-30)
-                  << "kernel " << int(kernel) << " bits " << bits << " gs " << gs << " "
-                  << dtype_name(wt) << " at (" << i << ", " << j << ")";
+                  << what << " at (" << i << ", " << j << ")";
             }
           }
         }
@@ -135,38 +188,46 @@ TEST(Int8Matmul, WithinTheDocumentedBoundOfTheExactResult) {
   // |int8 - exact| <= sum_k |scale_k * q_k| * d_k / 2 (x's rounding to the int8 grid), plus
   // f32 accumulation error (1e-5 of sum |x * w|, as for the exact kernels).
   const size_t k = 1024, n = 64, m = 2;
-  for (int bits : {2, 4, 8}) {
-    TypedBuffer dense(DType::BF16, random_values(n * k, 77 + bits, k));
-    OwnedQuantized w(dense, n, k, {bits, 64});
-    const auto x = random_values(m * k, 123);
-    std::vector<double> exact(m * n);
-    {
-      std::vector<float> e(m * n);
-      reference::quantized_matmul(x.data(), DType::F32, m, w.matrix, true, DType::F32, e.data());
-      for (size_t i = 0; i < m * n; ++i) exact[i] = e[i];
-    }
-    const auto xa = detail::quantize_activations(x.data(), m, k, 64);
-    const auto out = run_int8(x, m, w.matrix, KernelChoice::Auto, 0);
-    const auto* words = static_cast<const uint32_t*>(w.matrix.packed.data);
-    double worst_ratio = 0.0;
-    for (size_t i = 0; i < m; ++i) {
-      for (size_t j = 0; j < n; ++j) {
-        double bound = 0.0, sum_abs = 0.0;
-        for (size_t kk = 0; kk < k; ++kk) {
-          const double scale = w.scales.at(j * (k / 64) + kk / 64);
-          const double bias = w.biases.at(j * (k / 64) + kk / 64);
-          const double q = reference::unpack_value(words + j * (k * bits / 32), kk, bits);
-          bound += std::abs(scale * q) * xa.d[i * (k / 32) + kk / 32] / 2;
-          sum_abs += std::abs(x[i * k + kk] * (scale * q + bias));
-        }
-        const double err = std::abs(out[i * n + j] - exact[i * n + j]);
-        ASSERT_LE(err, bound + 1e-5 * sum_abs)
-            << "bits " << bits << " at (" << i << ", " << j << ")";
-        worst_ratio = std::max(worst_ratio, err / bound);
+  for (const Int8Case& c : int8_cases()) {
+    detail::ScopedCpuFeatures scope(c.features);
+    const bool approximates = int8_approximates(c.kernel);
+    for (int bits : {2, 4, 8}) {
+      TypedBuffer dense(DType::BF16, random_values(n * k, 77 + bits, k));
+      OwnedQuantized w(dense, n, k, {bits, 64});
+      const auto x = random_values(m * k, 123);
+      const auto out = run_int8(x, m, w.matrix, c.kernel, 0);
+      if (!approximates) {
+        expect_exact_bits(out, x, m, w.matrix, c.kernel, c.name + " bits " + std::to_string(bits));
+        continue;
       }
+      std::vector<double> exact(m * n);
+      {
+        std::vector<float> e(m * n);
+        reference::quantized_matmul(x.data(), DType::F32, m, w.matrix, true, DType::F32, e.data());
+        for (size_t i = 0; i < m * n; ++i) exact[i] = e[i];
+      }
+      const auto xa = detail::quantize_activations(x.data(), m, k, 64);
+      const auto* words = static_cast<const uint32_t*>(w.matrix.packed.data);
+      double worst_ratio = 0.0;
+      for (size_t i = 0; i < m; ++i) {
+        for (size_t j = 0; j < n; ++j) {
+          double bound = 0.0, sum_abs = 0.0;
+          for (size_t kk = 0; kk < k; ++kk) {
+            const double scale = w.scales.at(j * (k / 64) + kk / 64);
+            const double bias = w.biases.at(j * (k / 64) + kk / 64);
+            const double q = reference::unpack_value(words + j * (k * bits / 32), kk, bits);
+            bound += std::abs(scale * q) * xa.d[i * (k / 32) + kk / 32] / 2;
+            sum_abs += std::abs(x[i * k + kk] * (scale * q + bias));
+          }
+          const double err = std::abs(out[i * n + j] - exact[i * n + j]);
+          ASSERT_LE(err, bound + 1e-5 * sum_abs)
+              << c.name << " bits " << bits << " at (" << i << ", " << j << ")";
+          worst_ratio = std::max(worst_ratio, err / bound);
+        }
+      }
+      // The bound is not vacuous: the int8 rounding really moves the result.
+      EXPECT_GT(worst_ratio, 0.01) << c.name << " bits " << bits;
     }
-    // The bound is not vacuous: the int8 rounding really moves the result.
-    EXPECT_GT(worst_ratio, 0.01) << "bits " << bits;
   }
 }
 
@@ -175,11 +236,13 @@ TEST(Int8Matmul, BitIdenticalAcrossThreadCounts) {
   TypedBuffer dense(DType::F16, random_values(n * k, 3, k));
   OwnedQuantized w(dense, n, k, {4, 64});
   const auto x = random_values(m * k, 4);
-  for (KernelChoice kernel : int8_kernels()) {
-    const auto one = run_int8(x, m, w.matrix, kernel, 1);
+  for (const Int8Case& c : int8_cases()) {
+    detail::ScopedCpuFeatures scope(c.features);
+    const auto one = run_int8(x, m, w.matrix, c.kernel, 1);
     for (int threads : {2, 3, 0}) {
-      const auto many = run_int8(x, m, w.matrix, kernel, threads);
-      ASSERT_EQ(0, std::memcmp(one.data(), many.data(), one.size() * 4)) << threads;
+      const auto many = run_int8(x, m, w.matrix, c.kernel, threads);
+      ASSERT_EQ(0, std::memcmp(one.data(), many.data(), one.size() * 4))
+          << c.name << " " << threads;
     }
   }
 }
@@ -205,12 +268,13 @@ TEST(Int8Matmul, OtherShapesComputeExactly) {
 TEST(Int8Matmul, NonFiniteActivationsGiveNaN) {
   TypedBuffer dense(DType::F32, random_values(8 * 128, 11, 128));
   OwnedQuantized w(dense, 8, 128, {4, 32});
-  for (KernelChoice kernel : int8_kernels()) {
+  for (const Int8Case& c : int8_cases()) {
+    detail::ScopedCpuFeatures scope(c.features);
     auto x = random_values(128, 12);
     x[70] = std::numeric_limits<float>::quiet_NaN();
-    for (float v : run_int8(x, 1, w.matrix, kernel, 0)) EXPECT_TRUE(std::isnan(v));
+    for (float v : run_int8(x, 1, w.matrix, c.kernel, 0)) EXPECT_TRUE(std::isnan(v)) << c.name;
     x[70] = -std::numeric_limits<float>::infinity();
-    for (float v : run_int8(x, 1, w.matrix, kernel, 0)) EXPECT_FALSE(std::isfinite(v));
+    for (float v : run_int8(x, 1, w.matrix, c.kernel, 0)) EXPECT_FALSE(std::isfinite(v)) << c.name;
   }
 }
 

@@ -1,5 +1,10 @@
 #include "cpu_features.h"
 
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #endif
@@ -27,19 +32,73 @@ CpuFeatures detect() {
   return f;
 }
 
-CpuFeatures& current() {
-  static CpuFeatures features = detect();
-  return features;
+struct State {
+  CpuFeatures features;
+  std::optional<IsaLevel> cap;
+};
+
+State read_state() {
+  State s;
+  const char* text = std::getenv("NX_QUANT_MAX_ISA");
+  s.cap = parse_isa_level(text);
+  if (!s.cap && text != nullptr && *text != '\0') {
+    std::fprintf(stderr,
+                 "nx_quant: ignoring NX_QUANT_MAX_ISA=%s (expected avx512, avx2 or portable)\n",
+                 text);
+  }
+  s.features = s.cap ? capped(detect(), *s.cap) : detect();
+  return s;
+}
+
+State& state() {
+  static State s = read_state();
+  return s;
+}
+
+bool equals_ignoring_case(const char* text, const char* word) {
+  for (; *text != '\0' && *word != '\0'; ++text, ++word) {
+    if (std::tolower(static_cast<unsigned char>(*text)) != *word) return false;
+  }
+  return *text == '\0' && *word == '\0';
 }
 
 }  // namespace
 
 const CpuFeatures& cpu_features() {
-  return current();
+  return state().features;
 }
 
-ScopedCpuFeatures::ScopedCpuFeatures(const CpuFeatures& allowed) : saved_(current()) {
-  CpuFeatures& f = current();
+std::optional<IsaLevel> isa_cap() {
+  return state().cap;
+}
+
+std::optional<IsaLevel> parse_isa_level(const char* text) {
+  if (text == nullptr) return std::nullopt;
+  for (IsaLevel level : {IsaLevel::Avx512, IsaLevel::Avx2, IsaLevel::Portable}) {
+    if (equals_ignoring_case(text, isa_level_name(level))) return level;
+  }
+  return std::nullopt;
+}
+
+const char* isa_level_name(IsaLevel level) {
+  switch (level) {
+    case IsaLevel::Avx512:
+      return "avx512";
+    case IsaLevel::Avx2:
+      return "avx2";
+    default:
+      return "portable";
+  }
+}
+
+CpuFeatures capped(CpuFeatures f, IsaLevel cap) {
+  if (cap < IsaLevel::Avx512) f.avx512 = f.avx512_vnni = f.avx512_bf16 = false;
+  if (cap < IsaLevel::Avx2) f.avx2_fma = false;
+  return f;
+}
+
+ScopedCpuFeatures::ScopedCpuFeatures(const CpuFeatures& allowed) : saved_(cpu_features()) {
+  CpuFeatures& f = state().features;
   f.avx2_fma = f.avx2_fma && allowed.avx2_fma;
   f.avx512 = f.avx512 && allowed.avx512;
   f.avx512_vnni = f.avx512_vnni && allowed.avx512_vnni;
@@ -47,7 +106,7 @@ ScopedCpuFeatures::ScopedCpuFeatures(const CpuFeatures& allowed) : saved_(curren
 }
 
 ScopedCpuFeatures::~ScopedCpuFeatures() {
-  current() = saved_;
+  state().features = saved_;
 }
 
 }  // namespace nx_quant::detail

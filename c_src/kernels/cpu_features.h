@@ -1,6 +1,13 @@
 // Runtime CPU-feature detection for kernel dispatch: one binary runs on any x86-64 (and the
 // portable kernels everywhere else).
+//
+// NX_QUANT_MAX_ISA=avx512|avx2|portable (read once, by the first cpu_features() call) caps
+// what is reported, so every dispatch point runs the kernels of a lesser CPU: scripts/test uses
+// it to test the AVX2 and portable paths on an AVX-512 machine. Unset or empty: no cap; any
+// other value is ignored with a warning on stderr.
 #pragma once
+
+#include <optional>
 
 namespace nx_quant::detail {
 
@@ -11,8 +18,25 @@ struct CpuFeatures {
   bool avx512_bf16 = false;  // avx512 plus BF16 (bf16 dot products, the exact 4-bit GEMV)
 };
 
-// What this CPU supports, narrowed while a ScopedCpuFeatures is alive.
+// The dispatch levels NX_QUANT_MAX_ISA names, lowest first.
+enum class IsaLevel { Portable, Avx2, Avx512 };
+
+// What this CPU supports at or below NX_QUANT_MAX_ISA, narrowed while a ScopedCpuFeatures is
+// alive.
 const CpuFeatures& cpu_features();
+
+// The cap NX_QUANT_MAX_ISA set (nullopt: none, or an unrecognised value).
+std::optional<IsaLevel> isa_cap();
+
+// NX_QUANT_MAX_ISA's value, case-insensitively: "avx512", "avx2" or "portable"; nullopt for
+// anything else (including null and "").
+std::optional<IsaLevel> parse_isa_level(const char* text);
+
+// "avx512", "avx2" or "portable".
+const char* isa_level_name(IsaLevel level);
+
+// `features` with everything above `cap` switched off (avx512 also drops VNNI and BF16).
+CpuFeatures capped(CpuFeatures features, IsaLevel cap);
 
 // Tests and benchmarks run every code path on one machine by switching features off (never
 // on) for a scope. Not thread-safe: create it while no kernel runs.

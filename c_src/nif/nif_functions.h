@@ -16,6 +16,7 @@
   X("quantized_tensor", 8, quantized_tensor_nif, 0)                          \
   X("parts", 1, parts_nif, 0)                                                \
   X("info", 1, info_nif, 0)                                                  \
+  X("cpu_info", 0, cpu_info_nif, 0)                                          \
   X("safetensors_open", 1, safetensors_open_nif, ERL_NIF_DIRTY_JOB_IO_BOUND) \
   X("safetensors_tensor", 2, safetensors_tensor_nif, 0)                      \
   X("safetensors_quantized", 8, safetensors_quantized_nif, 0)                \

@@ -71,6 +71,10 @@ defmodule NxQuant.NIF do
   @doc false
   def info(_ref), do: not_loaded!()
 
+  # The CPU features kernel dispatch uses and the NX_QUANT_MAX_ISA cap (c_src/nif/cpu_nif.cpp).
+  @doc false
+  def cpu_info, do: not_loaded!()
+
   @doc false
   def safetensors_open(_path), do: not_loaded!()
   @doc false
