@@ -1,15 +1,21 @@
 // Benchmarks of the fused quantized matmul against the machine's own limits, in one run:
 //   * BM_ReadBandwidth: streaming read of 512 MB (the memory-bandwidth ceiling of GEMV),
+//   * BM_FmaPeak: the f32 FMA peak of 1 and 2 cores (the compute ceiling of GEMM),
 //   * BM_GemvVsRead: the decode GEMV and a read of as many bytes, paired call by call,
-//   * BM_Quantized: our kernel (Auto = AVX-512 here), per shape / batch M / bits / threads,
+//   * BM_Quantized: our kernel (Auto: the best this CPU has), per shape / batch M / bits / threads,
 //   * BM_EigenDense: dense f32 Eigen on the dequantized weight, same shape and threads,
 //   * BM_Dequantize / BM_Quantize: conversion throughput (checkpoint load / model quantization),
 //   * BM_Reference: the scalar oracle (one small case: it is slow).
 // Decode-sized cases (M <= 8) rotate over copies of the weight totalling > 256 MB, so every
 // call reads W from DRAM, as a model's successive layers do. Run: see bench/RESULTS.md.
+// Builds for any x86-64 (and elsewhere): the probes' vector code is compiled per ISA with
+// target attributes and chosen at run time, at the level kernel dispatch uses (so
+// NX_QUANT_MAX_ISA caps both alike); benchmarks of a kernel this CPU lacks are skipped.
 #include <benchmark/benchmark.h>
-#include <immintrin.h>
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <Eigen/Core>
 #include <atomic>
@@ -19,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -60,6 +67,15 @@ std::vector<uint16_t> random_bf16(size_t n, uint32_t seed) {
   std::vector<uint16_t> v(n);
   for (auto& x : v) x = f32_to_bf16_bits(normal(rng));
   return v;
+}
+
+// False, and the benchmark skipped, if this CPU (or NX_QUANT_MAX_ISA) cannot run `kernel`.
+bool kernel_available(benchmark::State& state, KernelChoice kernel) {
+  const auto& cpu = detail::cpu_features();
+  const bool ok = (kernel != KernelChoice::Avx512 || cpu.avx512) &&
+                  (kernel != KernelChoice::Avx2 || cpu.avx2_fma);
+  if (!ok) state.SkipWithError("this CPU (or NX_QUANT_MAX_ISA) has no such kernel");
+  return ok;
 }
 
 const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits, bool rotate) {
@@ -130,6 +146,7 @@ struct MatmulCase {
 };
 
 void run_quantized(benchmark::State& state, bool rotate, bool transpose = true) {
+  if (!kernel_available(state, static_cast<KernelChoice>(state.range(5)))) return;
   MatmulCase c(state, rotate, transpose);
   const size_t n = c.n, k = c.k, m = c.m;
   size_t i = 0;
@@ -163,6 +180,10 @@ void BM_QuantizedKnCached(benchmark::State& state) {
 
 // The AVX-512 GEMV with f32 FMAs, which CPUs without AVX512_BF16 run (the bf16-dot GEMV off).
 void BM_QuantizedFma(benchmark::State& state) {
+  if (!detail::cpu_features().avx512) {
+    state.SkipWithError("the f32-FMA AVX-512 GEMV needs AVX-512");
+    return;
+  }
   detail::CpuFeatures allowed;
   allowed.avx2_fma = allowed.avx512 = allowed.avx512_vnni = true;
   detail::ScopedCpuFeatures no_bf16(allowed);
@@ -225,6 +246,7 @@ void BM_Dequantize(benchmark::State& state) {
   ExecOptions options;
   options.threads = static_cast<int>(state.range(1));
   options.kernel = static_cast<KernelChoice>(state.range(2));
+  if (!kernel_available(state, options.kernel)) return;
   size_t turn = 0;
   for (auto _ : state) {
     std::vector<uint16_t>& out = outs[turn++ % outs.size()];
@@ -237,6 +259,7 @@ void BM_Dequantize(benchmark::State& state) {
 }
 
 void BM_Quantize(benchmark::State& state) {
+  if (!kernel_available(state, static_cast<KernelChoice>(state.range(2)))) return;
   const size_t rows = 4096, cols = 4096;
   const int bits = static_cast<int>(state.range(0));
   const QuantSpec spec{bits, 64};
@@ -284,9 +307,129 @@ void ConversionArgs(benchmark::internal::Benchmark* b) {
   }
 }
 
-// Streaming read of 512 MB with AVX-512 loads, split over `threads` threads; with a second
-// argument of 1, each thread also prefetches (into L2) 4 KB ahead, as the GEMV kernels do. The
-// ratios in RESULTS.md use the larger of the two.
+// ---- the machine's limits: read bandwidth and f32 FMA peak ---------------------------------
+// Both use the widest vectors kernel dispatch uses (AVX-512, AVX2, else SSE2; plain C++ off
+// x86), so that a kernel is compared with what its own ISA can do.
+
+enum class ProbeIsa { Avx512, Avx2, Sse2, Scalar };
+
+ProbeIsa probe_isa() {
+#if defined(__x86_64__)
+  const auto& cpu = detail::cpu_features();
+  if (cpu.avx512) return ProbeIsa::Avx512;
+  return cpu.avx2_fma ? ProbeIsa::Avx2 : ProbeIsa::Sse2;
+#else
+  return ProbeIsa::Scalar;
+#endif
+}
+
+const char* probe_isa_name(ProbeIsa isa) {
+  switch (isa) {
+    case ProbeIsa::Avx512:
+      return "avx512";
+    case ProbeIsa::Avx2:
+      return "avx2";
+    case ProbeIsa::Sse2:
+      return "sse2";
+    default:
+      return "scalar";
+  }
+}
+
+// Each stream_* sums `floats` floats from p (a multiple of 64: 256 bytes per step, four
+// independent accumulators), optionally prefetching (into L2) 4 KB ahead as the GEMV kernels do.
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) float stream_avx512(const float* p, size_t floats,
+                                                       bool prefetch) {
+  __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
+  for (size_t i = 0; i < floats; i += 64) {
+    if (prefetch) {
+      for (int line = 0; line < 4; ++line)
+        _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024 + 16 * line), _MM_HINT_T1);
+    }
+    a = _mm512_add_ps(a, _mm512_loadu_ps(p + i));
+    b = _mm512_add_ps(b, _mm512_loadu_ps(p + i + 16));
+    c = _mm512_add_ps(c, _mm512_loadu_ps(p + i + 32));
+    d = _mm512_add_ps(d, _mm512_loadu_ps(p + i + 48));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+}
+
+__attribute__((target("avx2"))) float stream_avx2(const float* p, size_t floats, bool prefetch) {
+  __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
+  for (size_t i = 0; i < floats; i += 64) {
+    if (prefetch) {
+      for (int line = 0; line < 4; ++line)
+        _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024 + 16 * line), _MM_HINT_T1);
+    }
+    a = _mm256_add_ps(a, _mm256_loadu_ps(p + i));
+    b = _mm256_add_ps(b, _mm256_loadu_ps(p + i + 8));
+    c = _mm256_add_ps(c, _mm256_loadu_ps(p + i + 16));
+    d = _mm256_add_ps(d, _mm256_loadu_ps(p + i + 24));
+    a = _mm256_add_ps(a, _mm256_loadu_ps(p + i + 32));
+    b = _mm256_add_ps(b, _mm256_loadu_ps(p + i + 40));
+    c = _mm256_add_ps(c, _mm256_loadu_ps(p + i + 48));
+    d = _mm256_add_ps(d, _mm256_loadu_ps(p + i + 56));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
+  float sum = 0;
+  for (float v : lanes) sum += v;
+  return sum;
+}
+
+float stream_sse2(const float* p, size_t floats, bool prefetch) {
+  __m128 a = _mm_setzero_ps(), b = a, c = a, d = a;
+  for (size_t i = 0; i < floats; i += 64) {
+    if (prefetch) {
+      for (int line = 0; line < 4; ++line)
+        _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024 + 16 * line), _MM_HINT_T1);
+    }
+    for (size_t j = i; j < i + 64; j += 16) {
+      a = _mm_add_ps(a, _mm_loadu_ps(p + j));
+      b = _mm_add_ps(b, _mm_loadu_ps(p + j + 4));
+      c = _mm_add_ps(c, _mm_loadu_ps(p + j + 8));
+      d = _mm_add_ps(d, _mm_loadu_ps(p + j + 12));
+    }
+  }
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, _mm_add_ps(_mm_add_ps(a, b), _mm_add_ps(c, d)));
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+#endif
+
+float stream_scalar(const float* p, size_t floats, bool prefetch) {
+  float acc[16] = {};
+  for (size_t i = 0; i < floats; i += 64) {
+    if (prefetch) {
+      for (int line = 0; line < 4; ++line) __builtin_prefetch(p + i + 1024 + 16 * line, 0, 2);
+    }
+    for (size_t j = i; j < i + 64; j += 16) {
+      for (int l = 0; l < 16; ++l) acc[l] += p[j + l];
+    }
+  }
+  float sum = 0;
+  for (float v : acc) sum += v;
+  return sum;
+}
+
+float stream(const float* p, size_t floats, bool prefetch) {
+  switch (probe_isa()) {
+#if defined(__x86_64__)
+    case ProbeIsa::Avx512:
+      return stream_avx512(p, floats, prefetch);
+    case ProbeIsa::Avx2:
+      return stream_avx2(p, floats, prefetch);
+    case ProbeIsa::Sse2:
+      return stream_sse2(p, floats, prefetch);
+#endif
+    default:
+      return stream_scalar(p, floats, prefetch);
+  }
+}
+
+// Streaming read of 512 MB split over `threads` threads; with a second argument of 1, each
+// thread also prefetches 4 KB ahead. The ratios in RESULTS.md use the larger of the two.
 void BM_ReadBandwidth(benchmark::State& state) {
   const size_t bytes = size_t{512} << 20;
   static std::vector<float> buffer(bytes / 4, 1.0f);
@@ -297,29 +440,85 @@ void BM_ReadBandwidth(benchmark::State& state) {
     std::vector<float> sums(threads);
     const size_t per = buffer.size() / threads;
     for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] { sums[t] = stream(buffer.data() + t * per, per, prefetch); });
+    }
+    for (auto& t : pool) t.join();
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.SetLabel(probe_isa_name(probe_isa()));
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Each fma_chains_* runs `steps` rounds of independent f32 FMA chains (acc = acc * m + c, which
+// converges to c / (1 - m): no overflow, no denormals) in registers, enough chains to cover the
+// FMA latency of two pipes; returns a sum so that none is optimised away.
+constexpr size_t kFmaSteps = size_t{1} << 22;
+#if defined(__x86_64__)
+constexpr int kFmaChains512 = 16;  // of 32 zmm registers
+constexpr int kFmaChains256 = 12;  // of 16 ymm registers
+
+__attribute__((target("avx512f"))) float fma_chains_avx512(size_t steps) {
+  const __m512 m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
+  __m512 acc[kFmaChains512];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (size_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kFmaChains512; ++j) acc[j] = _mm512_fmadd_ps(acc[j], m, c);
+  }
+  __m512 sum = acc[0];
+  for (int j = 1; j < kFmaChains512; ++j) sum = _mm512_add_ps(sum, acc[j]);
+  return _mm512_reduce_add_ps(sum);
+}
+
+__attribute__((target("avx2,fma"))) float fma_chains_avx2(size_t steps) {
+  const __m256 m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-3f);
+  __m256 acc[kFmaChains256];
+  for (auto& a : acc) a = _mm256_setzero_ps();
+  for (size_t s = 0; s < steps; ++s) {
+#pragma GCC unroll 16
+    for (int j = 0; j < kFmaChains256; ++j) acc[j] = _mm256_fmadd_ps(acc[j], m, c);
+  }
+  __m256 sum = acc[0];
+  for (int j = 1; j < kFmaChains256; ++j) sum = _mm256_add_ps(sum, acc[j]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  float total = 0;
+  for (float v : lanes) total += v;
+  return total;
+}
+#endif
+
+// The f32 FMA peak of `threads` cores (one thread each), at the vector width kernel dispatch
+// uses: the ceiling the GEMM's GFLOP/s are a fraction of. Skipped without FMA (SSE2-only
+// x86-64, or off x86).
+void BM_FmaPeak(benchmark::State& state) {
+  const ProbeIsa isa = probe_isa();
+  if (isa != ProbeIsa::Avx512 && isa != ProbeIsa::Avx2) {
+    state.SkipWithError("no FMA vector unit in use (AVX2 or AVX-512)");
+    return;
+  }
+#if defined(__x86_64__)
+  const int threads = static_cast<int>(state.range(0));
+  const int lanes = isa == ProbeIsa::Avx512 ? 16 : 8;
+  const int chains = isa == ProbeIsa::Avx512 ? kFmaChains512 : kFmaChains256;
+  for (auto _ : state) {
+    std::vector<std::thread> pool;
+    std::vector<float> sums(threads);
+    for (int t = 0; t < threads; ++t) {
       pool.emplace_back([&, t] {
-        const float* p = buffer.data() + t * per;
-        __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(),
-               d = _mm512_setzero_ps();
-        for (size_t i = 0; i < per; i += 64) {
-          if (prefetch) {
-            for (int line = 0; line < 4; ++line) {
-              _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024 + 16 * line), _MM_HINT_T1);
-            }
-          }
-          a = _mm512_add_ps(a, _mm512_load_ps(p + i));
-          b = _mm512_add_ps(b, _mm512_load_ps(p + i + 16));
-          c = _mm512_add_ps(c, _mm512_load_ps(p + i + 32));
-          d = _mm512_add_ps(d, _mm512_load_ps(p + i + 48));
-        }
-        sums[t] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+        sums[t] =
+            isa == ProbeIsa::Avx512 ? fma_chains_avx512(kFmaSteps) : fma_chains_avx2(kFmaSteps);
       });
     }
     for (auto& t : pool) t.join();
     benchmark::DoNotOptimize(sums.data());
   }
-  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) * 1e-9,
-                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(probe_isa_name(isa));
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2e-9 * threads * static_cast<double>(kFmaSteps) * chains * lanes,
+                         benchmark::Counter::kIsIterationInvariantRate);
+#endif
 }
 
 // Streams byte ranges of a 512 MB buffer on request with 1 or 2 threads, the second one kept
@@ -340,7 +539,8 @@ class PairedReader {
   static constexpr size_t kBytes = size_t{512} << 20;
 
   // Seconds to read [offset, offset + bytes) (offset and bytes multiples of 512), split in
-  // halves over `threads` threads, with or without software prefetch (as BM_ReadBandwidth).
+  // halves over `threads` threads, with or without software prefetch (as BM_ReadBandwidth,
+  // with the same vectors).
   double read(size_t offset, size_t bytes, int threads, bool prefetch) {
     const float* begin = buffer_.data() + offset / 4;
     const size_t floats = bytes / 4;
@@ -373,21 +573,6 @@ class PairedReader {
     size_t floats = 0;
     bool prefetch = false;
   };
-
-  static float stream(const float* p, size_t floats, bool prefetch) {
-    __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
-    for (size_t i = 0; i < floats; i += 64) {
-      if (prefetch) {
-        for (int line = 0; line < 4; ++line)
-          _mm_prefetch(reinterpret_cast<const char*>(p + i + 1024 + 16 * line), _MM_HINT_T1);
-      }
-      a = _mm512_add_ps(a, _mm512_loadu_ps(p + i));
-      b = _mm512_add_ps(b, _mm512_loadu_ps(p + i + 16));
-      c = _mm512_add_ps(c, _mm512_loadu_ps(p + i + 32));
-      d = _mm512_add_ps(d, _mm512_loadu_ps(p + i + 48));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
-  }
 
   void serve() {
     uint64_t seen = 0;
@@ -431,6 +616,7 @@ class PairedReader {
 // as in a decode loop whose matmuls follow each other. The reads' threads meet at a barrier
 // before their timer starts, so only the second compares like with like.
 void BM_GemvVsRead(benchmark::State& state) {
+  if (!kernel_available(state, static_cast<KernelChoice>(state.range(5)))) return;
   static PairedReader reader;
   MatmulCase c(state, true, true);
   const int threads = c.options.threads;
@@ -550,6 +736,7 @@ BENCHMARK(BM_ReadBandwidth)
     ->Args({2, 1})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_FmaPeak)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GemvVsRead)->Apply(PairedShapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)
