@@ -195,8 +195,21 @@ Num binary_num(const Num& a, const Num& b) {
   if constexpr (Op == BinaryOp::Divide || Op == BinaryOp::Atan2) {
     return Num::of_float(binary_float<Op, double>(a.as_double(), b.as_double()));
   } else if constexpr (Op == BinaryOp::Pow) {
-    // Complex.pow: Integer.pow for a non-negative integer exponent, else :math.pow.
-    if (a.is_int && b.is_int && b.i >= 0) return Num::of_int(binary_int<Op, int128>(a.i, b.i));
+    // Complex.pow into a float output: Integer.pow for integers and a non-negative integer
+    // exponent (exact while it fits in 127 bits; beyond, pow() in double), else :math.pow;
+    // -Inf to an integer power: the sign follows the exact exponent's parity.
+    if (a.is_int && b.is_int && b.i >= 0) {
+      int128 r = 1, base = a.i;
+      for (int128 e = b.i;;) {
+        if ((e & 1) && __builtin_mul_overflow(r, base, &r)) break;
+        e >>= 1;
+        if (e == 0) return Num::of_int(r);
+        if (__builtin_mul_overflow(base, base, &base)) break;
+      }
+      return Num::of_float(std::pow(a.as_double(), b.as_double()));
+    }
+    if (!a.is_int && a.f == -std::numeric_limits<double>::infinity() && b.is_int && b.i > 0)
+      return Num::of_float(b.i % 2 != 0 ? a.f : -a.f);
     return Num::of_float(float_pow(a.as_double(), b.as_double()));
   } else if (a.is_int && b.is_int) {
     return Num::of_int(binary_int<Op, int128>(a.i, b.i));
@@ -266,7 +279,8 @@ Domain binary_domain(BinaryOp op, Type a, Type b, Type out) {
     if (a == Type::U64 || b == Type::U64 || is_float_type(out)) return Domain::I128;
     return Domain::I64;
   }
-  if (binary_compares(op) && (is_wide_int(a) || is_wide_int(b))) return Domain::Num;
+  if ((binary_compares(op) || op == BinaryOp::Pow) && (is_wide_int(a) || is_wide_int(b)))
+    return Domain::Num;
   if (is_narrow_float(a) && is_narrow_float(b)) {
     if (binary_exact_in_float(op)) return Domain::F32;
     if (binary_rounded_in_float(op) && (out == Type::F32 || out == Type::BF16 ||
