@@ -16,6 +16,7 @@
 #   DECODER_CONTEXTS  cache positions filled (random values) before the timed steps (256,2048)
 #   DECODER_TOKENS    timed decode steps per context (default 8; one untimed warm-up step first)
 #   DECODER_MODE      eager (default) | jit (Nx.Defn.jit, default evaluator)
+#   DECODER_TYPE      f32 (default) | bf16: the activations', KV cache's and norms' type
 #   DECODER_BACKEND   default (NxQuant.Backend, its default inner backend) | binary
 #                     ({NxQuant.Backend, backend: Nx.BinaryBackend}: native path off) | a module
 #                     name used as the shim's inner backend (e.g. NxQuant.NativeBackend)
@@ -115,7 +116,13 @@ defmodule DecoderBench do
 
   # The fused calls one step makes, on random activations of the same shapes and types.
   def matmul_calls(params, cfg) do
-    x = fn n, seed -> Model.random_f32(n, seed) |> Nx.from_binary(:f32) |> Nx.reshape({1, n}) end
+    x = fn n, seed ->
+      Model.random_f32(n, seed)
+      |> Nx.from_binary(:f32)
+      |> Nx.as_type(cfg.type)
+      |> Nx.reshape({1, n})
+    end
+
     xh = x.(cfg.hidden, 11)
     xa = x.(cfg.heads * cfg.head_dim, 12)
     xi = x.(cfg.intermediate, 13)
@@ -229,7 +236,8 @@ profile? = System.get_env("DECODER_PROFILE", "0") == "1"
 default_layers = %{"llama_1b" => 16, "qwen3_8b" => 4}
 
 IO.puts(
-  "decoder bench: backend #{inspect(backend)}, #{mode}, #{tokens} timed tokens per context, " <>
+  "decoder bench: backend #{inspect(backend)}, #{mode}, #{System.get_env("DECODER_TYPE", "f32")} " <>
+    "activations, #{tokens} timed tokens per context, " <>
     "schedulers online #{System.schedulers_online()}"
 )
 
@@ -237,7 +245,7 @@ rows =
   for name <- DecoderBench.env_list("DECODER_CONFIGS", "llama_1b,qwen3_8b") do
     base = Model.config(String.to_atom(name))
     layers = DecoderBench.env_int("DECODER_LAYERS", Map.get(default_layers, name, base.layers))
-    cfg = %{base | layers: layers}
+    cfg = %{base | layers: layers, type: String.to_atom(System.get_env("DECODER_TYPE", "f32"))}
 
     {setup_ns, params} = DecoderBench.time_ns(fn -> Model.random_params(cfg) end)
     bytes = Model.weight_bytes(params)
@@ -259,13 +267,20 @@ rows =
       step_ms = DecoderBench.ms(DecoderBench.median(steps))
       matmul_ms = DecoderBench.ms(DecoderBench.median(matmuls))
       bound_ms = bytes / gbs / 1.0e6
+      {_, type_bits} = Nx.Type.normalize!(cfg.type)
+
+      cache_mb =
+        cfg.layers * 2 * cfg.kv_heads * (ctx + tokens + 1) * cfg.head_dim * div(type_bits, 8) /
+          1.0e6
+
       target = if ctx <= 256, do: 1.25, else: 1.6
 
       IO.puts(
         "  context #{ctx}: step #{DecoderBench.fmt(step_ms)} ms/token (median of #{tokens}), " <>
           "matmuls alone #{DecoderBench.fmt(matmul_ms)} ms " <>
           "(#{DecoderBench.fmt(bytes / matmul_ms / 1.0e6, 1)} GB/s), bound " <>
-          "#{DecoderBench.fmt(bound_ms)} ms; tokens #{inspect(generated)}"
+          "#{DecoderBench.fmt(bound_ms)} ms; KV cache #{DecoderBench.fmt(cache_mb, 1)} MB; " <>
+          "tokens #{inspect(generated)}"
       )
 
       if profile? do
@@ -287,7 +302,9 @@ rows =
 
 f = &DecoderBench.fmt/1
 
-IO.puts("\nbackend #{inspect(backend)}, #{mode}")
+IO.puts(
+  "\nbackend #{inspect(backend)}, #{mode}, #{System.get_env("DECODER_TYPE", "f32")} activations"
+)
 
 IO.puts(
   "| config | context | step ms/token | matmuls ms/token | matmul share | " <>

@@ -29,7 +29,8 @@ defmodule NxQuant.DecoderModel do
       vocab: 128_256,
       rope_theta: 500_000.0,
       eps: 1.0e-5,
-      qk_norm: false
+      qk_norm: false,
+      type: :f32
     }
   end
 
@@ -45,7 +46,8 @@ defmodule NxQuant.DecoderModel do
       vocab: 151_936,
       rope_theta: 1_000_000.0,
       eps: 1.0e-6,
-      qk_norm: true
+      qk_norm: true,
+      type: :f32
     }
   end
 
@@ -61,9 +63,12 @@ defmodule NxQuant.DecoderModel do
       vocab: 256,
       rope_theta: 10_000.0,
       eps: 1.0e-5,
-      qk_norm: true
+      qk_norm: true,
+      type: :f32
     }
   end
+
+  # `type` is the activations' (and the KV cache's and norms') type: :f32 or :bf16.
 
   # The quantized projections of one layer: {name, {out_features, in_features}}.
   def projections(cfg) do
@@ -99,11 +104,17 @@ defmodule NxQuant.DecoderModel do
             {name, random_quantized(shape, seed * 1_000_003 + l * 16 + j)}
           end
 
-        norms = %{attn_norm: norm_weight(h, l * 4 + 1), mlp_norm: norm_weight(h, l * 4 + 2)}
+        norms = %{
+          attn_norm: norm_weight(h, l * 4 + 1, cfg.type),
+          mlp_norm: norm_weight(h, l * 4 + 2, cfg.type)
+        }
 
         norms =
           if cfg.qk_norm do
-            Map.merge(norms, %{q_norm: norm_weight(hd, l * 4 + 3), k_norm: norm_weight(hd, l * 4)})
+            Map.merge(norms, %{
+              q_norm: norm_weight(hd, l * 4 + 3, cfg.type),
+              k_norm: norm_weight(hd, l * 4, cfg.type)
+            })
           else
             norms
           end
@@ -113,7 +124,7 @@ defmodule NxQuant.DecoderModel do
 
     %{
       embedding: random_quantized({cfg.vocab, h}, seed * 1_000_003 + 999_983),
-      final_norm: norm_weight(h, 7),
+      final_norm: norm_weight(h, 7, cfg.type),
       inv_freq: inv_freq(cfg),
       layers: List.to_tuple(layers)
     }
@@ -217,8 +228,8 @@ defmodule NxQuant.DecoderModel do
     binary_part(:binary.copy(values, div(count, pool) + 1), 0, count * 4)
   end
 
-  defp norm_weight(n, seed) do
-    random_f32(n, 77 + seed, 0.25) |> Nx.from_binary(:f32) |> Nx.add(1.0)
+  defp norm_weight(n, seed, type) do
+    random_f32(n, 77 + seed, 0.25) |> Nx.from_binary(:f32) |> Nx.add(1.0) |> Nx.as_type(type)
   end
 
   defp inv_freq(%{head_dim: hd, rope_theta: theta}) do
@@ -231,8 +242,8 @@ defmodule NxQuant.DecoderModel do
   ## KV cache ---------------------------------------------------------------------------
 
   @doc """
-  A KV cache of `max_len` positions per layer ({kv_heads, max_len, head_dim} f32 for K and for
-  V), filled with random values (as if `fill` positions had been decoded; the rest is masked).
+  A KV cache of `max_len` positions per layer ({kv_heads, max_len, head_dim} of the activations'
+  type for K and for V), filled with random values (as if `fill` positions had been decoded; the rest is masked).
   """
   def init_cache(cfg, max_len, seed \\ 5) do
     %{kv_heads: nkv, head_dim: hd} = cfg
@@ -242,11 +253,13 @@ defmodule NxQuant.DecoderModel do
       k =
         random_f32(count, seed * 101 + 2 * l)
         |> Nx.from_binary(:f32)
+        |> Nx.as_type(cfg.type)
         |> Nx.reshape({nkv, max_len, hd})
 
       v =
         random_f32(count, seed * 101 + 2 * l + 1)
         |> Nx.from_binary(:f32)
+        |> Nx.as_type(cfg.type)
         |> Nx.reshape({nkv, max_len, hd})
 
       {k, v}
@@ -265,8 +278,12 @@ defmodule NxQuant.DecoderModel do
     linear = Keyword.get(opts, :linear, &linear/2)
     max_len = cache |> elem(0) |> elem(0) |> Nx.axis_size(1)
 
-    x = section(:embed, fn -> params.embedding |> Nx.take(token, axis: 0) |> Nx.as_type(:f32) end)
-    {cos, sin} = section(:rope, fn -> rope_tables(params.inv_freq, pos) end)
+    x =
+      section(:embed, fn ->
+        params.embedding |> Nx.take(token, axis: 0) |> Nx.as_type(cfg.type)
+      end)
+
+    {cos, sin} = section(:rope, fn -> rope_tables(params.inv_freq, pos, cfg.type) end)
     scores_shape = {cfg.kv_heads, div(cfg.heads, cfg.kv_heads), max_len}
     mask = section(:mask, fn -> Nx.less_equal(Nx.iota(scores_shape, axis: 2), pos) end)
 
@@ -325,7 +342,9 @@ defmodule NxQuant.DecoderModel do
         |> Nx.multiply(1 / :math.sqrt(hd))
       end)
 
-    scores = section(:mask, fn -> Nx.select(mask, scores, Nx.Constants.neg_infinity(:f32)) end)
+    scores =
+      section(:mask, fn -> Nx.select(mask, scores, Nx.Constants.neg_infinity(cfg.type)) end)
+
     probs = section(:softmax, fn -> softmax(scores) end)
 
     attn =
@@ -351,10 +370,10 @@ defmodule NxQuant.DecoderModel do
   end
 
   # cos and sin {1, head_dim} of the position's angles (the halves repeated, "rotate_half" style).
-  defp rope_tables(inv_freq, pos) do
+  defp rope_tables(inv_freq, pos, type) do
     angles = Nx.multiply(inv_freq, pos)
     angles = Nx.concatenate([angles, angles]) |> Nx.reshape({1, :auto})
-    {Nx.cos(angles), Nx.sin(angles)}
+    {angles |> Nx.cos() |> Nx.as_type(type), angles |> Nx.sin() |> Nx.as_type(type)}
   end
 
   defp rope(x, cos, sin) do
