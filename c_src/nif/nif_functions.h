@@ -23,7 +23,19 @@
   X("safetensors_plan", 2, safetensors_plan_nif, 0)                          \
   X("json_decode", 1, json_decode_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND)          \
   X("json_encode", 2, json_encode_nif, ERL_NIF_DIRTY_JOB_CPU_BOUND)          \
-  X("live_mappings", 0, live_mappings_nif, 0)
+  X("live_mappings", 0, live_mappings_nif, 0)                                \
+  X("dense_unary", 4, dense_unary_nif, 0)                                    \
+  X("dense_binary", 5, dense_binary_nif, 0)                                  \
+  X("dense_select", 5, dense_select_nif, 0)                                  \
+  X("dense_clip", 5, dense_clip_nif, 0)                                      \
+  X("dense_assemble", 4, dense_assemble_nif, 0)                              \
+  X("dense_iota", 3, dense_iota_nif, 0)                                      \
+  X("dense_reduce", 6, dense_reduce_nif, 0)                                  \
+  X("dense_cumulative", 6, dense_cumulative_nif, 0)                          \
+  X("dense_sort", 5, dense_sort_nif, 0)                                      \
+  X("dense_top_k", 4, dense_top_k_nif, 0)                                    \
+  X("dense_gather", 5, dense_gather_nif, 0)                                  \
+  X("dense_matmul", 7, dense_matmul_nif, 0)
 
 namespace nx_quant::nif {
 

@@ -91,4 +91,31 @@ defmodule NxQuant.NIF do
   def json_encode(_term, _pretty), do: not_loaded!()
   @doc false
   def live_mappings, do: not_loaded!()
+
+  # The dense ops of the native path (c_src/nif/dense_nif.cpp), called by NxQuant.Native.
+  # An operand is {binary, type_atom, offset, strides}; see dense_nif.cpp for each signature.
+  @doc false
+  def dense_unary(_op, _out_type, _shape, _operand), do: not_loaded!()
+  @doc false
+  def dense_binary(_op, _out_type, _shape, _a, _b), do: not_loaded!()
+  @doc false
+  def dense_select(_out_type, _shape, _pred, _on_true, _on_false), do: not_loaded!()
+  @doc false
+  def dense_clip(_out_type, _shape, _operand, _lo, _hi), do: not_loaded!()
+  @doc false
+  def dense_assemble(_out_type, _out_shape, _fill, _pieces), do: not_loaded!()
+  @doc false
+  def dense_iota(_type, _shape, _axis), do: not_loaded!()
+  @doc false
+  def dense_reduce(_op, _out_type, _shape, _operand, _axes, _tie_break), do: not_loaded!()
+  @doc false
+  def dense_cumulative(_op, _out_type, _shape, _operand, _axis, _reverse), do: not_loaded!()
+  @doc false
+  def dense_sort(_shape, _operand, _axis, _descending, _index_type), do: not_loaded!()
+  @doc false
+  def dense_top_k(_shape, _operand, _k, _index_type), do: not_loaded!()
+  @doc false
+  def dense_gather(_in_shape, _operand, _indices, _index_count, _axes), do: not_loaded!()
+  @doc false
+  def dense_matmul(_out_type, _batch, _m, _n, _k, _a, _b), do: not_loaded!()
 end
