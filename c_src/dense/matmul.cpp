@@ -30,12 +30,12 @@ namespace nx_quant::dense {
 
 namespace {
 
-using detail::load_double;
 using detail::load_int;
 
-constexpr int64_t kKc = 256;  // k per packed panel
-constexpr int64_t kNc = 256;  // columns per work item
-constexpr int64_t kMc = 64;   // rows per work item
+constexpr int64_t kKc = 256;       // k per packed panel
+constexpr int64_t kNc = 256;       // columns per work item
+constexpr int64_t kMc = 64;        // rows per work item
+constexpr int64_t kSmallNc = 512;  // columns per work item when m is small
 
 // Significand bits of a type's values (integers: their magnitude's bits).
 int significand_bits(Type t) {
@@ -61,46 +61,24 @@ int significand_bits(Type t) {
   }
 }
 
-// panel[kk * width + l] = X(l, kk) for l < lanes (exactly, as double), zero for the lanes up
-// to width; X(l, kk) is element base + l * lane_stride + kk * k_stride.
-template <Type T>
-void pack_panel(double* panel, int width, const void* data, int64_t base, int64_t lane_stride,
-                int64_t k_stride, int64_t lanes, int64_t kc) {
-  if (lanes < width)
-    for (int64_t kk = 0; kk < kc; ++kk)
-      for (int64_t l = lanes; l < width; ++l) panel[kk * width + l] = 0.0;
-  if (std::llabs(lane_stride) <= std::llabs(k_stride)) {
-    for (int64_t kk = 0; kk < kc; ++kk) {
-      const int64_t src = base + kk * k_stride;
-      double* dst = panel + kk * width;
-      if (lane_stride == 1) {
-        for (int64_t l = 0; l < lanes; ++l) dst[l] = load_double<T>(data, src + l);
-      } else {
-        for (int64_t l = 0; l < lanes; ++l) dst[l] = load_double<T>(data, src + l * lane_stride);
-      }
-    }
-  } else {
-    for (int64_t l = 0; l < lanes; ++l) {
-      const int64_t src = base + l * lane_stride;
-      if (k_stride == 1) {
-        for (int64_t kk = 0; kk < kc; ++kk) panel[kk * width + l] = load_double<T>(data, src + kk);
-      } else {
-        for (int64_t kk = 0; kk < kc; ++kk)
-          panel[kk * width + l] = load_double<T>(data, src + kk * k_stride);
-      }
-    }
-  }
-}
-
-using PackFn = void (*)(double*, int, const void*, int64_t, int64_t, int64_t, int64_t, int64_t);
-
 // out[first + i * n + j] = acc[i * ldc + j] for i < rows, j < cols.
 template <Type O>
 void store_tile(void* out, int64_t first, int64_t n, const double* acc, int64_t ldc, int64_t rows,
                 int64_t cols) {
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j)
-      detail::store_double<O>(out, first + i * n + j, acc[i * ldc + j]);
+  for (int64_t i = 0; i < rows; ++i) {
+    const double* src = acc + i * ldc;
+    if constexpr (O == Type::F32) {  // a loop the compiler vectorizes
+      float* dst = static_cast<float*>(out) + first + i * n;
+      const float nan = detail::canonical_nan_float();
+      for (int64_t j = 0; j < cols; ++j) {
+        const double v = src[j];
+        const float f = static_cast<float>(v);
+        dst[j] = v != v ? nan : f;
+      }
+    } else {
+      for (int64_t j = 0; j < cols; ++j) detail::store_double<O>(out, first + i * n + j, src[j]);
+    }
+  }
 }
 
 using StoreTileFn = void (*)(void*, int64_t, int64_t, const double*, int64_t, int64_t, int64_t);
@@ -141,18 +119,43 @@ void matmul_float(int64_t batch, int64_t m, int64_t n, int64_t k, const Operand&
                   int threads) {
   const detail::MatmulMicroKernel micro = select_micro_kernel();
   const bool fma = significand_bits(a_type) + significand_bits(b_type) <= 53;
-  const PackFn pack_a =
-      detail::with_type(a_type, [](auto t) -> PackFn { return &pack_panel<decltype(t)::value>; });
-  const PackFn pack_b =
-      detail::with_type(b_type, [](auto t) -> PackFn { return &pack_panel<decltype(t)::value>; });
+  const detail::MatmulPackFn pack_a = micro.pack[static_cast<int>(a_type)];
+  const detail::MatmulPackFn pack_b = micro.pack[static_cast<int>(b_type)];
   const StoreTileFn store = detail::with_type(
       out_type, [](auto t) -> StoreTileFn { return &store_tile<decltype(t)::value>; });
+
+  const double work = static_cast<double>(batch) * m * n * k;
+  const int use_threads = work < 65536.0 ? 1 : threads;
+
+  // Few rows: b is read in place (no panel), a's rows converted once per column block.
+  double probe = 0;
+  if (m <= detail::kMatmulSmallM && k <= (int64_t{1} << 30) && micro.small_m != nullptr &&
+      micro.small_m(1, &probe, b_type, b.data, 0, b.s_row, b.s_col, 0, 0, fma, &probe)) {
+    const int64_t n_blocks = (n + kSmallNc - 1) / kSmallNc;
+    const size_t items = static_cast<size_t>(batch * n_blocks);
+    nx_quant::detail::parallel_for(items, 1, use_threads, [&](size_t begin, size_t end) {
+      thread_local std::vector<double> ap, acc;
+      if (ap.size() < static_cast<size_t>(m * k)) ap.resize(m * k);
+      if (acc.size() < static_cast<size_t>(m * kSmallNc)) acc.resize(m * kSmallNc);
+      for (size_t item = begin; item < end; ++item) {
+        const int64_t bi = static_cast<int64_t>(item) / n_blocks;
+        const int64_t n0 = static_cast<int64_t>(item) % n_blocks * kSmallNc;
+        const int64_t nc = std::min(kSmallNc, n - n0);
+        // ap[i * k + kk] = A(i, kk): a panel whose lanes are k.
+        pack_a(ap.data(), static_cast<int>(k), a.data, a.offset + bi * a.s_batch, a.s_col, a.s_row,
+               k, m);
+        micro.small_m(static_cast<int>(m), ap.data(), b_type, b.data,
+                      b.offset + bi * b.s_batch + n0 * b.s_col, b.s_row, b.s_col, nc, k, fma,
+                      acc.data());
+        store(out, bi * m * n + n0, n, acc.data(), nc, m, nc);
+      }
+    });
+    return;
+  }
 
   const int64_t m_blocks = (m + kMc - 1) / kMc;
   const int64_t n_blocks = (n + kNc - 1) / kNc;
   const size_t items = static_cast<size_t>(batch * m_blocks * n_blocks);
-  const double work = static_cast<double>(batch) * m * n * k;
-  const int use_threads = work < 65536.0 ? 1 : threads;
   const int64_t nr = micro.nr, pmr = micro.mr;
 
   nx_quant::detail::parallel_for(items, 1, use_threads, [&](size_t begin, size_t end) {

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "matmul_micro.h"
+#include "matmul_pack_simd.h"
 
 namespace nx_quant::dense::detail {
 
@@ -23,11 +24,15 @@ struct Avx2 {
 }  // namespace
 
 MatmulMicroKernel matmul_micro_avx2() {
-  MatmulMicroKernel k;
-  k.mr = 4;
-  k.nr = 2 * Avx2::W;
-  k.tile = &matmul_micro_dispatch<Avx2, 4, 2>;
-  return k;
+  static const MatmulMicroKernel kernel = [] {
+    MatmulMicroKernel k;
+    k.mr = 4;
+    k.nr = 2 * Avx2::W;
+    k.tile = &matmul_micro_dispatch<Avx2, 4, 2>;
+    install_simd_packs(k);
+    return k;
+  }();
+  return kernel;
 }
 
 }  // namespace nx_quant::dense::detail

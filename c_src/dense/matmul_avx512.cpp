@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "matmul_micro.h"
+#include "matmul_pack_simd.h"
 
 namespace nx_quant::dense::detail {
 
@@ -23,11 +24,15 @@ struct Avx512 {
 }  // namespace
 
 MatmulMicroKernel matmul_micro_avx512() {
-  MatmulMicroKernel k;
-  k.mr = 4;
-  k.nr = 4 * Avx512::W;
-  k.tile = &matmul_micro_dispatch<Avx512, 4, 4>;
-  return k;
+  static const MatmulMicroKernel kernel = [] {
+    MatmulMicroKernel k;
+    k.mr = 4;
+    k.nr = 4 * Avx512::W;
+    k.tile = &matmul_micro_dispatch<Avx512, 4, 4>;
+    install_simd_packs(k);
+    return k;
+  }();
+  return kernel;
 }
 
 }  // namespace nx_quant::dense::detail

@@ -15,17 +15,71 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "element.h"
 #include "nx_quant/dense_ops.h"
 
 namespace nx_quant::dense::detail {
 
-// One ISA's micro-kernel entry: tile(rows, ap, bp, kc, c, ldc, load_c, fma).
+// Packs panel[kk * width + l] = X(l, kk) for l < lanes (exactly, as double) and zero for the
+// lanes up to width, X(l, kk) being element base + l * lane_stride + kk * k_stride of data.
+using MatmulPackFn = void (*)(double* panel, int width, const void* data, int64_t base,
+                              int64_t lane_stride, int64_t k_stride, int64_t lanes, int64_t kc);
+
+// One ISA's micro-kernel entry: tile(rows, ap, bp, kc, c, ldc, load_c, fma), and its packing
+// functions by input type.
 struct MatmulMicroKernel {
   int mr = 0;  // rows per tile (panel a's width)
   int nr = 0;  // columns per tile (panel b's width)
   void (*tile)(int rows, const double* ap, const double* bp, int64_t kc, double* c, int64_t ldc,
                bool load_c, bool fma) = nullptr;
+  MatmulPackFn pack[12] = {};  // indexed by Type
+  // Optional direct kernel for few rows (m <= kMatmulSmallM), no b panel: acc[i * n + j] =
+  // sum over kk < k of a[i * k + kk] * B(kk, j) for i < m, j < n, in increasing kk, B(kk, j)
+  // being element b_base + kk * s_row + j * s_col of b (of type b_type). Returns false (having
+  // done nothing) when it does not handle that type or layout (which depends only on b_type,
+  // s_row and s_col: a call with n = 0 tells).
+  bool (*small_m)(int m, const double* a, Type b_type, const void* b, int64_t b_base, int64_t s_row,
+                  int64_t s_col, int64_t n, int64_t k, bool fma, double* acc) = nullptr;
 };
+
+inline constexpr int kMatmulSmallM = 4;
+
+// Instantiated only in matmul_micro_portable.cpp (see matmul_fill_generic_packs).
+template <Type T>
+void matmul_pack_generic(double* panel, int width, const void* data, int64_t base,
+                         int64_t lane_stride, int64_t k_stride, int64_t lanes, int64_t kc) {
+  if (lanes < width)
+    for (int64_t kk = 0; kk < kc; ++kk)
+      for (int64_t l = lanes; l < width; ++l) panel[kk * width + l] = 0.0;
+  const int64_t abs_lane = lane_stride < 0 ? -lane_stride : lane_stride;
+  const int64_t abs_k = k_stride < 0 ? -k_stride : k_stride;
+  if (abs_lane <= abs_k) {
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const int64_t src = base + kk * k_stride;
+      double* dst = panel + kk * width;
+      if (lane_stride == 1) {
+        for (int64_t l = 0; l < lanes; ++l) dst[l] = load_double<T>(data, src + l);
+      } else {
+        for (int64_t l = 0; l < lanes; ++l) dst[l] = load_double<T>(data, src + l * lane_stride);
+      }
+    }
+  } else {
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t src = base + l * lane_stride;
+      if (k_stride == 1) {
+        for (int64_t kk = 0; kk < kc; ++kk) panel[kk * width + l] = load_double<T>(data, src + kk);
+      } else {
+        for (int64_t kk = 0; kk < kc; ++kk)
+          panel[kk * width + l] = load_double<T>(data, src + kk * k_stride);
+      }
+    }
+  }
+}
+
+// Fills k.pack with matmul_pack_generic for every type. Defined in the portable file: the ISA
+// files (compiled with wider instruction sets) must not instantiate shared inline templates,
+// whose one linked copy would then need that ISA.
+void matmul_fill_generic_packs(MatmulMicroKernel& k);
 
 MatmulMicroKernel matmul_micro_portable();
 #if defined(__x86_64__)

@@ -26,11 +26,19 @@ struct Portable {
 
 }  // namespace
 
+void matmul_fill_generic_packs(MatmulMicroKernel& k) {
+  for (int t = 0; t < 12; ++t)
+    k.pack[t] = with_type(static_cast<Type>(t), [](auto c) -> MatmulPackFn {
+      return &matmul_pack_generic<decltype(c)::value>;
+    });
+}
+
 MatmulMicroKernel matmul_micro_portable() {
   MatmulMicroKernel k;
   k.mr = 4;
   k.nr = 2 * Portable::W;
   k.tile = &matmul_micro_dispatch<Portable, 4, 2>;
+  matmul_fill_generic_packs(k);
   return k;
 }
 

@@ -103,6 +103,56 @@ TEST(DenseMatmul, AttentionShapes) {
   }
 }
 
+// b as the keys of q . k^T: stored {batch, n, k}, read as {batch, k, n} (k contiguous).
+StridedTensor keys_layout(Type t, int64_t batch, int64_t k, int64_t n, uint32_t seed) {
+  StridedTensor s = make_tensor(t, {batch, n, k}, seed, 0, 0.02);
+  s.shape = {batch, k, n};
+  std::swap(s.view.strides[1], s.view.strides[2]);
+  return s;
+}
+
+// Few rows (m <= 4) read b in place, with its columns or its rows contiguous.
+TEST(DenseMatmul, FewRowsEveryLayoutAndCpuPath) {
+  const auto& all = nx_quant::detail::cpu_features();
+  nx_quant::detail::CpuFeatures portable, avx2;
+  avx2.avx2_fma = all.avx2_fma;
+  uint32_t seed = 2000;
+  for (const auto& f : {portable, avx2, all}) {
+    nx_quant::detail::ScopedCpuFeatures scoped(f);
+    for (int64_t m : {1, 2, 4, 5})
+      for (int64_t n : {1, 9, 33, 130})
+        for (int64_t k : {1, 9, 70})
+          for (Type bt : {Type::F32, Type::BF16, Type::F16})
+            for (Type at : {bt, Type::F64, Type::S32}) {
+              const int64_t batch = 2;
+              const StridedTensor a = make_tensor(at, {batch, m, k}, seed++, 0, 0.02);
+              for (int layout = 0; layout < 2; ++layout) {
+                const StridedTensor b = layout == 0
+                                            ? make_tensor(bt, {batch, k, n}, seed++, 0, 0.02)
+                                            : keys_layout(bt, batch, k, n, seed++);
+                const Type ot = at == Type::F64 ? Type::F64 : bt;
+                const Buffer expected = reference_matmul(batch, m, n, k, a, b, ot);
+                Buffer actual(ot, static_cast<size_t>(batch * m * n));
+                matmul(batch, m, n, k, a.view, b.view, ot, actual.data());
+                EXPECT_TRUE(same_bits(expected, actual, expected.count()))
+                    << "m " << m << " n " << n << " k " << k << " a " << type_name(at) << " b "
+                    << type_name(bt) << " layout " << layout;
+              }
+            }
+  }
+  // Column blocks of the few-rows path, and the thread count.
+  for (Type t : {Type::F32, Type::BF16}) {
+    const StridedTensor a = make_tensor(t, {3, 1, 64}, 5, 0, 0.0);
+    const StridedTensor b = keys_layout(t, 3, 64, 1100, 6);
+    const Buffer expected = reference_matmul(3, 1, 1100, 64, a, b, t);
+    Buffer one(t, 3 * 1100), two(t, 3 * 1100);
+    matmul(3, 1, 1100, 64, a.view, b.view, t, one.data(), 1);
+    matmul(3, 1, 1100, 64, a.view, b.view, t, two.data(), 2);
+    EXPECT_TRUE(same_bits(expected, one, one.count()));
+    EXPECT_TRUE(same_bits(expected, two, two.count()));
+  }
+}
+
 TEST(DenseMatmul, EveryCpuPathIsBitIdentical) {
   const auto& all = nx_quant::detail::cpu_features();
   nx_quant::detail::CpuFeatures portable, avx2;
