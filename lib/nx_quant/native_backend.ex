@@ -27,6 +27,18 @@ if Code.ensure_loaded?(Nx) do
     `Nx.Block.Take`, `Nx.Block.TakeAlongAxis` and `Nx.Block.LogicalNot`. `reshape`, `squeeze`
     and `bitcast` share the binary. Every other block runs Nx's own composition of ops on this
     backend. Creation, reading and transfers are this module's own.
+
+    Results are BinaryBackend's bits (`NxQuant.Native`'s guarantees: element-wise ops,
+    conversions and data movement exactly; sums, products, dot products and cumulative ops
+    accumulated in BinaryBackend's order; transcendental functions through the C library in
+    double, within 1 ulp and in practice identical). Where BinaryBackend raises because Erlang
+    float arithmetic has no infinities or NaN (`Nx.divide(1.0, 0.0)`, an f64 overflow in `exp`
+    or `multiply`, `sqrt`/`acos` out of their domain, `remainder` of infinities), the kernels
+    return the IEEE result (Inf or NaN) instead.
+
+    Like any backend other than `Nx.BinaryBackend`, its tensors cannot be captured as
+    constants inside `defn`/`Nx.Defn.jit` functions (`Nx.Defn.Expr` inlines only BinaryBackend
+    tensors): pass them as arguments, or `Nx.backend_copy/1` them to BinaryBackend first.
     """
 
     @behaviour Nx.Backend
@@ -111,12 +123,13 @@ if Code.ensure_loaded?(Nx) do
 
     defp state(%T{data: %{state: data}}), do: data
 
-    # The kernel call; an ArgumentError (input the kernels reject or BinaryBackend rejects too)
-    # or a function NxQuant.Native does not have yet reruns the callback on BinaryBackend.
+    # The kernel call; an ArgumentError (input the kernels reject, e.g. an index out of range or
+    # an integer division by zero, which BinaryBackend rejects too) reruns the callback on
+    # BinaryBackend, which gives its answer or its error.
     defp native(name, args, fun) do
       fun.()
     rescue
-      e in [ArgumentError, UndefinedFunctionError] ->
+      e in ArgumentError ->
         if Process.get(@strict_key), do: reraise(e, __STACKTRACE__), else: fallback(name, args)
     end
 
@@ -566,7 +579,7 @@ if Code.ensure_loaded?(Nx) do
         try do
           run_block(kind, struct, out, args)
         rescue
-          e in [ArgumentError, UndefinedFunctionError] ->
+          e in ArgumentError ->
             if Process.get(@strict_key),
               do: reraise(e, __STACKTRACE__),
               else: composition(struct, args, fun)

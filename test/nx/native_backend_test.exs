@@ -532,9 +532,26 @@ if Code.ensure_loaded?(Nx) do
       ])
     end
 
-    test "gather/take with an out-of-range index raise as BinaryBackend does" do
+    test "input the kernels reject is rerun on BinaryBackend: its error, its message" do
       x = Nx.iota({3, 2}, backend: NB)
       assert_raise ArgumentError, fn -> Nx.gather(x, Nx.tensor([[3]], backend: NB)) end
+
+      NB.__strict__(false)
+      message = "index 3 is out of bounds for axis 0 in shape {3, 2}"
+      assert_raise ArgumentError, message, fn -> Nx.gather(x, Nx.tensor([[3]], backend: NB)) end
+      assert_raise ArgumentError, message, fn -> Nx.take(x, Nx.tensor([3], backend: NB)) end
+      ints = Nx.tensor([7, -7], backend: NB)
+      assert_raise ArithmeticError, fn -> Nx.quotient(ints, Nx.tensor([0, 1], backend: NB)) end
+      assert_raise ArithmeticError, fn -> Nx.remainder(ints, 0) end
+    end
+
+    test "where BinaryBackend raises on Erlang float arithmetic, the result is IEEE's" do
+      f = Nx.tensor([1.0, -1.0, 0.0], backend: NB)
+      assert Nx.to_flat_list(Nx.divide(f, 0.0)) == [:infinity, :neg_infinity, :nan]
+      assert Nx.to_flat_list(Nx.sqrt(f)) == [1.0, :nan, 0.0]
+      big = Nx.tensor([1.0e308], type: :f64, backend: NB)
+      assert Nx.to_flat_list(Nx.multiply(big, 10)) == [:infinity]
+      assert Nx.to_flat_list(Nx.exp(Nx.tensor([1000.0], type: :f64, backend: NB))) == [:infinity]
     end
 
     test "iota: axes and types; eye falls back" do
@@ -642,6 +659,78 @@ if Code.ensure_loaded?(Nx) do
         assert inspect(Nx.backend_copy(x, NB)) == inspect(x)
         assert inspect(Nx.backend_copy(x, NB), limit: 3) == inspect(x, limit: 3)
       end
+    end
+
+    ## Larger tensors: the kernels' vectorized and multithreaded paths -----------------------
+
+    # Pseudo-random values of every magnitude class (a seeded generator, deterministic).
+    defp random(type, shape, seed) do
+      :rand.seed(:exsss, {seed, 7, 11})
+      n = Tuple.product(shape)
+
+      values =
+        for _ <- 1..n do
+          case type do
+            {:u, _} -> :rand.uniform(200)
+            {:s, _} -> :rand.uniform(200) - 100
+            _ -> (:rand.uniform() - 0.5) * 8
+          end
+        end
+
+      Nx.tensor(values, type: type, backend: Nx.BinaryBackend) |> Nx.reshape(shape)
+    end
+
+    test "larger tensors: element-wise, reductions, dot, conversions, sort" do
+      for type <- [{:f, 32}, {:bf, 16}, {:f, 16}, {:s, 32}] do
+        a = random(type, {64, 1024}, 1)
+        b = random(type, {1024}, 2)
+        check(fn [a, b] -> Nx.add(a, b) end, [a, b], label: {:add, type})
+        check(fn [a, b] -> Nx.multiply(a, b) end, [a, b], label: {:multiply, type})
+        check(fn [a, b] -> Nx.max(a, b) end, [a, b], label: {:max, type})
+        check(fn [a, b] -> Nx.less(a, b) end, [a, b], label: {:less, type})
+        check(&Nx.exp(hd(&1)), [a], ulp: 1, label: {:exp, type})
+        check(&Nx.sum(hd(&1), axes: [1]), [a], label: {:sum1, type})
+        check(&Nx.sum(hd(&1), axes: [0]), [a], label: {:sum0, type})
+        check(&Nx.reduce_max(hd(&1), axes: [1], keep_axes: true), [a], label: {:max1, type})
+        check(&Nx.argmax(hd(&1), axis: 1), [a], label: {:argmax, type})
+        check(&Nx.as_type(hd(&1), :bf16), [a], label: {:as_type, type})
+        check(&Nx.transpose(hd(&1)), [a], label: {:transpose, type})
+        check(&Nx.argsort(hd(&1), axis: 1, direction: :desc), [a], label: {:argsort, type})
+      end
+
+      for type <- [{:f, 32}, {:bf, 16}, {:f, 16}] do
+        x = random(type, {8, 512}, 3)
+        w = random(type, {512, 96}, 4)
+        check(fn [x, w] -> Nx.dot(x, w) end, [x, w], label: {:dot, type})
+
+        check(fn [x, w] -> Nx.dot(x, [1], Nx.transpose(w), [1]) end, [x, w], label: {:dot_t, type})
+
+        q = random(type, {2, 4, 8, 64}, 5)
+        k = random(type, {2, 4, 16, 64}, 6)
+        check(fn [q, k] -> Nx.dot(q, [3], [0, 1], k, [3], [0, 1]) end, [q, k], label: type)
+      end
+    end
+
+    test "a decoder's building blocks compose to BinaryBackend's bits" do
+      x = random({:f, 32}, {4, 256}, 8)
+      g = random({:f, 32}, {256}, 9)
+
+      rms_norm = fn [x, g] ->
+        var = x |> Nx.pow(2) |> Nx.mean(axes: [-1], keep_axes: true)
+        x |> Nx.multiply(Nx.rsqrt(Nx.add(var, 1.0e-6))) |> Nx.multiply(g)
+      end
+
+      softmax = fn [x] ->
+        e = Nx.exp(Nx.subtract(x, Nx.reduce_max(x, axes: [-1], keep_axes: true)))
+        Nx.divide(e, Nx.sum(e, axes: [-1], keep_axes: true))
+      end
+
+      silu = fn [x] -> Nx.multiply(x, Nx.sigmoid(x)) end
+
+      check(rms_norm, [x, g], ulp: 1)
+      check(softmax, [x], ulp: 1)
+      check(silu, [x], ulp: 1)
+      check(fn [x] -> x |> softmax.() |> List.wrap() |> then(&Nx.top_k(hd(&1), k: 5)) end, [x])
     end
 
     ## Mixed backends, vectorized tensors, defn, the shim -----------------------------------
