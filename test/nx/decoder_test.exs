@@ -31,10 +31,12 @@ if Code.ensure_loaded?(Nx) do
     # Greedy generation from fresh random parameters and cache on `backend`, recording the
     # (x, weight) of every fused call: {tokens, logits per step, calls per step}.
     defp run(backend, opts \\ []) do
+      cfg = %{@cfg | type: Keyword.get(opts, :type, :f32)}
+
       Nx.with_default_backend(backend, fn ->
-        params = Model.random_params(@cfg)
+        params = Model.random_params(cfg)
         params = if opts[:dense], do: Model.dense_params(params), else: params
-        cache = Model.init_cache(@cfg, @max_len)
+        cache = Model.init_cache(cfg, @max_len)
         me = self()
         ref = make_ref()
 
@@ -43,8 +45,7 @@ if Code.ensure_loaded?(Nx) do
           Model.linear(x, w)
         end
 
-        step =
-          if opts[:jit], do: Model.jit_step(@cfg), else: Model.eager_step(@cfg, linear: linear)
+        step = if opts[:jit], do: Model.jit_step(cfg), else: Model.eager_step(cfg, linear: linear)
 
         {tokens, logits, _cache} =
           Model.generate(step, params, cache, @first_token, @start, @steps)
@@ -155,9 +156,17 @@ if Code.ensure_loaded?(Nx) do
       assert tokens == dense_tokens
     end
 
-    test "the native path gives plain BinaryBackend's logits and tokens" do
-      {tokens, logits, steps} = run(@native)
-      {binary_tokens, binary_logits, _} = run(@binary)
+    for type <- [:f32, :bf16] do
+      test "the native path gives plain BinaryBackend's logits and tokens, #{type} activations" do
+        native_vs_binary(unquote(type))
+      end
+    end
+
+    defp native_vs_binary(type) do
+      {tokens, logits, steps} = run(@native, type: type)
+      {binary_tokens, binary_logits, _} = run(@binary, type: type)
+      # The unit roundoff of the activations' type.
+      u = if type == :bf16, do: :math.pow(2, -8), else: @u
 
       if Code.ensure_loaded?(NxQuant.NativeBackend) do
         assert hd(logits).data.inner.__struct__ == NxQuant.NativeBackend
@@ -166,10 +175,11 @@ if Code.ensure_loaded?(Nx) do
       assert %NxQuant.Backend{inner: %Nx.BinaryBackend{}} = hd(binary_logits).data
 
       # Every op is bit-identical with BinaryBackend except the transcendental functions, within
-      # 1 ulp (2u relative) of the f32 result: per layer the norms' rsqrt (2, + 2 with q/k
-      # norms), RoPE's cos/sin, softmax's exp, SwiGLU's sigmoid, and the final norm's rsqrt.
-      # Each such relative perturbation reaches the logits through at most |h| . |E| (gain 1,
-      # as above).
+      # 1 ulp (2u relative) of the result: per layer the norms' rsqrt (2, + 2 with q/k norms),
+      # RoPE's cos/sin, softmax's exp, SwiGLU's sigmoid, and the final norm's rsqrt. To first
+      # order each such relative perturbation reaches the logits through at most |h| . |E|
+      # (gain 1, as above). (In practice both call the same libm functions in double: the
+      # logits are bit-identical.)
       transcendental = @cfg.layers * (if(@cfg.qk_norm, do: 4, else: 2) + 3) + 1
 
       for {l, bl, calls, s} <- Enum.zip([logits, binary_logits, steps, 0..(@steps - 1)]) do
@@ -179,7 +189,7 @@ if Code.ensure_loaded?(Nx) do
           x
           |> Nx.abs()
           |> Nx.dot([-1], abs_weight(embedding), [1])
-          |> Nx.multiply(2 * @u * transcendental)
+          |> Nx.multiply(2 * u * transcendental)
 
         assert_within(l, bl, bound, "step #{s} logits")
       end
