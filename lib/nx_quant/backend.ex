@@ -20,12 +20,29 @@ if Code.ensure_loaded?(Nx) do
     operand on either side, transposed views; batch axes, both operands quantized or several
     contracted axes dequantize explicitly (logged at debug level). The result has the type Nx
     computed for the dot (`Nx.Type.merge/2` of the operands: the activation's float type).
+
+    ## The default backend inside delegated calls
+
+    Every call delegated to the inner backend runs with the inner backend as the process's
+    default backend (`Nx.default_backend/0`), as if it were `Nx.with_default_backend/2`:
+    `Nx.BinaryBackend`'s own implementations (`top_k`, `take_along_axis`, `conv`,
+    `window_*`, ...) build tensors on the default backend and then read them as their own.
+    Only the process-dictionary entry Nx reads is set and restored (about 0.1 us per call).
     """
 
     @behaviour Nx.Backend
 
     alias NxQuant.{Core, Dense, DotPlan, QuantizedOps, QuantizedTensor}
     require Logger
+
+    # The process-dictionary key under which Nx keeps the default backend (Nx.default_backend/0
+    # and Nx.with_default_backend/2 read and write it).
+    @default_backend_key (if Code.ensure_loaded?(Nx.Shared) and
+                               function_exported?(Nx.Shared, :backend_pdict_key, 0) do
+                            Nx.Shared.backend_pdict_key()
+                          else
+                            {Nx, :default_backend}
+                          end)
 
     defstruct inner: nil, quantized: nil, backend: {Nx.BinaryBackend, []}
 
@@ -150,12 +167,13 @@ if Code.ensure_loaded?(Nx) do
 
     # The inner backend to run on: that of the first of our tensors among the arguments, else
     # the default.
-    defp backend_of(args) do
-      Enum.find_value(List.flatten(Enum.map(args, &tensors/1)), {Nx.BinaryBackend, []}, fn
-        %Nx.Tensor{data: %__MODULE__{backend: backend}} -> backend
-        _ -> nil
-      end)
-    end
+    defp backend_of(args), do: find_backend(args) || {Nx.BinaryBackend, []}
+
+    defp find_backend(%Nx.Tensor{data: %__MODULE__{backend: backend}}), do: backend
+    defp find_backend(%Nx.Tensor{}), do: nil
+    defp find_backend([head | tail]), do: find_backend(head) || find_backend(tail)
+    defp find_backend(tuple) when is_tuple(tuple), do: find_backend(Tuple.to_list(tuple))
+    defp find_backend(_), do: nil
 
     defp tensors(%Nx.Tensor{} = t), do: [t]
     defp tensors(tuple) when is_tuple(tuple), do: Enum.flat_map(Tuple.to_list(tuple), &tensors/1)
@@ -165,7 +183,25 @@ if Code.ensure_loaded?(Nx) do
     defp delegate(name, [out | args]) do
       arity = length(args) + 1
       {mod, _} = backend = backend_of(args)
-      wrap(apply(mod, name, [unwrap_out(out) | unwrap(args, name, arity)]), backend)
+      args = [unwrap_out(out) | unwrap(args, name, arity)]
+      wrap(on_inner(backend, mod, name, args), backend)
+    end
+
+    # apply(mod, fun, args) with `backend` (an inner backend, `{module, initialized_options}`)
+    # as the process's default backend: what `Nx.with_default_backend/2` does, without
+    # re-running the backend's init/1 or allocating a closure (this is on every delegated
+    # call's path). The inner backend's own code (Nx.BinaryBackend's conv, window_* and block
+    # implementations, for one) creates tensors on the default backend and reads them as its own.
+    defp on_inner(backend, mod, fun, args) do
+      previous = Process.put(@default_backend_key, backend)
+
+      try do
+        apply(mod, fun, args)
+      after
+        if previous,
+          do: Process.put(@default_backend_key, previous),
+          else: Process.delete(@default_backend_key)
+      end
     end
 
     ## Generated delegation ---------------------------------------------------------------
@@ -181,7 +217,8 @@ if Code.ensure_loaded?(Nx) do
 
     defp creation(name, out, args, opts) do
       {mod, mod_opts} = backend = inner_backend(opts)
-      wrap(apply(mod, name, [unwrap_out(out) | args] ++ [mod_opts]), backend)
+      args = [unwrap_out(out) | args] ++ [mod_opts]
+      wrap(on_inner(backend, mod, name, args), backend)
     end
 
     @impl true
@@ -196,35 +233,42 @@ if Code.ensure_loaded?(Nx) do
     @impl true
     def from_pointer(pointer, type, shape, opts, backend_opts) do
       {mod, mod_opts} = backend = inner_backend(opts)
-      wrap(mod.from_pointer(pointer, type, shape, backend_opts, mod_opts), backend)
+
+      on_inner(backend, mod, :from_pointer, [pointer, type, shape, backend_opts, mod_opts])
+      |> wrap(backend)
     end
 
     ## Reading ----------------------------------------------------------------------------
 
     @impl true
     def to_binary(tensor, limit) do
-      {mod, _} = tensor.data.backend
-      mod.to_binary(unwrap(tensor, :to_binary, 2), limit)
+      {mod, _} = backend = tensor.data.backend
+      inner = unwrap(tensor, :to_binary, 2)
+      on_inner(backend, mod, :to_binary, [inner, limit])
     end
 
     @impl true
     def to_pointer(tensor, opts) do
-      {mod, _} = tensor.data.backend
-      mod.to_pointer(unwrap(tensor, :to_pointer, 2), opts)
+      {mod, _} = backend = tensor.data.backend
+      inner = unwrap(tensor, :to_pointer, 2)
+      on_inner(backend, mod, :to_pointer, [inner, opts])
     end
 
     @impl true
     def inspect(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}}, _opts),
       do: Inspect.Algebra.string(QuantizedOps.describe(qt))
 
-    def inspect(%Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = tensor, opts),
-      do: mod.inspect(unwrap(tensor, :inspect, 2), opts)
+    def inspect(%Nx.Tensor{data: %__MODULE__{backend: {mod, _} = backend}} = tensor, opts) do
+      inner = unwrap(tensor, :inspect, 2)
+      on_inner(backend, mod, :inspect, [inner, opts])
+    end
 
     @impl true
     def to_batched(out, tensor, opts) do
       {mod, _} = backend = backend_of([tensor])
+      {out, tensor} = {unwrap_out(out), unwrap(tensor, :to_batched, 3)}
 
-      mod.to_batched(unwrap_out(out), unwrap(tensor, :to_batched, 3), opts)
+      on_inner(backend, mod, :to_batched, [out, tensor, opts])
       |> Stream.map(&wrap(&1, backend))
     end
 
@@ -259,17 +303,27 @@ if Code.ensure_loaded?(Nx) do
     defp transfer(fun, %Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = t, __MODULE__, opts) do
       # Onto this backend again, possibly over another inner backend.
       {inner_mod, inner_opts} = backend = inner_backend(opts)
-      wrap(apply(mod, fun, [unwrap(t, fun, 3), inner_mod, inner_opts]), backend)
+      inner = unwrap(t, fun, 3)
+      wrap(on_inner(backend, mod, fun, [inner, inner_mod, inner_opts]), backend)
     end
 
-    defp transfer(fun, %Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = t, target, opts),
-      do: apply(mod, fun, [unwrap(t, fun, 3), target, opts])
+    defp transfer(
+           fun,
+           %Nx.Tensor{data: %__MODULE__{backend: {mod, _} = backend}} = t,
+           target,
+           opts
+         ) do
+      inner = unwrap(t, fun, 3)
+      on_inner(backend, mod, fun, [inner, target, opts])
+    end
 
     @impl true
     def backend_deallocate(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{}}}), do: :ok
 
-    def backend_deallocate(%Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = t),
-      do: mod.backend_deallocate(unwrap(t, :backend_deallocate, 1))
+    def backend_deallocate(%Nx.Tensor{data: %__MODULE__{backend: {mod, _} = backend}} = t) do
+      inner = unwrap(t, :backend_deallocate, 1)
+      on_inner(backend, mod, :backend_deallocate, [inner])
+    end
 
     ## Blocks -----------------------------------------------------------------------------
 
@@ -280,7 +334,8 @@ if Code.ensure_loaded?(Nx) do
         apply(fun, [struct | args])
       else
         {mod, _} = backend = backend_of(args)
-        wrap(mod.block(struct, unwrap_out(out), unwrap(args, :block, 4), fun), backend)
+        {out, args} = {unwrap_out(out), unwrap(args, :block, 4)}
+        wrap(on_inner(backend, mod, :block, [struct, out, args, fun]), backend)
       end
     end
 
@@ -291,7 +346,8 @@ if Code.ensure_loaded?(Nx) do
         apply(fun, args)
       else
         {mod, _} = backend = backend_of(args)
-        wrap(apply(mod, :optional, [name, unwrap(args, :optional, 3), fun]), backend)
+        args = unwrap(args, :optional, 3)
+        wrap(on_inner(backend, mod, :optional, [name, args, fun]), backend)
       end
     end
 
