@@ -100,6 +100,15 @@ void store_int_row(void* out, int64_t first, const uint64_t* acc, int64_t count,
 
 using StoreIntRowFn = void (*)(void*, int64_t, const uint64_t*, int64_t, bool);
 
+// A scratch buffer of `count` doubles: the thread's kept one (grown as needed) when small, else
+// `big` (freed by its owner), so that no thread keeps a large buffer after the call.
+double* scratch(std::vector<double>& kept, std::vector<double>& big, size_t count) {
+  constexpr size_t kKeep = size_t{1} << 17;  // 1 MB
+  std::vector<double>& v = count <= kKeep ? kept : big;
+  if (v.size() < count) v.resize(count);
+  return v.data();
+}
+
 detail::MatmulMicroKernel select_micro_kernel() {
 #if defined(__x86_64__)
   const auto& f = nx_quant::detail::cpu_features();
@@ -134,20 +143,19 @@ void matmul_float(int64_t batch, int64_t m, int64_t n, int64_t k, const Operand&
     const int64_t n_blocks = (n + kSmallNc - 1) / kSmallNc;
     const size_t items = static_cast<size_t>(batch * n_blocks);
     nx_quant::detail::parallel_for(items, 1, use_threads, [&](size_t begin, size_t end) {
-      thread_local std::vector<double> ap, acc;
-      if (ap.size() < static_cast<size_t>(m * k)) ap.resize(m * k);
-      if (acc.size() < static_cast<size_t>(m * kSmallNc)) acc.resize(m * kSmallNc);
+      thread_local std::vector<double> kept_ap, kept_acc;
+      std::vector<double> big_ap;
+      double* ap = scratch(kept_ap, big_ap, static_cast<size_t>(m * k));
+      double* acc = scratch(kept_acc, kept_acc, static_cast<size_t>(m * kSmallNc));
       for (size_t item = begin; item < end; ++item) {
         const int64_t bi = static_cast<int64_t>(item) / n_blocks;
         const int64_t n0 = static_cast<int64_t>(item) % n_blocks * kSmallNc;
         const int64_t nc = std::min(kSmallNc, n - n0);
         // ap[i * k + kk] = A(i, kk): a panel whose lanes are k.
-        pack_a(ap.data(), static_cast<int>(k), a.data, a.offset + bi * a.s_batch, a.s_col, a.s_row,
-               k, m);
-        micro.small_m(static_cast<int>(m), ap.data(), b_type, b.data,
-                      b.offset + bi * b.s_batch + n0 * b.s_col, b.s_row, b.s_col, nc, k, fma,
-                      acc.data());
-        store(out, bi * m * n + n0, n, acc.data(), nc, m, nc);
+        pack_a(ap, static_cast<int>(k), a.data, a.offset + bi * a.s_batch, a.s_col, a.s_row, k, m);
+        micro.small_m(static_cast<int>(m), ap, b_type, b.data,
+                      b.offset + bi * b.s_batch + n0 * b.s_col, b.s_row, b.s_col, nc, k, fma, acc);
+        store(out, bi * m * n + n0, n, acc, nc, m, nc);
       }
     });
     return;
@@ -159,6 +167,7 @@ void matmul_float(int64_t batch, int64_t m, int64_t n, int64_t k, const Operand&
   const int64_t nr = micro.nr, pmr = micro.mr;
 
   nx_quant::detail::parallel_for(items, 1, use_threads, [&](size_t begin, size_t end) {
+    // Per-thread buffers, bounded by the block sizes (at most ~0.8 MB).
     thread_local std::vector<double> bp, ap, acc;
     for (size_t item = begin; item < end; ++item) {
       const int64_t nb = static_cast<int64_t>(item) % n_blocks;
