@@ -28,6 +28,17 @@ if Code.ensure_loaded?(Nx) do
       * `quantized_matmul/3`: the scales' type, as in EMLX (`:out_type` overrides; inside `defn`
         the default is the activation's type).
       * `Nx.dot/2,4,6`: the type Nx computes (the activation's float type).
+
+    ## Values
+
+    `Nx.dot/2,4,6` multiplies by the weight `scale * q + bias` in f32 on every path (fused, or
+    the dequantize-then-dense fallbacks of `NxQuant.Backend`). `dequantize/2` (and
+    `Nx.as_type/2`, row gathers, transfers) returns MLX's dequantize: `q * scale` rounded to the
+    scales' type, then `+ bias` rounded; for f32 scales these are the same bits.
+
+    Inside `Nx.Defn.jit`, pass a quantized tensor as an argument: one captured in the function's
+    closure makes Nx raise `Nx.Defn.IncompatibleBackendsError` while tracing, before any backend
+    is involved.
     """
 
     import Nx.Defn, only: [deftransform: 2]
@@ -98,8 +109,8 @@ if Code.ensure_loaded?(Nx) do
 
     @doc """
     The dense tensor a quantized tensor stands for (a transposed view gives the transposed
-    matrix), in the scales' type. Option `:type`: cast the result (the only way to name the
-    type inside `defn`).
+    matrix, a broadcast view the broadcast tensor), in the scales' type: MLX's dequantize,
+    bit for bit. Option `:type`: cast the result (the only way to name the type inside `defn`).
     """
     deftransform dequantize(tensor, opts \\ []) do
       opts = Validate.keyword!(opts, [:type], "NxQuant.dequantize/2")
@@ -121,14 +132,8 @@ if Code.ensure_loaded?(Nx) do
 
     @doc false
     def __dequantize__(tensor, opts) do
-      qt = quantized!(tensor, "NxQuant.dequantize/2")
-
-      dense =
-        qt
-        |> Core.dequantize()
-        |> Backend.from_dense(tensor.data.backend)
-        |> Nx.rename(tensor.names)
-
+      quantized!(tensor, "NxQuant.dequantize/2")
+      dense = Backend.dequantize_nx(tensor)
       if dense.type == opts[:type], do: dense, else: Nx.as_type(dense, opts[:type])
     end
 

@@ -14,6 +14,7 @@ defmodule NxQuant.DotPlanTest do
     {:quantized,
      %{
        shape: shape,
+       lead: Keyword.get(opts, :lead, 0),
        transposed: Keyword.get(opts, :transposed, false),
        dtype: Keyword.get(opts, :dtype, {:bf, 16}),
        bits: 4,
@@ -120,6 +121,36 @@ defmodule NxQuant.DotPlanTest do
     end
   end
 
+  describe "broadcast views (Nx.vectorize'd activations)" do
+    # Nx.dot(Nx.vectorize(x, :b), [0], w, [1]) reaches the backend as x {B, K} (batch axis 0)
+    # against w broadcast to {B, N, K} (batch axis 0).
+    test "the view's broadcast axes as batch axes: more rows for the kernel" do
+      view = q({5, 64, 128}, lead: 1)
+
+      assert {:kernel, plan} = DotPlan.plan(@f32, d({5, 128}), [1], [0], view, [2], [0])
+      assert %{activation: :left, activation_perm: nil, transpose: true} = plan
+      assert %{out_perm: nil, out_shape: {5, 64}} = plan
+
+      # Contracting N (transpose: false), a vectorized {3, 64} activation, batch axis last.
+      assert {:kernel, plan} = DotPlan.plan(@f32, d({3, 64, 5}), [1], [2], view, [1], [0])
+      assert %{transpose: false, activation_perm: [2, 0, 1], out_shape: {5, 3, 128}} = plan
+    end
+
+    test "two broadcast axes paired in any order; the quantized operand on the left" do
+      view = q({2, 3, 64, 128}, lead: 2)
+
+      assert {:kernel, %{activation_perm: [1, 0, 2], out_shape: {2, 3, 64}}} =
+               DotPlan.plan(@f32, d({3, 2, 128}), [2], [1, 0], view, [3], [0, 1])
+
+      assert {:kernel, plan} =
+               DotPlan.plan(@f32, view, [3], [0, 1], d({2, 3, 4, 128}), [3], [0, 1])
+
+      assert %{activation: :right, activation_perm: nil} = plan
+      # Kernel output {2, 3, 4, 64}; Nx wants batch, then the weight's N, then x's free axis.
+      assert %{out_perm: [0, 1, 3, 2], out_shape: {2, 3, 64, 4}} = plan
+    end
+  end
+
   describe "cases with no fused kernel" do
     test "both quantized: the left one is dequantized" do
       assert {:dequantize, [:left], msg} =
@@ -147,6 +178,26 @@ defmodule NxQuant.DotPlanTest do
       assert msg =~ "2-D"
     end
 
+    test "batch axes over a broadcast view that are not all its broadcast axes" do
+      # A view {2, 3, 64, 128} (two broadcast axes) with only one of them a batch axis.
+      view = q({2, 3, 64, 128}, lead: 2)
+
+      assert {:dequantize, [:right], msg} =
+               DotPlan.plan(@f32, d({2, 128}), [1], [0], view, [3], [0])
+
+      assert msg =~ "broadcast axes [0, 1]"
+
+      # A batch axis of the matrix itself.
+      assert {:dequantize, [:right], _} =
+               DotPlan.plan(@f32, d({64, 128}), [1], [0], q({1, 64, 128}, lead: 1), [2], [1])
+
+      # A broadcast view over a rank-3 quantized tensor has no 2-D matrix.
+      assert {:dequantize, [:right], msg} =
+               DotPlan.plan(@f32, d({2, 128}), [1], [0], q({2, 4, 64, 128}, lead: 1), [3], [0])
+
+      assert msg =~ "2-D" and msg =~ "1 broadcast axes"
+    end
+
     test "neither operand quantized: :dense" do
       assert :dense = DotPlan.plan(@f32, d({2, 3}), [1], [], d({3, 4}), [0], [])
     end
@@ -160,6 +211,11 @@ defmodule NxQuant.DotPlanTest do
 
       assert {:error, msg} = DotPlan.plan(@f32, d({2, 128}), [1], [1], q({64, 128}), [1], [])
       assert msg =~ "repeat"
+
+      assert {:error, msg} =
+               DotPlan.plan(@f32, d({3, 128}), [1], [0], q({2, 64, 128}, lead: 1), [2], [0])
+
+      assert msg =~ "batch axes differ in size"
     end
   end
 
@@ -242,6 +298,74 @@ defmodule NxQuant.DotPlanTest do
         assert elem(result, 1) == plan.out_shape
         assert_close(result, expected)
       end
+    end
+
+    test "broadcast views against batched activations, either side", %{qt: qt, w: w} do
+      view = %{qt | shape: {64, 16}, transposed: true}
+      {wt, _} = T.permute(w, {16, 64}, [1, 0])
+
+      cases = [
+        # {x shape, x contract, x batch, lead, q contract (matrix axis), q batch, q side}
+        {{5, 64}, 1, [0], [5], 1, [0], :right, qt},
+        {{3, 16, 5}, 1, [2], [5], 0, [0], :right, qt},
+        {{2, 3, 4, 64}, 3, [1, 0], [2, 3], 1, [1, 0], :right, qt},
+        {{5, 64, 2}, 1, [0], [5], 1, [0], :left, qt},
+        {{2, 5, 64}, 2, [1], [5], 0, [0], :right, view},
+        {{4, 16, 2}, 1, [2], [2], 1, [0], :left, view}
+      ]
+
+      for {x_shape, xc, xb, lead, qc, qb, q_side, qw} <- cases do
+        x_values = random(Tuple.product(x_shape))
+        {w_values, w_shape} = if qw.transposed, do: {wt, {64, 16}}, else: {w, {16, 64}}
+        # The view's dense values: the matrix repeated over the broadcast axes.
+        v_shape = List.to_tuple(lead ++ Tuple.to_list(w_shape))
+        v_values = List.flatten(List.duplicate(w_values, Enum.product(lead)))
+        n = length(lead)
+        desc = DotPlan.describe(qw, v_shape)
+        x = {:dense, x_shape, @f32}
+
+        {plan, expected} =
+          if q_side == :right do
+            {DotPlan.plan(@f32, x, [xc], xb, desc, [qc + n], qb),
+             batched_dot(x_values, x_shape, xc, xb, v_values, v_shape, qc + n, qb)}
+          else
+            {DotPlan.plan(@f32, desc, [qc + n], qb, x, [xc], xb),
+             batched_dot(v_values, v_shape, qc + n, qb, x_values, x_shape, xc, xb)}
+          end
+
+        assert {:kernel, plan} = plan
+        result = run_plan(plan, x_values, x_shape, qw)
+        assert elem(result, 1) == plan.out_shape
+        assert_close(result, expected)
+      end
+    end
+
+    # Nx.dot/6 by its definition: out[batch..., left free..., right free...] sums over the
+    # contracted axis, batch axes paired in order.
+    defp batched_dot(left, l_shape, cl, bl, right, r_shape, cr, br) do
+      la = :array.from_list(left)
+      ra = :array.from_list(right)
+      free = fn shape, c, b -> for a <- 0..(tuple_size(shape) - 1), a != c, a not in b, do: a end
+      lf = free.(l_shape, cl, bl)
+      rf = free.(r_shape, cr, br)
+      dims = fn shape, axes -> Enum.map(axes, &elem(shape, &1)) end
+      out_shape = List.to_tuple(dims.(l_shape, bl) ++ dims.(l_shape, lf) ++ dims.(r_shape, rf))
+
+      values =
+        for idx <- T.indices(out_shape) do
+          {b, rest} = Enum.split(idx, length(bl))
+          {li, ri} = Enum.split(rest, length(lf))
+
+          Enum.reduce(0..(elem(l_shape, cl) - 1), 0.0, fn j, acc ->
+            l_at = Map.new(Enum.zip(bl ++ lf ++ [cl], b ++ li ++ [j]))
+            r_at = Map.new(Enum.zip(br ++ rf ++ [cr], b ++ ri ++ [j]))
+            l_index = for a <- 0..(tuple_size(l_shape) - 1), do: l_at[a]
+            r_index = for a <- 0..(tuple_size(r_shape) - 1), do: r_at[a]
+            acc + T.at(la, l_shape, l_index) * T.at(ra, r_shape, r_index)
+          end)
+        end
+
+      {values, out_shape}
     end
   end
 end

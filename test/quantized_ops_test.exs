@@ -21,7 +21,9 @@ defmodule NxQuant.QuantizedOpsTest do
     assert QuantizedOps.action(:backend_deallocate) == :release
     assert QuantizedOps.action(:inspect) == :describe
 
-    for name <- [:to_binary, :reshape, :slice, :add, :sum, :concatenate, :put_slice, :bitcast] do
+    for name <- [:reshape, :squeeze, :broadcast], do: assert(QuantizedOps.action(name) == :view)
+
+    for name <- [:to_binary, :slice, :add, :sum, :concatenate, :put_slice, :bitcast] do
       assert QuantizedOps.action(name) == :raise
     end
   end
@@ -34,6 +36,102 @@ defmodule NxQuant.QuantizedOpsTest do
 
     {:ok, view} = QuantizedOps.transpose(q, [1, 0])
     assert QuantizedOps.describe(view) =~ "stored 8x64, transposed view"
+    assert QuantizedOps.describe(q, {8, 64}) == QuantizedOps.describe(q)
+    assert QuantizedOps.describe(q, {3, 8, 64}) =~ "stored 8x64, broadcast to {3, 8, 64}"
+  end
+
+  describe "broadcast views (new leading axes)" do
+    test "lead: the axes in front of the quantized shape" do
+      {_w, q} = qt(8, 64)
+      assert {:ok, []} = QuantizedOps.lead(q, {8, 64})
+      assert {:ok, [2, 1, 3]} = QuantizedOps.lead(q, {2, 1, 3, 8, 64})
+      assert :error = QuantizedOps.lead(q, {64, 8})
+      assert :error = QuantizedOps.lead(q, {64})
+      assert :error = QuantizedOps.lead(q, {2, 4, 64})
+    end
+
+    test "reshape/squeeze: any shape ending with the quantized shape is a view" do
+      {_w, q} = qt(8, 64)
+      assert :ok = QuantizedOps.reshape(q, {8, 64}, {1, 8, 64})
+      assert :ok = QuantizedOps.reshape(q, {2, 3, 8, 64}, {6, 8, 64})
+      assert :ok = QuantizedOps.reshape(q, {1, 8, 64}, {8, 64}, :squeeze)
+
+      for shape <- [{64, 8}, {512}, {2, 4, 64}, {8, 64, 1}] do
+        assert {:error, msg} = QuantizedOps.reshape(q, {8, 64}, shape)
+        assert msg =~ "Nx.Backend.reshape to shape #{inspect(shape)} is not supported"
+        assert msg =~ "new leading axes" and msg =~ "NxQuant.dequantize/1"
+      end
+
+      assert {:error, msg} = QuantizedOps.reshape(q, {1, 8, 64}, {8, 64, 1}, :squeeze)
+      assert msg =~ "Nx.Backend.squeeze"
+    end
+
+    test "broadcast: the quantized axes must stay last, the leading ones go anywhere" do
+      {_w, q} = qt(8, 64)
+      assert :ok = QuantizedOps.broadcast(q, {8, 64}, {5, 8, 64}, [1, 2])
+      assert :ok = QuantizedOps.broadcast(q, {1, 8, 64}, {5, 8, 64}, [0, 1, 2])
+      assert :ok = QuantizedOps.broadcast(q, {1, 8, 64}, {5, 4, 8, 64}, [1, 2, 3])
+      assert {:error, msg} = QuantizedOps.broadcast(q, {8, 64}, {8, 8, 64}, [0, 2])
+      assert msg =~ "Nx.Backend.broadcast" and msg =~ "axes [0, 2]"
+      assert {:error, _} = QuantizedOps.broadcast(q, {8, 64}, {8, 64, 64}, [0, 1])
+    end
+  end
+
+  describe "widen_f32 and dequantize_f32 (the weight Nx.dot multiplies by)" do
+    test "every f16 and bf16 bit pattern widens to the f32 of the same value" do
+      all = for h <- 0..0xFFFF, into: <<>>, do: <<h::16-little>>
+
+      for type <- [{:f, 16}, {:bf, 16}] do
+        wide = QuantizedOps.widen_f32(all, type)
+        assert byte_size(wide) == 4 * 65_536
+        assert TestFloat.decode(wide, {:f, 32}) == TestFloat.decode(all, type)
+      end
+
+      # Signs of zeros and infinities, NaN payloads.
+      bits = fn h, type -> QuantizedOps.widen_f32(<<h::16-little>>, type) end
+      assert bits.(0x8000, {:f, 16}) == <<0x80000000::32-little>>
+      assert bits.(0xFC00, {:f, 16}) == <<0xFF800000::32-little>>
+      assert bits.(0x7E01, {:f, 16}) == <<0x7FC02000::32-little>>
+      assert bits.(0x0001, {:f, 16}) == <<0x33800000::32-little>>
+      assert bits.(0xFFC1, {:bf, 16}) == <<0xFFC10000::32-little>>
+    end
+
+    test "scale * q + bias in f32 from the parts, for every scales' type and views" do
+      for type <- [{:f, 32}, {:f, 16}, {:bf, 16}], bits <- [3, 4, 8] do
+        {_w, q} = qt(6, 64, type: type, bits: bits)
+        parts = Core.parts(q)
+        qs = Reference.unpack(parts.packed.data, 6, 64, bits)
+        scales = Reference.rows(parts.scales)
+        biases = Reference.rows(parts.biases)
+
+        expected =
+          for {q_row, s_row, b_row} <- Enum.zip([qs, scales, biases]),
+              {group, {s, b}} <- Enum.zip(Enum.chunk_every(q_row, 32), Enum.zip(s_row, b_row)),
+              qv <- group do
+            TestFloat.round(TestFloat.round(qv * s, {:f, 32}) + b, {:f, 32})
+          end
+
+        got = QuantizedOps.dequantize_f32(q)
+        assert %Dense{shape: {6, 64}, type: {:f, 32}} = got
+        assert TestFloat.decode(got.data, {:f, 32}) == expected
+        if type == {:f, 32}, do: assert(got.data == Core.dequantize(q).data)
+
+        {:ok, view} = QuantizedOps.transpose(q, [1, 0])
+        got_t = QuantizedOps.dequantize_f32(view)
+        assert got_t.shape == {64, 6}
+        {expected_t, _} = TestTensor.permute(expected, {6, 64}, [1, 0])
+        assert TestFloat.decode(got_t.data, {:f, 32}) == expected_t
+      end
+    end
+
+    test "a rank-3 quantized tensor keeps its shape" do
+      w = Reference.random_dense({2, 3, 64}, {:bf, 16}, 5)
+      q = Core.quantize(w, group_size: 32)
+      got = QuantizedOps.dequantize_f32(q)
+      assert got.shape == {2, 3, 64} and got.type == {:f, 32}
+      flat = Core.quantize(%{w | shape: {6, 64}}, group_size: 32)
+      assert got.data == QuantizedOps.dequantize_f32(flat).data
+    end
   end
 
   test "error messages name the operation, the tensor and what to do" do

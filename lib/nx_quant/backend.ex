@@ -17,9 +17,21 @@ if Code.ensure_loaded?(Nx) do
 
     `dot/7` follows `NxQuant.DotPlan`: the activation's contracted axis against the weight's K
     axis (`transpose: true`) or N axis (`transpose: false`), any activation rank, the quantized
-    operand on either side, transposed views; batch axes, both operands quantized or several
-    contracted axes dequantize explicitly (logged at debug level). The result has the type Nx
-    computed for the dot (`Nx.Type.merge/2` of the operands: the activation's float type).
+    operand on either side, transposed views, `Nx.vectorize`d activations (the weight becomes a
+    free broadcast view over the vectorized axes, whose batch axes the kernel takes as rows);
+    other batch axes, both operands quantized or several contracted axes dequantize explicitly
+    (logged at debug level). The result has the type Nx computed for the dot
+    (`Nx.Type.merge/2` of the operands: the activation's float type).
+
+    ## Which weight value
+
+    Every path of `Nx.dot/6` multiplies by the same weight, `scale * q + bias` in f32: the
+    fused kernel computes with it directly (accumulating in f32), the fallbacks dequantize to
+    f32 (`NxQuant.QuantizedOps.dequantize_f32/1`) and run the inner backend's dense dot on
+    that, then cast to Nx's result type. So a result differs between paths only by f32
+    accumulation order. `NxQuant.dequantize/1`, `Nx.as_type/2`, row gathers and transfers
+    return MLX's dequantize instead, rounded to the scales' type (for f16/bf16 scales a
+    slightly different value; for f32 scales the same bits).
 
     ## The default backend inside delegated calls
 
@@ -28,6 +40,14 @@ if Code.ensure_loaded?(Nx) do
     `Nx.BinaryBackend`'s own implementations (`top_k`, `take_along_axis`, `conv`,
     `window_*`, ...) build tensors on the default backend and then read them as their own.
     Only the process-dictionary entry Nx reads is set and restored (about 0.1 us per call).
+
+    ## Captured in a `defn` closure
+
+    A quantized tensor (like any tensor not on `Nx.BinaryBackend`, dense tensors of this
+    backend included) cannot be captured by a function given to `Nx.Defn.jit/2`: Nx raises
+    `Nx.Defn.IncompatibleBackendsError` when the traced expression meets it, before any
+    backend is called. Pass it as an argument (`Nx.Defn.jit(fn x, w -> Nx.dot(x, w) end).(x,
+    qw)`): the fused kernel runs as in eager mode.
     """
 
     @behaviour Nx.Backend
@@ -72,7 +92,10 @@ if Code.ensure_loaded?(Nx) do
       dot: 7,
       transpose: 3,
       gather: 4,
-      as_type: 2
+      as_type: 2,
+      reshape: 2,
+      squeeze: 3,
+      broadcast: 4
     ]
 
     ## Options and wrapping --------------------------------------------------------------
@@ -152,8 +175,12 @@ if Code.ensure_loaded?(Nx) do
 
     defp unwrap_out(other), do: other
 
-    defp unwrap(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}}, name, arity),
-      do: raise(ArgumentError, QuantizedOps.unsupported_message(name, arity, qt))
+    defp unwrap(
+           %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}} = t,
+           name,
+           arity
+         ),
+         do: raise(ArgumentError, QuantizedOps.unsupported_message(name, arity, qt, t.shape))
 
     defp unwrap(%Nx.Tensor{data: %__MODULE__{inner: inner}} = t, _, _), do: %{t | data: inner}
 
@@ -255,8 +282,8 @@ if Code.ensure_loaded?(Nx) do
     end
 
     @impl true
-    def inspect(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}}, _opts),
-      do: Inspect.Algebra.string(QuantizedOps.describe(qt))
+    def inspect(%Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}} = t, _opts),
+      do: Inspect.Algebra.string(QuantizedOps.describe(qt, t.shape))
 
     def inspect(%Nx.Tensor{data: %__MODULE__{backend: {mod, _} = backend}} = tensor, opts) do
       inner = unwrap(tensor, :inspect, 2)
@@ -295,9 +322,11 @@ if Code.ensure_loaded?(Nx) do
            opts
          ) do
       dense = Core.dequantize(qt)
+      names = List.duplicate(nil, tuple_size(dense.shape))
 
-      %Nx.Tensor{shape: dense.shape, type: dense.type, names: t.names, data: nil}
+      %Nx.Tensor{shape: dense.shape, type: dense.type, names: names, data: nil}
       |> target.from_binary(dense.data, opts)
+      |> broadcast_to(t)
     end
 
     defp transfer(fun, %Nx.Tensor{data: %__MODULE__{backend: {mod, _}}} = t, __MODULE__, opts) do
@@ -389,13 +418,15 @@ if Code.ensure_loaded?(Nx) do
 
         {:dequantize, sides, reason} ->
           Logger.debug("NxQuant.Backend.dot/7 dequantizes #{inspect(sides)}: #{reason}")
-          left = if :left in sides, do: dequantize_nx(left), else: left
-          right = if :right in sides, do: dequantize_nx(right), else: right
+          # Two quantized operands get an integer type from Nx; the product takes the
+          # dequantized (left) operand's scales' type.
+          type = if Nx.Type.float?(out.type), do: out.type, else: quantized(left).dtype
+          left = if :left in sides, do: weight_nx(left), else: left
+          right = if :right in sides, do: weight_nx(right), else: right
 
-          result = Nx.dot(left, contract_left, batch_left, right, contract_right, batch_right)
-          # Two quantized operands get an integer type from Nx; the product keeps its float type.
-          result = if Nx.Type.float?(out.type), do: Nx.as_type(result, out.type), else: result
-          Nx.rename(result, out.names)
+          Nx.dot(left, contract_left, batch_left, right, contract_right, batch_right)
+          |> Nx.as_type(type)
+          |> Nx.rename(out.names)
 
         {:error, message} ->
           raise ArgumentError, "Nx.dot with a quantized operand: #{message}"
@@ -405,7 +436,7 @@ if Code.ensure_loaded?(Nx) do
     defp operand(t) do
       case quantized(t) do
         nil -> {:dense, t.shape, t.type}
-        qt -> DotPlan.describe(qt)
+        qt -> DotPlan.describe(qt, t.shape)
       end
     end
 
@@ -429,11 +460,29 @@ if Code.ensure_loaded?(Nx) do
       Nx.rename(result, out.names)
     end
 
-    defp dequantize_nx(t) do
+    # The dense tensor a quantized tensor (or broadcast view) stands for: MLX's dequantize in
+    # the scales' type (what NxQuant.dequantize/1, as_type and transfers return).
+    @doc false
+    def dequantize_nx(t) do
       case quantized(t) do
         nil -> t
-        qt -> qt |> Core.dequantize() |> from_dense(t.data.backend) |> Nx.rename(t.names)
+        qt -> qt |> Core.dequantize() |> from_dense(t.data.backend) |> broadcast_to(t)
       end
+    end
+
+    # The weight Nx.dot multiplies by on every path: scale * q + bias in f32.
+    defp weight_nx(t) do
+      case quantized(t) do
+        nil -> t
+        qt -> qt |> QuantizedOps.dequantize_f32() |> from_dense(t.data.backend) |> broadcast_to(t)
+      end
+    end
+
+    # A dense tensor of the quantized tensor's shape, broadcast to the view `t` (new leading
+    # axes) and given its names.
+    defp broadcast_to(dense, %Nx.Tensor{shape: shape, names: names}) do
+      dense = if dense.shape == shape, do: dense, else: Nx.broadcast(dense, shape)
+      Nx.rename(dense, names)
     end
 
     @impl true
@@ -442,6 +491,13 @@ if Code.ensure_loaded?(Nx) do
           %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}} = t,
           axes
         ) do
+      if t.shape != qt.shape do
+        raise ArgumentError,
+              "transpose of a broadcast view of a quantized tensor " <>
+                "(#{QuantizedOps.describe(qt, t.shape)}): transpose the 2-D tensor " <>
+                "before adding axes, or call NxQuant.dequantize/1 first"
+      end
+
       case QuantizedOps.transpose(qt, axes) do
         {:ok, view} -> %{out | data: %{t.data | quantized: view}, type: t.type}
         {:error, message} -> raise ArgumentError, message
@@ -457,6 +513,10 @@ if Code.ensure_loaded?(Nx) do
           indices,
           opts
         ) do
+      if t.shape != qt.shape do
+        raise ArgumentError, QuantizedOps.unsupported_message(:gather, 4, qt, t.shape)
+      end
+
       ids = Nx.to_flat_list(indices)
 
       case QuantizedOps.gather_rows(qt, indices.shape, opts[:axes], ids) do
@@ -485,5 +545,33 @@ if Code.ensure_loaded?(Nx) do
     end
 
     def as_type(out, tensor), do: delegate(:as_type, [out, tensor])
+
+    # Shape-only callbacks: on a quantized tensor, a broadcast view when the result ends with
+    # its shape (what Nx.dot/6 does to a weight against Nx.vectorize'd activations).
+    @impl true
+    def reshape(out, %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{}}} = t),
+      do: view!(out, t, QuantizedOps.reshape(quantized(t), t.shape, out.shape))
+
+    def reshape(out, tensor), do: delegate(:reshape, [out, tensor])
+
+    @impl true
+    def squeeze(out, %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{}}} = t, _axes),
+      do: view!(out, t, QuantizedOps.reshape(quantized(t), t.shape, out.shape, :squeeze))
+
+    def squeeze(out, tensor, axes), do: delegate(:squeeze, [out, tensor, axes])
+
+    @impl true
+    def broadcast(
+          out,
+          %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{}}} = t,
+          shape,
+          axes
+        ),
+        do: view!(out, t, QuantizedOps.broadcast(quantized(t), t.shape, shape, axes))
+
+    def broadcast(out, tensor, shape, axes), do: delegate(:broadcast, [out, tensor, shape, axes])
+
+    defp view!(out, t, :ok), do: %{out | data: t.data, type: t.type}
+    defp view!(_out, _t, {:error, message}), do: raise(ArgumentError, message)
   end
 end

@@ -29,11 +29,21 @@ defmodule NxQuant.DotPlan do
   an integer type from Nx; their dot dequantizes the left one and runs the fused kernel on the right one; the result
   takes the dequantized operand's float type.)
 
+  A quantized operand may be a *broadcast view* (`NxQuant.QuantizedOps`): `lead` leading axes
+  of size-anything in front of the 2-D matrix, every position holding the same matrix. That
+  is what `Nx.vectorize`d activations make of a weight. When those leading axes are exactly
+  the dot's batch axes on the quantized side, the batch axes of the activation are just more
+  rows for the kernel: the activation is permuted to `batch ++ free ++ [contracted]` and the
+  kernel's output is already Nx's `batch ++ free ++ [N]` (with the quantized operand on the
+  left, `N` is moved in front of the activation's free axes).
+
   Cases without a fused kernel return `{:dequantize, sides, reason}`: the quantized operand(s)
   on `sides` are dequantized and the dense dot runs on the result — a correct answer that costs
   memory, never a silently wrong one. They are: both operands quantized (the left one is
-  dequantized), batch axes, a contraction over zero or several axes, and a quantized operand
-  whose rank is not 2.
+  dequantized), batch axes other than a view's broadcast axes, a contraction over zero or
+  several axes, and a quantized operand whose matrix is not 2-D. The weight there is the same
+  as the kernel's: `scale * q + bias` in f32 (`NxQuant.QuantizedOps.dequantize_f32/1`), so
+  the paths differ only by f32 accumulation order.
   """
 
   alias NxQuant.QuantizedTensor
@@ -46,6 +56,7 @@ defmodule NxQuant.DotPlan do
           | {:quantized,
              %{
                shape: tuple(),
+               lead: non_neg_integer(),
                transposed: boolean(),
                dtype: type(),
                bits: pos_integer(),
@@ -62,12 +73,18 @@ defmodule NxQuant.DotPlan do
           out_type: type()
         }
 
-  @doc "Describes a quantized tensor for `plan/7`."
-  @spec describe(QuantizedTensor.t()) :: operand()
-  def describe(%QuantizedTensor{} = qt) do
+  @doc """
+  Describes a quantized tensor for `plan/7`; `shape` is the Nx tensor's (a broadcast view's
+  shape is `lead ++ qt.shape`).
+  """
+  @spec describe(QuantizedTensor.t(), tuple()) :: operand()
+  def describe(%QuantizedTensor{} = qt, shape \\ nil) do
+    shape = shape || qt.shape
+
     {:quantized,
      %{
-       shape: qt.shape,
+       shape: shape,
+       lead: tuple_size(shape) - tuple_size(qt.shape),
        transposed: qt.transposed,
        dtype: qt.dtype,
        bits: qt.config.bits,
@@ -92,7 +109,8 @@ defmodule NxQuant.DotPlan do
     with :ok <- check_axes(left, contract_left, batch_left, "left"),
          :ok <- check_out_type(out_type, left, right),
          :ok <- check_axes(right, contract_right, batch_right, "right"),
-         :ok <- check_sizes(left, contract_left, right, contract_right) do
+         :ok <- check_sizes(left, contract_left, right, contract_right, "contracted"),
+         :ok <- check_sizes(left, batch_left, right, batch_right, "batch") do
       case {left, right} do
         {{:dense, _, _}, {:dense, _, _}} ->
           :dense
@@ -130,15 +148,23 @@ defmodule NxQuant.DotPlan do
 
   defp kernel_or_dequantize(q_side, q, q_contract, q_batch, x, x_contract, x_batch, out_type) do
     {:dense, x_shape, x_type} = x
+    lead = Map.get(q, :lead, 0)
+    rank = tuple_size(q.shape)
 
     cond do
-      q_batch != [] or x_batch != [] ->
+      rank - lead != 2 ->
+        {:dequantize, [q_side],
+         "the fused kernel needs a 2-D quantized operand, got shape #{inspect(q.shape)}" <>
+           if(lead > 0, do: " (#{lead} broadcast axes)", else: "")}
+
+      Enum.sort(q_batch) != Enum.to_list(0..(lead - 1)//1) and lead == 0 ->
         {:dequantize, [q_side],
          "batch axes over a quantized operand have no fused kernel (batch_axes: #{inspect(q_batch)} / #{inspect(x_batch)})"}
 
-      tuple_size(q.shape) != 2 ->
+      Enum.sort(q_batch) != Enum.to_list(0..(lead - 1)//1) ->
         {:dequantize, [q_side],
-         "the fused kernel needs a 2-D quantized operand, got shape #{inspect(q.shape)}"}
+         "the fused kernel needs the broadcast axes #{inspect(Enum.to_list(0..(lead - 1)))} " <>
+           "of a quantized view to be exactly its batch axes, got batch_axes #{inspect(q_batch)}"}
 
       length(q_contract) != 1 ->
         {:dequantize, [q_side],
@@ -147,27 +173,41 @@ defmodule NxQuant.DotPlan do
       true ->
         [q_axis] = q_contract
         [x_axis] = x_contract
-        {:kernel, kernel_plan(q_side, q, q_axis, x_shape, x_type, x_axis, out_type)}
+        matrix = {elem(q.shape, lead), elem(q.shape, lead + 1)}
+
+        {:kernel,
+         kernel_plan(q_side, q, matrix, q_axis - lead, x_shape, x_type, x_axis, x_batch, out_type)}
     end
   end
 
-  defp kernel_plan(q_side, q, q_axis, x_shape, x_type, x_axis, out_type) do
+  defp kernel_plan(q_side, q, matrix, q_axis, x_shape, x_type, x_axis, x_batch, out_type) do
     # The weight's stored matrix is {rows, cols}; a transposed view shows it as {cols, rows}.
     stored_axis = if q.transposed, do: 1 - q_axis, else: q_axis
-    q_free = elem(q.shape, 1 - q_axis)
+    q_free = elem(matrix, 1 - q_axis)
     rank = tuple_size(x_shape)
-    x_free = for axis <- 0..(rank - 1)//1, axis != x_axis, do: elem(x_shape, axis)
+    x_free_axes = for axis <- 0..(rank - 1)//1, axis != x_axis, axis not in x_batch, do: axis
+    batch_dims = Enum.map(x_batch, &elem(x_shape, &1))
+    free_dims = Enum.map(x_free_axes, &elem(x_shape, &1))
 
-    activation_perm =
-      if x_axis == rank - 1,
-        do: nil,
-        else: (Enum.to_list(0..(rank - 1)//1) -- [x_axis]) ++ [x_axis]
+    # The kernel contracts x's last axis and treats every other axis as rows: batch axes first
+    # (in the order Nx pairs them), then the free axes, as Nx orders its result.
+    order = x_batch ++ x_free_axes ++ [x_axis]
+    activation_perm = if order == Enum.to_list(0..(rank - 1)//1), do: nil, else: order
+
+    nb = length(x_batch)
+    nf = length(x_free_axes)
 
     {out_perm, out_dims} =
-      case {q_side, length(x_free)} do
-        {:right, _} -> {nil, x_free ++ [q_free]}
-        {:left, 0} -> {nil, [q_free]}
-        {:left, n} -> {[n | Enum.to_list(0..(n - 1))], [q_free | x_free]}
+      case {q_side, nf} do
+        {:right, _} ->
+          {nil, batch_dims ++ free_dims ++ [q_free]}
+
+        {:left, 0} ->
+          {nil, batch_dims ++ [q_free]}
+
+        {:left, nf} ->
+          perm = Enum.to_list(0..(nb - 1)//1) ++ [nb + nf] ++ Enum.to_list(nb..(nb + nf - 1))
+          {perm, batch_dims ++ [q_free] ++ free_dims}
       end
 
     %{
@@ -215,15 +255,15 @@ defmodule NxQuant.DotPlan do
 
   defp check_out_type(_out_type, _left, _right), do: :ok
 
-  defp check_sizes(left, contract_left, right, contract_right) do
-    left_sizes = Enum.map(contract_left, &elem(shape(left), &1))
-    right_sizes = Enum.map(contract_right, &elem(shape(right), &1))
+  defp check_sizes(left, axes_left, right, axes_right, what) do
+    left_sizes = Enum.map(axes_left, &elem(shape(left), &1))
+    right_sizes = Enum.map(axes_right, &elem(shape(right), &1))
 
     if left_sizes == right_sizes do
       :ok
     else
       {:error,
-       "contracted axes differ in size: left #{inspect(contract_left)} of #{inspect(shape(left))} vs right #{inspect(contract_right)} of #{inspect(shape(right))}"}
+       "#{what} axes differ in size: left #{inspect(axes_left)} of #{inspect(shape(left))} vs right #{inspect(axes_right)} of #{inspect(shape(right))}"}
     end
   end
 

@@ -8,6 +8,7 @@ defmodule NxQuant.QuantizedOps do
   |-----------------------------------|---------------------------------------------------------------|
   | `dot/7`                           | the fused kernel, as `NxQuant.DotPlan` plans it (or an explicit dequantize for cases without a kernel) |
   | `transpose/3`                     | 2-D: a free view (a layout flag flips, no data moves)         |
+  | `reshape/2`, `squeeze/3`, `broadcast/4` | a free broadcast view when the result ends with the quantized shape (new leading axes, as `Nx.vectorize`d operands need); anything else raises |
   | `gather/4` (so `Nx.take/3`)       | rows of a 2-D weight along axis 0: only those rows are dequantized (a quantized embedding lookup) |
   | `as_type/2` to a float type       | dequantize, then cast                                         |
   | `backend_copy/3`, `backend_transfer/3` | to `NxQuant.Backend`: the same quantized tensor (immutable, shared); to any other backend: the dequantized dense tensor |
@@ -16,7 +17,26 @@ defmodule NxQuant.QuantizedOps do
   | `to_binary/2`, `to_pointer/2`     | `ArgumentError` pointing to `NxQuant.dequantize/1` / `NxQuant.parts/1` |
   | `block/4`                         | Nx's default implementation (which reaches the callbacks above) |
   | anything else                     | `ArgumentError` naming the operation and what to do instead   |
+
+  ## Broadcast views
+
+  An Nx tensor over a quantized tensor `qt` may have more axes than `qt.shape`: its shape is
+  `lead ++ qt.shape` and every position of the leading axes holds the same matrix (stride 0).
+  That is what `Nx.vectorize`d activations make of a weight (`Nx.dot/6` reshapes and
+  broadcasts the other operand to the vectorized axes, then contracts with them as batch
+  axes); `NxQuant.DotPlan` runs such a dot on the fused kernel. Dequantizing a view gives the
+  broadcast dense tensor.
+
+  ## Two values
+
+    * the **weight**, `scale * q + bias` in f32 (`dequantize_f32/1`): what `Nx.dot/6`
+      multiplies by on every path, fused or not;
+    * the **dequantized tensor**, MLX's `dequantize` in the scales' type (`q * scale` rounded
+      to it, then `+ bias` rounded, `NxQuant.Core.dequantize/1`): what `NxQuant.dequantize/1`,
+      `as_type/2`, row gathers and transfers return. For f32 scales both are the same bits.
   """
+
+  import Bitwise
 
   alias NxQuant.{Config, Core, QuantizedTensor}
 
@@ -26,6 +46,9 @@ defmodule NxQuant.QuantizedOps do
   @actions %{
     dot: :dot,
     transpose: :view,
+    reshape: :view,
+    squeeze: :view,
+    broadcast: :view,
     gather: :gather_rows,
     as_type: :dequantize,
     backend_copy: :transfer,
@@ -38,29 +61,96 @@ defmodule NxQuant.QuantizedOps do
   @spec action(atom()) :: action()
   def action(name) when is_atom(name), do: Map.get(@actions, name, :raise)
 
-  @doc "A one-line description of a quantized tensor's format, for `inspect` and errors."
-  @spec describe(QuantizedTensor.t()) :: String.t()
-  def describe(%QuantizedTensor{config: %Config{bits: bits, group_size: gs}} = qt) do
+  @doc """
+  A one-line description of a quantized tensor's format, for `inspect` and errors; `shape`
+  (the Nx tensor's, default `qt.shape`) names a broadcast view.
+  """
+  @spec describe(QuantizedTensor.t(), tuple()) :: String.t()
+  def describe(%QuantizedTensor{config: %Config{bits: bits, group_size: gs}} = qt, shape \\ nil) do
     {rows, cols} = QuantizedTensor.stored_shape(qt)
     view = if qt.transposed, do: ", transposed view", else: ""
 
+    broadcast =
+      if shape == nil or shape == qt.shape,
+        do: "",
+        else: ", broadcast to #{inspect(shape)}"
+
     "quantized affine #{bits}-bit, group_size #{gs}, #{type_name(qt.dtype)} scales/biases, " <>
-      "stored #{rows}x#{cols}#{view}"
+      "stored #{rows}x#{cols}#{view}#{broadcast}"
   end
 
-  @doc "The error for a callback with no meaning on a quantized tensor."
-  @spec unsupported_message(atom(), non_neg_integer(), QuantizedTensor.t()) :: String.t()
-  def unsupported_message(:to_binary, _arity, qt) do
-    "cannot read the binary of a quantized tensor (#{describe(qt)}): its data are packed " <>
-      "words, scales and biases, not #{type_name(qt.type)} values. Use NxQuant.dequantize/1 " <>
-      "for the dense values or NxQuant.parts/1 for the packed parts"
+  @doc """
+  The leading (broadcast) axes of a view of shape `shape` over `qt`: `shape` minus its
+  trailing `qt.shape`. `{:ok, lead}` or `:error` when `shape` does not end with `qt.shape`.
+  """
+  @spec lead(QuantizedTensor.t(), tuple()) :: {:ok, [non_neg_integer()]} | :error
+  def lead(%QuantizedTensor{shape: q_shape}, shape) do
+    n = tuple_size(shape) - tuple_size(q_shape)
+    {lead, rest} = Enum.split(Tuple.to_list(shape), max(n, 0))
+    if n >= 0 and List.to_tuple(rest) == q_shape, do: {:ok, lead}, else: :error
   end
 
-  def unsupported_message(name, arity, qt) do
-    "Nx.Backend.#{name}/#{arity} is not supported on a quantized tensor (#{describe(qt)}). " <>
-      "Quantized tensors take part in Nx.dot/2,4,6 (fused kernel), Nx.transpose/1, " <>
-      "Nx.take/2 and Nx.gather/2 of rows, Nx.as_type/2 to a float type and backend " <>
-      "transfers; for anything else call NxQuant.dequantize/1 first"
+  @doc """
+  `Nx.reshape/2` (and `Nx.squeeze/2`, `Nx.new_axis/2`; `name` is the callback) of a view of
+  shape `from` over `qt` to `shape`: a view again when `shape` ends with `qt.shape` (the
+  leading axes hold the same matrix everywhere, so any regrouping of them is free). `:ok` or
+  `{:error, message}`.
+  """
+  @spec reshape(QuantizedTensor.t(), tuple(), tuple(), atom()) :: :ok | {:error, String.t()}
+  def reshape(%QuantizedTensor{} = qt, from, shape, name \\ :reshape) do
+    case lead(qt, shape) do
+      {:ok, _lead} -> :ok
+      :error -> {:error, view_message(name, qt, from, shape)}
+    end
+  end
+
+  @doc """
+  `Nx.broadcast(view, shape, axes: axes)` of a view of shape `from` over `qt`: a view when the
+  quantized axes (the last `tuple_size(qt.shape)` of `from`) land on the last axes of `shape`
+  with their sizes (Nx has checked every other axis). `:ok` or `{:error, message}`.
+  """
+  @spec broadcast(QuantizedTensor.t(), tuple(), tuple(), [non_neg_integer()]) ::
+          :ok | {:error, String.t()}
+  def broadcast(%QuantizedTensor{shape: q_shape} = qt, from, shape, axes) do
+    m = tuple_size(q_shape)
+    rank = tuple_size(shape)
+    expected = Enum.to_list((rank - m)..(rank - 1)//1)
+
+    if match?({:ok, _}, lead(qt, from)) and match?({:ok, _}, lead(qt, shape)) and
+         Enum.take(axes, -m) == expected do
+      :ok
+    else
+      {:error, view_message(:broadcast, qt, from, shape) <> " (axes #{inspect(axes)})"}
+    end
+  end
+
+  defp view_message(name, %QuantizedTensor{shape: q_shape} = qt, from, shape) do
+    "Nx.Backend.#{name} to shape #{inspect(shape)} is not supported on a quantized tensor " <>
+      "(#{describe(qt, from)}): only new leading axes in front of its #{inspect(q_shape)} " <>
+      "axes make a view (what Nx.vectorize/2 of the other operand of Nx.dot needs); " <>
+      "call NxQuant.dequantize/1 first"
+  end
+
+  @doc """
+  The error for a callback with no meaning on a quantized tensor; `shape` (the Nx tensor's)
+  names a broadcast view.
+  """
+  @spec unsupported_message(atom(), non_neg_integer(), QuantizedTensor.t(), tuple() | nil) ::
+          String.t()
+  def unsupported_message(name, arity, qt, shape \\ nil)
+
+  def unsupported_message(:to_binary, _arity, qt, shape) do
+    "cannot read the binary of a quantized tensor (#{describe(qt, shape)}): its data are " <>
+      "packed words, scales and biases, not #{type_name(qt.type)} values. Use " <>
+      "NxQuant.dequantize/1 for the dense values or NxQuant.parts/1 for the packed parts"
+  end
+
+  def unsupported_message(name, arity, qt, shape) do
+    "Nx.Backend.#{name}/#{arity} is not supported on a quantized tensor " <>
+      "(#{describe(qt, shape)}). Quantized tensors take part in Nx.dot/2,4,6 (fused kernel), " <>
+      "Nx.transpose/1, Nx.take/2 and Nx.gather/2 of rows, Nx.as_type/2 to a float type, new " <>
+      "leading axes (Nx.new_axis/2, Nx.broadcast/3, Nx.vectorize/2 of the other operand of " <>
+      "Nx.dot) and backend transfers; for anything else call NxQuant.dequantize/1 first"
   end
 
   @doc """
@@ -147,6 +237,71 @@ defmodule NxQuant.QuantizedOps do
       |> Core.dequantize()
     end
   end
+
+  @doc """
+  The weight `Nx.dot/6` multiplies by: `scale * q + bias` evaluated in f32 (the product
+  rounded to f32, then the sum), as an f32 `NxQuant.Dense` of `qt.shape` (a transposed view
+  gives the transposed matrix). For f32 scales this is `NxQuant.Core.dequantize/1`; for f16 and
+  bf16 scales the scales and biases are widened to f32 (exact) into a temporary quantized
+  tensor over a copy of the packed words, which is then dequantized.
+  """
+  @spec dequantize_f32(QuantizedTensor.t()) :: NxQuant.Dense.t()
+  def dequantize_f32(%QuantizedTensor{dtype: {:f, 32}} = qt), do: Core.dequantize(qt)
+
+  def dequantize_f32(%QuantizedTensor{dtype: dtype} = qt) do
+    %{packed: packed, scales: scales, biases: biases} = Core.parts(qt)
+    %Config{bits: bits, group_size: gs} = qt.config
+    widen = fn %NxQuant.Dense{} = d -> %{d | data: widen_f32(d.data, dtype), type: {:f, 32}} end
+
+    wide =
+      Core.quantized_tensor(
+        packed,
+        widen.(scales),
+        widen.(biases),
+        QuantizedTensor.stored_shape(qt),
+        bits: bits,
+        group_size: gs
+      )
+
+    Core.dequantize(%{wide | shape: qt.shape, transposed: qt.transposed})
+  end
+
+  @doc """
+  Little-endian f16 or bf16 values widened to f32 (exact: every f16/bf16 value, subnormals,
+  infinities and NaN payloads included, is an f32 value).
+  """
+  @spec widen_f32(binary(), {:f, 16} | {:bf, 16}) :: binary()
+  def widen_f32(data, {:bf, 16}),
+    do: for(<<h::16-little <- data>>, into: <<>>, do: <<h <<< 16::32-little>>)
+
+  def widen_f32(data, {:f, 16}),
+    do: for(<<h::16-little <- data>>, into: <<>>, do: <<f16_to_f32_bits(h)::32-little>>)
+
+  defp f16_to_f32_bits(h) do
+    sign = h >>> 15 <<< 31
+    exponent = h >>> 10 &&& 0x1F
+    mantissa = h &&& 0x3FF
+
+    cond do
+      # Inf and NaN (payload kept in the top mantissa bits)
+      exponent == 0x1F ->
+        sign ||| 0x7F800000 ||| mantissa <<< 13
+
+      exponent != 0 ->
+        sign ||| (exponent + 112) <<< 23 ||| mantissa <<< 13
+
+      mantissa == 0 ->
+        sign
+
+      # subnormal: mantissa * 2^-24 = 2^(p - 24) * (1 + rest / 2^p), p its top bit
+      true ->
+        p = top_bit(mantissa, 9)
+        sign ||| (p + 103) <<< 23 ||| (mantissa - (1 <<< p)) <<< (23 - p)
+    end
+  end
+
+  defp top_bit(m, p) when m >>> p == 1, do: p
+  defp top_bit(m, p), do: top_bit(m, p - 1)
 
   defp type_name({:bf, 16}), do: "bf16"
   defp type_name({kind, size}), do: "#{kind}#{size}"
