@@ -223,7 +223,9 @@ if Code.ensure_loaded?(Nx) do
       fun = "NxQuant.quantized_tensor/5"
       opts = Validate.keyword!(opts, [:type, :group_size, :dtype], fun)
       dtype = opts[:dtype] && Nx.Type.normalize!(opts[:dtype])
-      backend = Enum.find_value([packed, scales, biases], {Nx.BinaryBackend, []}, &nx_backend/1)
+
+      backend =
+        Enum.find_value([packed, scales, biases], {NxQuant.NativeBackend, []}, &nx_backend/1)
 
       Validate.shape!(shape, "#{fun} shape")
 
@@ -349,10 +351,14 @@ if Code.ensure_loaded?(Nx) do
 
     defp backend_of(%Nx.Tensor{data: %Backend{backend: backend}}), do: backend
 
+    # Plain Nx.BinaryBackend tensors (no backend chosen) get the native dense path: the same
+    # results, computed natively.
+    defp backend_of(%Nx.Tensor{data: %Nx.BinaryBackend{}}), do: {NxQuant.NativeBackend, []}
+
     defp backend_of(%Nx.Tensor{data: %mod{}}) when mod != Nx.TemplateBackend,
       do: {mod, mod.init([])}
 
-    defp backend_of(_), do: {Nx.BinaryBackend, []}
+    defp backend_of(_), do: {NxQuant.NativeBackend, []}
 
     defp nx_backend(%Nx.Tensor{} = t), do: backend_of(t)
     defp nx_backend(_), do: nil

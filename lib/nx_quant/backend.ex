@@ -2,7 +2,9 @@ if Code.ensure_loaded?(Nx) do
   defmodule NxQuant.Backend do
     @moduledoc """
     An `Nx.Backend` shim: dense tensors wrap a tensor of an inner backend (default
-    `Nx.BinaryBackend`; `{NxQuant.Backend, backend: EXLA.Backend}` picks another) and every
+    `NxQuant.NativeBackend`, the native dense path over binaries with `Nx.BinaryBackend`'s
+    semantics; `{NxQuant.Backend, backend: Nx.BinaryBackend}` turns it off,
+    `{NxQuant.Backend, backend: EXLA.Backend}` picks another) and every
     callback delegates to it, except what touches a quantized tensor. So a plain
     `Nx.dot(x, qw)` with `qw` quantized runs the fused kernel and everything else runs where it
     ran before.
@@ -64,7 +66,7 @@ if Code.ensure_loaded?(Nx) do
                             {Nx, :default_backend}
                           end)
 
-    defstruct inner: nil, quantized: nil, backend: {Nx.BinaryBackend, []}
+    defstruct inner: nil, quantized: nil, backend: {NxQuant.NativeBackend, []}
 
     @type t :: %__MODULE__{
             inner: struct() | nil,
@@ -102,12 +104,12 @@ if Code.ensure_loaded?(Nx) do
 
     @impl true
     def init(opts) do
-      opts = Keyword.validate!(opts, backend: Nx.BinaryBackend)
+      opts = Keyword.validate!(opts, backend: NxQuant.NativeBackend)
       [backend: inner_backend(opts)]
     end
 
     defp inner_backend(opts) do
-      case Keyword.get(opts, :backend, Nx.BinaryBackend) do
+      case Keyword.get(opts, :backend, NxQuant.NativeBackend) do
         {mod, mod_opts} when is_atom(mod) and is_list(mod_opts) ->
           {mod, mod.init(mod_opts)}
 
@@ -134,7 +136,7 @@ if Code.ensure_loaded?(Nx) do
 
     @doc "Builds the `%Nx.Tensor{}` for a core quantized tensor."
     @spec quantized_nx(QuantizedTensor.t(), {module(), term()}) :: Nx.Tensor.t()
-    def quantized_nx(%QuantizedTensor{} = qt, backend \\ {Nx.BinaryBackend, []}) do
+    def quantized_nx(%QuantizedTensor{} = qt, backend \\ {NxQuant.NativeBackend, []}) do
       %Nx.Tensor{
         data: %__MODULE__{quantized: qt, backend: backend},
         shape: qt.shape,
@@ -194,7 +196,7 @@ if Code.ensure_loaded?(Nx) do
 
     # The inner backend to run on: that of the first of our tensors among the arguments, else
     # the default.
-    defp backend_of(args), do: find_backend(args) || {Nx.BinaryBackend, []}
+    defp backend_of(args), do: find_backend(args) || {NxQuant.NativeBackend, []}
 
     defp find_backend(%Nx.Tensor{data: %__MODULE__{backend: backend}}), do: backend
     defp find_backend(%Nx.Tensor{}), do: nil

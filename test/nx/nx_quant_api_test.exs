@@ -258,7 +258,8 @@ if Code.ensure_loaded?(Nx) do
       test "as the default backend, dense ops delegate to the inner backend" do
         Nx.with_default_backend(NxQuant.Backend, fn ->
           a = Nx.tensor([[1.0, 2.0], [3.0, 4.0]])
-          assert %NxQuant.Backend{inner: %Nx.BinaryBackend{}} = a.data
+          # The default inner backend is the native dense path.
+          assert %NxQuant.Backend{inner: %NxQuant.NativeBackend{}} = a.data
           b = a |> Nx.add(1) |> Nx.multiply(Nx.iota({2, 2}))
           assert Nx.to_flat_list(b) == [0.0, 3.0, 8.0, 15.0]
           assert Nx.to_flat_list(Nx.sum(b, axes: [0])) == [8.0, 18.0]
@@ -280,7 +281,24 @@ if Code.ensure_loaded?(Nx) do
 
       test "init validates its options" do
         assert_raise ArgumentError, fn -> NxQuant.Backend.init(foo: 1) end
-        assert [backend: {Nx.BinaryBackend, []}] = NxQuant.Backend.init([])
+        assert [backend: {NxQuant.NativeBackend, []}] = NxQuant.Backend.init([])
+        assert [backend: {Nx.BinaryBackend, []}] = NxQuant.Backend.init(backend: Nx.BinaryBackend)
+      end
+
+      test "the native path on and off give the same bits" do
+        x = Nx.iota({3, 64}, type: :f32) |> Nx.divide(7) |> Nx.sin()
+        {_w, qw} = weight({16, 64})
+
+        step = fn backend ->
+          Nx.with_default_backend(backend, fn ->
+            x = Nx.backend_copy(x, backend)
+            h = Nx.dot(x, [1], qw, [1])
+            h = h |> Nx.multiply(Nx.sigmoid(h)) |> Nx.add(Nx.sum(h, axes: [1], keep_axes: true))
+            Nx.to_binary(Nx.divide(h, Nx.sqrt(Nx.add(Nx.mean(Nx.multiply(h, h)), 1.0e-5))))
+          end)
+        end
+
+        assert step.({NxQuant.Backend, []}) == step.({NxQuant.Backend, backend: Nx.BinaryBackend})
       end
     end
   end
