@@ -336,10 +336,12 @@ defmodule NxQuant.DecoderModel do
 
     scores =
       section(:scores, fn ->
+        # q scaled before the dot (as MLX's attention does): {heads, hd} values, not
+        # {heads, context}.
         q
+        |> Nx.multiply(1 / :math.sqrt(hd))
         |> Nx.reshape({nkv, group, hd})
         |> Nx.dot([2], [0], k_cache, [2], [0])
-        |> Nx.multiply(1 / :math.sqrt(hd))
       end)
 
     scores =
