@@ -350,8 +350,11 @@ defmodule NxQuant.Native do
         Layout.reduce_plan(shape, [axis], keep_axis == true, fun)
       end
 
-    if Layout.size(shape) == 0 do
-      raise ArgumentError, "#{fun}: cannot take the #{op} of an empty tensor #{inspect(shape)}"
+    reduced = axes |> Enum.map(&elem(shape, &1)) |> Enum.product()
+
+    if reduced == 0 and Layout.size(out_shape) > 0 do
+      raise ArgumentError,
+            "#{fun}: cannot take the #{op} over an empty axis of shape #{inspect(shape)}"
     end
 
     NIF.dense_reduce(

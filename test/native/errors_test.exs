@@ -109,8 +109,20 @@ defmodule NxQuant.Native.ErrorsTest do
         Native.pad(t, t, [{0, 0, 0}, {0, 0, 0}], {:f, 32})
       end
 
-      assert_raise ArgumentError, ~r/argmax of an empty tensor/, fn ->
+      assert_raise ArgumentError, ~r/argmax over an empty axis of shape \{0\}/, fn ->
         Native.arg_reduce(:argmax, f32([], {0}), nil, false, :low, {:s, 32})
+      end
+
+      assert_raise ArgumentError, ~r/argmin over an empty axis of shape \{2, 0\}/, fn ->
+        Native.arg_reduce(:argmin, f32([], {2, 0}), 1, false, :low, {:s, 32})
+      end
+
+      # no output element, nothing to reduce: an empty result, as BinaryBackend gives
+      assert %{shape: {0}, data: ""} =
+               Native.arg_reduce(:argmax, f32([], {0, 3}), 1, false, :low, {:s, 32})
+
+      assert_raise ArgumentError, ~r/reduce_max/, fn ->
+        Native.reduce(:reduce_max, f32([], {2, 0}), [1], false, {:f, 32})
       end
 
       assert_raise ArgumentError, ~r/indices must have an integer type/, fn ->

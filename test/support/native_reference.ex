@@ -456,7 +456,7 @@ defmodule NxQuant.NativeReference do
   end
 
   # Complex.divide gives the integer 0 (written as +0.0) whatever the signs.
-  defp divide(a, b) when b in [:infinity, :neg_infinity], do: 0
+  defp divide(_a, b) when b in [:infinity, :neg_infinity], do: 0
 
   defp divide(a, b) when b == 0 do
     if a == 0, do: :nan, else: inf_of(sign(a) * sign(b))
