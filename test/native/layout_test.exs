@@ -154,9 +154,11 @@ defmodule NxQuant.Native.LayoutTest do
         Layout.slice_view({4, 5}, [0, 0], [1, 1], [0, 1], @fun)
       end
 
-      assert_raise ArgumentError, ~r/start_indices must be a list of 2 integers/, fn ->
-        Layout.slice_view({4, 5}, [0], [1, 1], [1, 1], @fun)
-      end
+      assert_raise ArgumentError,
+                   ~r/start_indices, lengths and strides must be lists of 2 integers/,
+                   fn ->
+                     Layout.slice_view({4, 5}, [0], [1, 1], [1, 1], @fun)
+                   end
     end
   end
 

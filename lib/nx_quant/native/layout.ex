@@ -184,39 +184,66 @@ defmodule NxQuant.Native.Layout do
   """
   def slice_view(shape, starts, lengths, steps, fun) do
     rank = tuple_size(shape)
-
-    for {list, name} <- [{starts, "start_indices"}, {lengths, "lengths"}, {steps, "strides"}] do
-      unless is_list(list) and length(list) == rank and Enum.all?(list, &is_integer/1) do
-        raise ArgumentError,
-              "#{fun}: #{name} must be a list of #{rank} integers for shape #{inspect(shape)}, " <>
-                "got: #{inspect(list)}"
-      end
-    end
-
     in_strides = strides(shape)
+    slice_axes(shape, in_strides, starts, lengths, steps, 0, rank, [], 0, [], {starts, fun})
+  end
 
-    {dims, offset, strides} =
-      [Tuple.to_list(shape), starts, lengths, steps, Tuple.to_list(in_strides)]
-      |> Enum.zip()
-      |> Enum.with_index()
-      |> Enum.reduce({[], 0, []}, fn {{dim, start, len, step, s}, axis},
-                                     {dims, offset, strides} ->
-        if len < 0 or len > dim do
-          raise ArgumentError,
-                "#{fun}: length #{len} at axis #{axis} must be in 0..#{dim} for shape " <>
-                  "#{inspect(shape)}"
-        end
+  # One pass over the axes (this runs for every slice of a decode step: no intermediate lists).
+  defp slice_axes(
+         shape,
+         in_strides,
+         [start | ss],
+         [len | ls],
+         [step | ps],
+         axis,
+         rank,
+         dims,
+         offset,
+         strides,
+         info
+       )
+       when axis < rank and is_integer(start) and is_integer(len) and is_integer(step) do
+    dim = elem(shape, axis)
 
-        if step < 1 do
-          raise ArgumentError, "#{fun}: stride #{step} at axis #{axis} must be at least 1"
-        end
+    cond do
+      len < 0 or len > dim ->
+        raise ArgumentError,
+              "#{elem(info, 1)}: length #{len} at axis #{axis} must be in 0..#{dim} for shape " <>
+                "#{inspect(shape)}"
 
+      step < 1 ->
+        raise ArgumentError,
+              "#{elem(info, 1)}: stride #{step} at axis #{axis} must be at least 1"
+
+      true ->
+        s = elem(in_strides, axis)
         start = min(max(start, 0), dim - len)
-        {[div(len + step - 1, step) | dims], offset + start * s, [s * step | strides]}
-      end)
 
-    {dims |> Enum.reverse() |> List.to_tuple(), offset,
-     strides |> Enum.reverse() |> List.to_tuple()}
+        slice_axes(
+          shape,
+          in_strides,
+          ss,
+          ls,
+          ps,
+          axis + 1,
+          rank,
+          [div(len + step - 1, step) | dims],
+          offset + start * s,
+          [s * step | strides],
+          info
+        )
+    end
+  end
+
+  defp slice_axes(_shape, _in_strides, [], [], [], rank, rank, dims, offset, strides, _info) do
+    {dims |> :lists.reverse() |> List.to_tuple(), offset,
+     strides |> :lists.reverse() |> List.to_tuple()}
+  end
+
+  defp slice_axes(shape, _, _, _, _, _, rank, _, _, _, {_starts, fun}) do
+    raise ArgumentError,
+          "#{fun}: start_indices, lengths and strides must be lists of #{rank} integers for " <>
+            "shape #{inspect(shape)}"
   end
 
   @doc "Validates a list of distinct axes of a rank-`rank` tensor."
@@ -326,30 +353,35 @@ defmodule NxQuant.Native.Layout do
   """
   def put_slice_window(shape, starts, slice_shape, fun) do
     rank = tuple_size(shape)
-
-    unless tuple_size(slice_shape) == rank and
-             Enum.all?(0..(rank - 1)//1, &(elem(slice_shape, &1) <= elem(shape, &1))) do
-      raise ArgumentError,
-            "#{fun}: the slice's shape #{inspect(slice_shape)} must have the rank of the " <>
-              "tensor's #{inspect(shape)} and no larger dimension"
-    end
-
-    unless is_list(starts) and length(starts) == rank and Enum.all?(starts, &is_integer/1) do
-      raise ArgumentError,
-            "#{fun}: start_indices must be a list of #{rank} integers, got: #{inspect(starts)}"
-    end
-
     out_strides = strides(shape)
 
-    offset =
-      starts
-      |> Enum.with_index()
-      |> Enum.reduce(0, fn {start, axis}, acc ->
-        start = min(max(start, 0), elem(shape, axis) - elem(slice_shape, axis))
-        acc + start * elem(out_strides, axis)
-      end)
+    unless tuple_size(slice_shape) == rank do
+      put_slice_error!(shape, slice_shape, fun)
+    end
 
-    {offset, out_strides}
+    {put_slice_offset(shape, slice_shape, out_strides, starts, 0, rank, 0, fun), out_strides}
+  end
+
+  defp put_slice_offset(shape, slice_shape, out_strides, [start | rest], axis, rank, acc, fun)
+       when axis < rank and is_integer(start) do
+    room = elem(shape, axis) - elem(slice_shape, axis)
+    if room < 0, do: put_slice_error!(shape, slice_shape, fun)
+    start = min(max(start, 0), room)
+    acc = acc + start * elem(out_strides, axis)
+    put_slice_offset(shape, slice_shape, out_strides, rest, axis + 1, rank, acc, fun)
+  end
+
+  defp put_slice_offset(_shape, _slice_shape, _out_strides, [], rank, rank, acc, _fun), do: acc
+
+  defp put_slice_offset(_shape, _slice_shape, _out_strides, starts, _axis, rank, _acc, fun) do
+    raise ArgumentError,
+          "#{fun}: start_indices must be a list of #{rank} integers, got: #{inspect(starts)}"
+  end
+
+  defp put_slice_error!(shape, slice_shape, fun) do
+    raise ArgumentError,
+          "#{fun}: the slice's shape #{inspect(slice_shape)} must have the rank of the " <>
+            "tensor's #{inspect(shape)} and no larger dimension"
   end
 
   @doc """
@@ -359,17 +391,19 @@ defmodule NxQuant.Native.Layout do
   def concatenate_plan([first | _] = shapes, axis, fun) do
     rank = tuple_size(first)
     axis!(axis, rank, fun)
+    pattern = put_elem(first, axis, 0)
 
-    for shape <- shapes do
-      unless tuple_size(shape) == rank and
-               Enum.all?(0..(rank - 1), &(&1 == axis or elem(shape, &1) == elem(first, &1))) do
-        raise ArgumentError,
-              "#{fun}: every shape must match #{inspect(put_elem(first, axis, :*))} " <>
-                "on the axes other than #{axis}, got: #{inspect(shape)}"
-      end
-    end
+    total =
+      Enum.reduce(shapes, 0, fn shape, total ->
+        unless tuple_size(shape) == rank and put_elem(shape, axis, 0) == pattern do
+          raise ArgumentError,
+                "#{fun}: every shape must match #{inspect(put_elem(first, axis, :*))} " <>
+                  "on the axes other than #{axis}, got: #{inspect(shape)}"
+        end
 
-    total = shapes |> Enum.map(&elem(&1, axis)) |> Enum.sum()
+        total + elem(shape, axis)
+      end)
+
     out_shape = put_elem(first, axis, total)
     step = elem(strides(out_shape), axis)
 
@@ -480,15 +514,17 @@ defmodule NxQuant.Native.Layout do
   # One stride that walks `axes` row-major (axes of size 1 ignored), if there is one.
   defp group_stride(axes, shape, strides) do
     case Enum.reject(axes, &(elem(shape, &1) == 1)) do
-      [] ->
-        {:ok, 0}
-
-      kept ->
-        kept
-        |> Enum.chunk_every(2, 1, :discard)
-        |> Enum.all?(fn [x, y] -> elem(strides, x) == elem(strides, y) * elem(shape, y) end)
-        |> if(do: {:ok, elem(strides, List.last(kept))}, else: :error)
+      [] -> {:ok, 0}
+      [x | rest] -> chain_stride(x, rest, shape, strides)
     end
+  end
+
+  defp chain_stride(x, [], _shape, strides), do: {:ok, elem(strides, x)}
+
+  defp chain_stride(x, [y | rest], shape, strides) do
+    if elem(strides, x) == elem(strides, y) * elem(shape, y),
+      do: chain_stride(y, rest, shape, strides),
+      else: :error
   end
 
   # ---- gather ------------------------------------------------------------------------------
