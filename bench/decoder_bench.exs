@@ -22,9 +22,10 @@
 #                     name used as the shim's inner backend (e.g. NxQuant.NativeBackend)
 #   DECODER_PROFILE   1: also time the sections of the step (eager), i.e. where the
 #                     non-matmul time goes
-#   NX_QUANT_BENCH    the C++ benchmark binary measuring the read bandwidth
-#                     (default build-bench/nx_quant_bench; without it the bandwidth is measured
-#                     from Elixir, see ReadBandwidth)
+#   NX_QUANT_BENCH    the C++ benchmark binary measuring the read bandwidth (default
+#                     build-bench/nx_quant_bench: cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release
+#                     -DNX_QUANT_BUILD_BENCH=ON && cmake --build build-bench --target nx_quant_bench);
+#                     without it the bandwidth is measured from Elixir, see ReadBandwidth
 Code.require_file("decoder_model.exs", __DIR__)
 alias NxQuant.DecoderModel, as: Model
 
@@ -36,8 +37,8 @@ defmodule ReadBandwidth do
   # threads, with and without software prefetch, the larger), the ceiling the GEMV ratios in
   # bench/RESULTS.md use. Else from Elixir: one :binary.match scan (memchr-like, for a byte that
   # is absent) of a 512 MB binary per scheduler, concurrently, best of 5 — a lower bound of the
-  # machine's read bandwidth (one scan is partly compute-bound), so the bound it gives is
-  # optimistic for the decoder.
+  # machine's read bandwidth (one scan is partly compute-bound), so the decoder's ratio to the
+  # bound it gives is flattering.
   def measure do
     bench = System.get_env("NX_QUANT_BENCH", Path.join(File.cwd!(), "build-bench/nx_quant_bench"))
 
