@@ -40,15 +40,83 @@ bool injective(const Shape& shape, const std::vector<int64_t>& strides) {
   return true;
 }
 
+// Tiles of a transposing copy: kTile x kTile elements touch kTile cache lines on each side.
+constexpr int64_t kTile = 32;
+
+// A copy whose input is contiguous along collapsed axis `k` (not the last) while the output is
+// contiguous along the last: read and written in kTile x kTile tiles over (k, last) so both
+// sides stay in cache (a row-by-row copy would read the input with a page-sized stride).
+void copy_tiled(const StridedWalk<2>& walk, size_t k, const View& in, void* out,
+                ConvertRunFn convert, int threads) {
+  const size_t rank = walk.shape.size();
+  const size_t last = rank - 1;
+  const int64_t dim_k = walk.shape[k], dim_j = walk.shape[last];
+  const int64_t in_k = walk.strides[0][k], in_j = walk.strides[0][last];
+  const int64_t out_k = walk.strides[1][k], out_j = walk.strides[1][last];
+  std::vector<size_t> outer_axes;
+  size_t outer_count = 1;
+  for (size_t a = 0; a < last; ++a)
+    if (a != k) {
+      outer_axes.push_back(a);
+      outer_count *= static_cast<size_t>(walk.shape[a]);
+    }
+  const size_t k_tiles = static_cast<size_t>((dim_k + kTile - 1) / kTile);
+  // One item: every tile of one (outer index, k tile) pair.
+  run_split(outer_count * k_tiles, static_cast<size_t>(kTile * dim_j), threads,
+            [&](size_t begin, size_t end) {
+              for (size_t item = begin; item < end; ++item) {
+                size_t rest = item / k_tiles;
+                const int64_t k0 = static_cast<int64_t>(item % k_tiles) * kTile;
+                int64_t in_off = walk.offsets[0], out_off = walk.offsets[1];
+                for (size_t a = outer_axes.size(); a-- > 0;) {
+                  const size_t axis = outer_axes[a];
+                  const int64_t i =
+                      static_cast<int64_t>(rest % static_cast<size_t>(walk.shape[axis]));
+                  rest /= static_cast<size_t>(walk.shape[axis]);
+                  in_off += i * walk.strides[0][axis];
+                  out_off += i * walk.strides[1][axis];
+                }
+                const int64_t k1 = std::min(dim_k, k0 + kTile);
+                for (int64_t j0 = 0; j0 < dim_j; j0 += kTile) {
+                  const int64_t n = std::min(kTile, dim_j - j0);
+                  for (int64_t kk = k0; kk < k1; ++kk)
+                    convert(in.data, in_off + kk * in_k + j0 * in_j, in_j, out,
+                            out_off + kk * out_k + j0 * out_j, out_j, n);
+                }
+              }
+            });
+}
+
 }  // namespace
 
 void copy_strided(const Shape& shape, const View& in, Type out_type, void* out, size_t out_count,
                   int64_t out_offset, const std::vector<int64_t>& out_strides, int threads) {
   (void)out_count;
+  int64_t in_stride, out_stride;
+  if (flat_strides(in.strides, shape, in_stride) && flat_strides(out_strides, shape, out_stride) &&
+      out_stride == 1) {  // one run: a memcpy or a conversion loop, no walk
+    const size_t count = element_count(shape);
+    const ConvertRunFn convert = converter_for<false>(in.type, out_type);
+    run_split(count, kCheapCost, threads, [&](size_t begin, size_t end) {
+      const int64_t b = static_cast<int64_t>(begin);
+      convert(in.data, in.offset + b * in_stride, in_stride, out, out_offset + b, 1,
+              static_cast<int64_t>(end - begin));
+    });
+    return;
+  }
   const StridedWalk<2> walk(shape, {&in.strides, &out_strides}, {in.offset, out_offset});
   if (walk.count == 0) return;
   const ConvertRunFn convert = converter_for<false>(in.type, out_type);
   if (!injective(shape, out_strides)) threads = 1;  // overlapping writes: in row-major order
+  const size_t rank = walk.shape.size();
+  // Transposing copies (the input's unit stride on another axis) go through tiles; the tile
+  // order differs from row-major, so only when no two elements share an output position.
+  if (rank >= 2 && walk.strides[1][rank - 1] == 1 && walk.strides[0][rank - 1] != 1 &&
+      walk.strides[0][rank - 1] != 0 && walk.shape[rank - 1] >= kTile / 2) {
+    for (size_t k = rank - 1; k-- > 0;)
+      if (walk.strides[0][k] == 1 && walk.shape[k] >= kTile / 2 && injective(shape, out_strides))
+        return copy_tiled(walk, k, in, out, convert, threads);
+  }
   run_split(walk.count, kCheapCost, threads, [&](size_t begin, size_t end) {
     walk.for_each_run(begin, end, [&](const auto& off, int64_t len, const auto& inner, size_t) {
       convert(in.data, off[0], inner[0], out, off[1], inner[1], len);

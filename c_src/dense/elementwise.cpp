@@ -19,6 +19,7 @@
 #include "copy.h"
 #include "element.h"
 #include "elementwise_runs.h"
+#include "elementwise_simd.h"
 #include "nx_quant/dense_ops.h"
 #include "nx_quant/error.h"
 #include "unary_ops.h"
@@ -90,20 +91,6 @@ constexpr bool is_wide_int(Type t) {
 
 // ---- the buffered engine ---------------------------------------------------------------------
 
-template <size_t N>
-StridedWalk<N> make_walk(const Shape& shape, const std::array<const View*, N - 1>& inputs,
-                         const std::vector<int64_t>& out_strides) {
-  std::array<const std::vector<int64_t>*, N> strides;
-  std::array<int64_t, N> offsets;
-  for (size_t k = 0; k + 1 < N; ++k) {
-    strides[k] = &inputs[k]->strides;
-    offsets[k] = inputs[k]->offset;
-  }
-  strides[N - 1] = &out_strides;
-  offsets[N - 1] = 0;
-  return StridedWalk<N>(shape, strides, offsets);
-}
-
 // Same-type f32 / bf16 arithmetic straight from the buffers (vectorizable inner loops).
 template <BinaryOp Op, Type T>
 void fused_run(const storage_t<T>* a, int64_t sa, const storage_t<T>* b, int64_t sb,
@@ -127,13 +114,18 @@ void fused_run(const storage_t<T>* a, int64_t sa, const storage_t<T>* b, int64_t
 }
 
 template <BinaryOp Op, Type T>
-void run_fused(const StridedWalk<3>& walk, const View& a, const View& b, void* out, int threads) {
+void run_fused(const Runs<3>& walk, const View& a, const View& b, void* out, int threads) {
   const auto* pa = static_cast<const storage_t<T>*>(a.data);
   const auto* pb = static_cast<const storage_t<T>*>(b.data);
   auto* po = static_cast<storage_t<T>*>(out);
+  const SimdBinaryRun simd = simd_binary_run(Op, T);
   run_split(walk.count, kCheapCost, threads, [&](size_t begin, size_t end) {
     walk.for_each_run(begin, end, [&](const auto& off, int64_t len, const auto& inner, size_t) {
-      fused_run<Op, T>(pa + off[0], inner[0], pb + off[1], inner[1], po + off[2], len);
+      if (simd && (inner[0] == 0 || inner[0] == 1) && (inner[1] == 0 || inner[1] == 1) &&
+          inner[2] == 1)
+        simd(pa + off[0], inner[0], pb + off[1], inner[1], po + off[2], len);
+      else
+        fused_run<Op, T>(pa + off[0], inner[0], pb + off[1], inner[1], po + off[2], len);
     });
   });
 }
@@ -147,7 +139,7 @@ C apply_binary(C a, C b) {
 }
 
 template <BinaryOp Op, class C>
-void run_binary_buffered(const StridedWalk<3>& walk, const View& a, const View& b, Type out_type,
+void run_binary_buffered(const Runs<3>& walk, const View& a, const View& b, Type out_type,
                          void* out, int threads) {
   const LoadRunFn<C> la = loader_for<C>(a.type);
   const LoadRunFn<C> lb = loader_for<C>(b.type);
@@ -253,8 +245,8 @@ Num binary_num(const Num& a, const Num& b) {
 }
 
 template <BinaryOp Op>
-void run_binary_num(const StridedWalk<3>& walk, const View& a, const View& b, Type out_type,
-                    void* out, int threads) {
+void run_binary_num(const Runs<3>& walk, const View& a, const View& b, Type out_type, void* out,
+                    int threads) {
   run_split(walk.count, kTranscendentalCost, threads, [&](size_t begin, size_t end) {
     walk.for_each_run(begin, end, [&](const auto& off, int64_t len, const auto& inner, size_t) {
       for (int64_t i = 0; i < len; ++i) {
@@ -328,8 +320,7 @@ void binary_op(const Shape& shape, const View& a, const View& b, Type out_type, 
                int threads) {
   const Domain domain = binary_domain(Op, a.type, b.type, out_type);
   if (domain == Domain::I64 || domain == Domain::I128) check_int_operand(Op, shape, b, out_type);
-  const std::vector<int64_t> out_strides = contiguous_strides(shape);
-  const StridedWalk<3> walk = make_walk<3>(shape, {&a, &b}, out_strides);
+  const Runs<3> walk(shape, {&a, &b});
   switch (domain) {
     case Domain::F32:
       if constexpr (Op == BinaryOp::Add || Op == BinaryOp::Subtract || Op == BinaryOp::Multiply ||
@@ -338,6 +329,8 @@ void binary_op(const Shape& shape, const View& a, const View& b, Type out_type, 
           return run_fused<Op, Type::F32>(walk, a, b, out, threads);
         if (a.type == b.type && a.type == out_type && a.type == Type::BF16)
           return run_fused<Op, Type::BF16>(walk, a, b, out, threads);
+        if (a.type == b.type && a.type == out_type && a.type == Type::F16)
+          return run_fused<Op, Type::F16>(walk, a, b, out, threads);
       }
       if constexpr (binary_exact_in_float(Op) || binary_rounded_in_float(Op))
         return run_binary_buffered<Op, float>(walk, a, b, out_type, out, threads);
@@ -363,7 +356,7 @@ void binary_op(const Shape& shape, const View& a, const View& b, Type out_type, 
 // ---- unary -----------------------------------------------------------------------------------
 
 template <UnaryOp Op, class C>
-void run_unary_buffered(const StridedWalk<2>& walk, const View& in, Type out_type, void* out,
+void run_unary_buffered(const Runs<2>& walk, const View& in, Type out_type, void* out,
                         int threads) {
   const LoadRunFn<C> load = loader_for<C>(in.type);
   const StoreRunFn<C> st = storer_for<C>(out_type);
@@ -387,8 +380,7 @@ void run_unary_buffered(const StridedWalk<2>& walk, const View& in, Type out_typ
 
 template <UnaryOp Op>
 void unary_op(const Shape& shape, const View& in, Type out_type, void* out, int threads) {
-  const std::vector<int64_t> out_strides = contiguous_strides(shape);
-  const StridedWalk<2> walk = make_walk<2>(shape, {&in}, out_strides);
+  const Runs<2> walk(shape, {&in});
   if (!is_float_type(in.type)) {
     if constexpr (unary_int_op(Op)) {
       if (in.type == Type::U64 || is_float_type(out_type))
@@ -418,16 +410,16 @@ void validate_common(const Shape& shape, Type out_type, const void* out, const c
   check_out(out, element_count(shape), what);
 }
 
-void validate_input(const View& v, const Shape& shape, const std::string& what) {
-  check_type(v.type, what.c_str());
-  check_view(v, shape, what.c_str());
+void validate_input(const View& v, const Shape& shape, const char* what) {
+  check_type(v.type, what);
+  check_view(v, shape, what);
 }
 
 // ---- select and clip -------------------------------------------------------------------------
 
 // Clip in a buffered domain: c = x > lo ? x : lo; r = c < hi ? c : hi (NaN compares false).
 template <class C>
-void run_clip_buffered(const StridedWalk<4>& walk, const View& in, const View& lo, const View& hi,
+void run_clip_buffered(const Runs<4>& walk, const View& in, const View& lo, const View& hi,
                        Type out_type, void* out, int threads) {
   const LoadRunFn<C> lx = loader_for<C>(in.type);
   const LoadRunFn<C> ll = loader_for<C>(lo.type);
@@ -451,7 +443,7 @@ void run_clip_buffered(const StridedWalk<4>& walk, const View& in, const View& l
   });
 }
 
-void run_clip_num(const StridedWalk<4>& walk, const View& in, const View& lo, const View& hi,
+void run_clip_num(const Runs<4>& walk, const View& in, const View& lo, const View& hi,
                   Type out_type, void* out, int threads) {
   run_split(walk.count, kTranscendentalCost, threads, [&](size_t begin, size_t end) {
     walk.for_each_run(begin, end, [&](const auto& off, int64_t len, const auto& inner, size_t) {
@@ -570,8 +562,7 @@ void select(const Shape& shape, const View& pred, const View& on_true, const Vie
   validate_input(on_true, shape, "select: on_true");
   validate_input(on_false, shape, "select: on_false");
   if (element_count(shape) == 0) return;
-  const std::vector<int64_t> out_strides = contiguous_strides(shape);
-  const StridedWalk<4> walk = make_walk<4>(shape, {&pred, &on_true, &on_false}, out_strides);
+  const Runs<4> walk(shape, {&pred, &on_true, &on_false});
   // pred is true when it is not == 0 (as Erlang's `pred == 0`: NaN is true, -0.0 false).
   const LoadRunFn<double> lp = loader_for<double>(pred.type);
   const ConvertRunFn ct = converter_for<true>(on_true.type, out_type);
@@ -612,8 +603,7 @@ void clip(const Shape& shape, const View& in, const View& lo, const View& hi, Ty
   validate_input(lo, shape, "clip: min");
   validate_input(hi, shape, "clip: max");
   if (element_count(shape) == 0) return;
-  const std::vector<int64_t> out_strides = contiguous_strides(shape);
-  const StridedWalk<4> walk = make_walk<4>(shape, {&in, &lo, &hi}, out_strides);
+  const Runs<4> walk(shape, {&in, &lo, &hi});
   const Type types[3] = {in.type, lo.type, hi.type};
   bool all_narrow = true, all_int = true, any_float = false, any_wide = false, any_u64 = false;
   for (Type t : types) {

@@ -7,11 +7,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "binary_ops.h"
 #include "element.h"
+#include "elementwise_simd.h"
 #include "nx_quant/dense_ops.h"
 #include "nx_quant/error.h"
 #include "parallel.h"
@@ -50,6 +52,10 @@ using LoadRunFn = void (*)(const void* data, int64_t offset, int64_t stride, int
 template <Type T, class C>
 void load_run(const void* data, int64_t offset, int64_t stride, int64_t n, C* dst) {
   const auto* p = static_cast<const storage_t<T>*>(data) + offset;
+  if constexpr (T == Type::F16 && std::is_same_v<C, float>) {
+    if (stride == 1)
+      if (const SimdConvertRun f = simd_f16_to_f32()) return f(p, dst, n);
+  }
   if (stride == 1) {
     for (int64_t i = 0; i < n; ++i) dst[i] = load_as<T, C>(p, i);
   } else if (stride == 0) {
@@ -100,6 +106,9 @@ template <Type T, class C>
 void store_run(void* out, int64_t offset, int64_t stride, int64_t n, const C* src) {
   if (stride == 1) {
     void* base = static_cast<storage_t<T>*>(out) + offset;
+    if constexpr (T == Type::F16 && std::is_same_v<C, float>) {
+      if (const SimdConvertRun f = simd_f32_to_f16()) return f(src, base, n);
+    }
     for (int64_t i = 0; i < n; ++i) store_as<T, C>(base, i, src[i]);
   } else {
     for (int64_t i = 0; i < n; ++i) store_as<T, C>(out, offset + i * stride, src[i]);
@@ -142,6 +151,11 @@ void convert_run(const void* src, int64_t src_offset, int64_t src_stride, void* 
   const auto* s = static_cast<const storage_t<TI>*>(src) + src_offset;
   auto* d = static_cast<storage_t<TO>*>(dst) + dst_offset;
   if (src_stride == 1 && dst_stride == 1) {
+    if constexpr (TI == Type::F16 && TO == Type::F32) {
+      if (const SimdConvertRun f = simd_f16_to_f32()) return f(s, d, n);
+    } else if constexpr (TI == Type::F32 && TO == Type::F16) {
+      if (const SimdConvertRun f = simd_f32_to_f16()) return f(s, d, n);
+    }
     if constexpr (TI == TO && (!kCanonical || !is_float_type(TI))) {
       std::memcpy(d, s, static_cast<size_t>(n) * sizeof(*s));
     } else {
@@ -170,11 +184,14 @@ ConvertRunFn converter_for(Type in, Type out) {
 
 // --- threading --------------------------------------------------------------------------------
 
-// Relative cost of one element (1 = a load, an add and a store).
+// Relative cost of one element (1 = a load, an add and a store: ~0.2-0.5 ns; a libm call in
+// double is ~10-40 times that).
 inline constexpr size_t kCheapCost = 1;
 inline constexpr size_t kTranscendentalCost = 16;
-// Below this much work (count * cost) a call runs on the calling thread.
-inline constexpr size_t kParallelWork = size_t{64} * 1024;
+// Below this much work (count * cost, ~100 us on one thread) a call runs on the calling thread:
+// waking the pool's workers costs tens of microseconds (more on a loaded or virtual machine),
+// and decode-sized tensors ({1, 2048}..{1, 32, 2048}) are far below it.
+inline constexpr size_t kParallelWork = size_t{256} * 1024;
 
 // Calls body(begin, end) over [0, count), split over threads when the work is large. Pieces
 // start on multiples of a grain, but element-wise results never depend on the split.
@@ -190,6 +207,70 @@ void run_split(size_t count, size_t cost, int threads, Body&& body) {
   nx_quant::detail::parallel_for(count, grain, threads,
                                  [&](size_t begin, size_t end) { body(begin, end); });
 }
+
+// Whether `v` over `shape` is a plain row-major buffer (stride 1 from its offset) or one
+// broadcast element (stride 0), ignoring axes of size 1; `stride` says which.
+inline bool flat_strides(const std::vector<int64_t>& strides, const Shape& shape, int64_t& stride) {
+  bool contiguous = true, broadcast = true;
+  int64_t expected = 1;
+  for (size_t axis = shape.size(); axis-- > 0;) {
+    if (shape[axis] == 1) continue;
+    contiguous = contiguous && strides[axis] == expected;
+    broadcast = broadcast && strides[axis] == 0;
+    expected *= shape[axis];
+  }
+  stride = contiguous ? 1 : 0;
+  return contiguous || broadcast;
+}
+inline bool flat_view(const View& v, const Shape& shape, int64_t& stride) {
+  return flat_strides(v.strides, shape, stride);
+}
+
+// The runs of N operands (the last one the contiguous output) over a shape: one flat run when
+// every input is a plain buffer or a broadcast element (no allocation), else a StridedWalk.
+template <size_t N>
+struct Runs {
+  std::optional<StridedWalk<N>> walk;
+  size_t count = 0;
+  std::array<int64_t, N> offsets{}, strides{};
+
+  Runs(const Shape& shape, const std::array<const View*, N - 1>& inputs) {
+    count = element_count(shape);
+    bool flat = true;
+    for (size_t k = 0; k + 1 < N && flat; ++k) {
+      offsets[k] = inputs[k]->offset;
+      flat = flat_view(*inputs[k], shape, strides[k]);
+    }
+    offsets[N - 1] = 0;
+    strides[N - 1] = 1;
+    if (flat) return;
+    std::vector<int64_t> out_strides(shape.size());
+    int64_t stride = 1;
+    for (size_t axis = shape.size(); axis-- > 0;) {
+      out_strides[axis] = stride;
+      stride *= shape[axis];
+    }
+    std::array<const std::vector<int64_t>*, N> all;
+    std::array<int64_t, N> base;
+    for (size_t k = 0; k + 1 < N; ++k) {
+      all[k] = &inputs[k]->strides;
+      base[k] = inputs[k]->offset;
+    }
+    all[N - 1] = &out_strides;
+    base[N - 1] = 0;
+    walk.emplace(shape, all, base);
+  }
+
+  // As StridedWalk::for_each_run.
+  template <typename Fn>
+  void for_each_run(size_t begin, size_t end, Fn&& fn) const {
+    if (walk) return walk->for_each_run(begin, end, fn);
+    if (begin >= end) return;
+    std::array<int64_t, N> off;
+    for (size_t k = 0; k < N; ++k) off[k] = offsets[k] + static_cast<int64_t>(begin) * strides[k];
+    fn(off, static_cast<int64_t>(end - begin), strides, begin);
+  }
+};
 
 // Strides of a row-major contiguous tensor of `shape`.
 inline std::vector<int64_t> contiguous_strides(const Shape& shape) {

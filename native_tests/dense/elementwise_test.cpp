@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "elementwise_semantics.h"
 #include "nx_quant/dense_ops.h"
 #include "nx_quant/error.h"
@@ -450,6 +452,68 @@ TEST(DenseFloatCompute, F32ComputationEqualsDoubleThenRound) {
     for (size_t i = 0; i < av.size(); ++i)
       bad += o.get(i) != ref_bits(t, vf(std::sqrt(a.val(i).f)));
     EXPECT_EQ(bad, 0) << type_name(t) << " sqrt";
+  }
+}
+
+// The AVX2 runs (same-type f32/bf16/f16 arithmetic, F16C conversions) and the portable code
+// give the same bits: every length 0..40 (vector tails), contiguous and broadcast operands.
+TEST(DenseBinary, SimdAndPortablePathsAgree) {
+  nx_quant::detail::CpuFeatures none;  // every feature off: the portable code
+  std::mt19937_64 rng(3);
+  for (Type t : {Type::F32, Type::BF16, Type::F16}) {
+    std::vector<uint64_t> av = interesting_bits(t, 61, 10), bv = interesting_bits(t, 62, 10);
+    while (bv.size() < av.size()) bv.push_back(av[bv.size()]);
+    while (av.size() > bv.size()) av.pop_back();
+    std::reverse(bv.begin(), bv.end());
+    const Buf a = make_buf(t, av), b = make_buf(t, bv);
+    for (BinaryOp op : {BinaryOp::Add, BinaryOp::Subtract, BinaryOp::Multiply, BinaryOp::Divide,
+                        BinaryOp::Max, BinaryOp::Min})
+      for (int64_t n = 0; n <= static_cast<int64_t>(std::min<size_t>(40, av.size())); ++n)
+        for (int mode = 0; mode < 3; ++mode) {
+          const View va = mode == 1 ? a.view_strided(n / 2, {0}) : a.view_strided(0, {1});
+          const View vb = mode == 2 ? b.view_strided(n / 3, {0}) : b.view_strided(0, {1});
+          Buf simd(t, static_cast<size_t>(n)), portable(t, static_cast<size_t>(n));
+          binary(op, {n}, va, vb, t, simd.data());
+          {
+            nx_quant::detail::ScopedCpuFeatures scope(none);
+            binary(op, {n}, va, vb, t, portable.data());
+          }
+          ASSERT_EQ(simd.bytes, portable.bytes)
+              << type_name(t) << " op " << static_cast<int>(op) << " n " << n << " mode " << mode;
+          for (int64_t i = 0; i < n; ++i) {
+            const size_t ia = mode == 1 ? static_cast<size_t>(n / 2) : static_cast<size_t>(i);
+            const size_t ib = mode == 2 ? static_cast<size_t>(n / 3) : static_cast<size_t>(i);
+            ASSERT_EQ(simd.get(static_cast<size_t>(i)),
+                      ref_bits(t, ref_binary(op, a.val(ia), b.val(ib), t)));
+          }
+        }
+  }
+  // f16 <-> f32 conversions and f16 loads/stores in the buffered engine (exp, sqrt)
+  std::vector<uint64_t> h;
+  for (uint64_t x = 0; x < 0x10000; x += 7) h.push_back(x);
+  h.push_back(0x7E01);
+  h.push_back(0xFC01);
+  const Buf hb = make_buf(Type::F16, h);
+  const Shape s{static_cast<int64_t>(h.size())};
+  std::vector<uint64_t> f;
+  for (size_t i = 0; i < h.size(); ++i) f.push_back(rng() & 0xFFFFFFFF);
+  f.push_back(0x477FF000);  // 65520: rounds to Inf
+  f.push_back(0x33000001);  // just above half the smallest subnormal: rounds up
+  const Buf fb = make_buf(Type::F32, f);
+  const Shape sf{static_cast<int64_t>(f.size())};
+  for (int pass = 0; pass < 2; ++pass) {
+    std::unique_ptr<nx_quant::detail::ScopedCpuFeatures> scope;
+    if (pass == 1) scope = std::make_unique<nx_quant::detail::ScopedCpuFeatures>(none);
+    Buf o(Type::F32, h.size()), o16(Type::F16, f.size()), e(Type::F16, h.size());
+    unary(UnaryOp::Copy, s, hb.view(s), Type::F32, o.data());
+    unary(UnaryOp::Copy, sf, fb.view(sf), Type::F16, o16.data());
+    for (size_t i = 0; i < h.size(); ++i) ASSERT_EQ(o.get(i), ref_bits(Type::F32, hb.val(i)));
+    for (size_t i = 0; i < f.size(); ++i) ASSERT_EQ(o16.get(i), ref_bits(Type::F16, fb.val(i)));
+    for (UnaryOp op : {UnaryOp::Exp, UnaryOp::Sqrt, UnaryOp::Negate}) {
+      unary(op, s, hb.view(s), Type::F16, e.data());
+      for (size_t i = 0; i < h.size(); ++i)
+        ASSERT_EQ(e.get(i), ref_bits(Type::F16, ref_unary(op, hb.val(i)))) << bits_str(h[i]);
+    }
   }
 }
 
