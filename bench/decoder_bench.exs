@@ -20,8 +20,10 @@
 #   DECODER_BACKEND   default (NxQuant.Backend, its default inner backend) | binary
 #                     ({NxQuant.Backend, backend: Nx.BinaryBackend}: native path off) | a module
 #                     name used as the shim's inner backend (e.g. NxQuant.NativeBackend)
-#   DECODER_PROFILE   1: also time the sections of the step (eager), i.e. where the
-#                     non-matmul time goes
+#   DECODER_PROFILE   sections: also time the sections of the step (eager: norms, RoPE, cache
+#                     update, scores, softmax, ...), i.e. where the non-matmul time goes;
+#                     ops: time per Nx backend callback (op kind), the inner backend wrapped
+#                     by a timing one (TimedBackend); all: both (1 = sections)
 #   NX_QUANT_BENCH    the C++ benchmark binary measuring the read bandwidth (default
 #                     build-bench/nx_quant_bench: cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release
 #                     -DNX_QUANT_BUILD_BENCH=ON && cmake --build build-bench --target nx_quant_bench);
@@ -90,6 +92,55 @@ defmodule ReadBandwidth do
       chunk * parts / (System.monotonic_time(:nanosecond) - t0)
     end
     |> Enum.max()
+  end
+end
+
+# An inner backend for the shim that times another one (:persistent_term {TimedBackend, :inner}):
+# every callback applies the inner backend's and adds its wall time to the caller's tally (only
+# outermost calls: an inner backend's own nested calls are part of its callback). Its tensors
+# are the inner backend's, since the shim dispatches on the backend it records, not on the
+# data's struct.
+defmodule TimedBackend do
+  @moduledoc false
+  @key {__MODULE__, :times}
+
+  def init(opts), do: :persistent_term.get({__MODULE__, :inner}).init(opts)
+
+  for {name, arity} <- Nx.Backend.behaviour_info(:callbacks), name != :init do
+    args = Macro.generate_arguments(arity, __MODULE__)
+    def unquote(name)(unquote_splicing(args)), do: timed(unquote(name), unquote(args))
+  end
+
+  defp timed(name, args) do
+    inner = :persistent_term.get({__MODULE__, :inner})
+
+    case Process.get(@key) do
+      %{} = times ->
+        Process.put(@key, :nested)
+        t0 = System.monotonic_time(:nanosecond)
+
+        try do
+          apply(inner, name, args)
+        after
+          dt = System.monotonic_time(:nanosecond) - t0
+          Process.put(@key, Map.update(times, name, {1, dt}, fn {n, t} -> {n + 1, t + dt} end))
+        end
+
+      _ ->
+        apply(inner, name, args)
+    end
+  end
+
+  # Runs fun with recording on: {result, %{callback => {calls, ns}}}.
+  def record(fun) do
+    Process.put(@key, %{})
+
+    try do
+      result = fun.()
+      {result, Process.get(@key)}
+    after
+      Process.delete(@key)
+    end
   end
 end
 
@@ -204,6 +255,60 @@ defmodule DecoderBench do
     {total / tokens, Map.put(per_token, :other, total / tokens - covered)}
   end
 
+  # Time per op kind: the same eager steps on {NxQuant.Backend, backend: TimedBackend}, whose
+  # callbacks time the configured inner backend's (wall clock, NIFs included). Parameters and
+  # cache are rebuilt on it (the same random values). What no callback covers is the fused
+  # matmuls (the shim runs them itself; their activations' to_binary/from_binary are callbacks,
+  # so those few microseconds count twice) and the Elixir above the backend: Nx's front end,
+  # the shim, the model code.
+  def op_profile(cfg, ctx, tokens, {NxQuant.Backend, opts}) do
+    [backend: {inner, _}] = NxQuant.Backend.init(opts)
+    :persistent_term.put({TimedBackend, :inner}, inner)
+
+    Nx.with_default_backend({NxQuant.Backend, backend: TimedBackend}, fn ->
+      params = Model.random_params(cfg)
+      cache = Model.init_cache(cfg, ctx + tokens + 1)
+      step = Model.eager_step(cfg)
+      {[token], _, cache} = Model.generate(step, params, cache, 1, ctx, 1)
+
+      {{{total, _}, sections}, times} =
+        TimedBackend.record(fn ->
+          Model.profile(fn ->
+            time_ns(fn -> Model.generate(step, params, cache, token, ctx + 1, tokens) end)
+          end)
+        end)
+
+      fused = Map.get(sections, :matmul, 0) + Map.get(sections, :logits, 0)
+      times = Map.new(times, fn {k, {n, ns}} -> {k, {n / tokens, ns / tokens}} end)
+      {total / tokens, fused / tokens, inner, times}
+    end)
+  end
+
+  def print_op_profile(name, ctx, {total, fused, inner, times}) do
+    covered = times |> Map.values() |> Enum.map(&elem(&1, 1)) |> Enum.sum()
+
+    IO.puts(
+      "  op profile #{name}, context #{ctx}: #{fmt(ms(total))} ms/token; per callback of " <>
+        "#{inspect(inner)} (calls/token, ms/token, share of the step):"
+    )
+
+    times
+    |> Enum.sort_by(fn {_, {_, ns}} -> -ns end)
+    |> Enum.take_while(fn {_, {_, ns}} -> ns >= 0.001 * total end)
+    |> Enum.each(fn {op, {calls, ns}} ->
+      IO.puts(
+        "    #{String.pad_trailing(to_string(op), 16)} #{String.pad_leading(fmt(calls, 0), 5)} " <>
+          "#{String.pad_leading(fmt(ms(ns), 3), 9)} ms #{String.pad_leading(fmt(100 * ns / total, 1), 5)}%"
+      )
+    end)
+
+    IO.puts(
+      "    callbacks #{fmt(ms(covered), 3)} ms, the fused matmuls' calls (timed as sections in " <>
+        "the same steps) #{fmt(ms(fused), 3)} ms; the rest, the Elixir above the backend " <>
+        "(Nx front end, shim, model code): #{fmt(ms(total - covered - fused), 3)} ms"
+    )
+  end
+
   def print_profile(name, ctx, {total, sections}) do
     matmul = Map.get(sections, :matmul, 0) + Map.get(sections, :logits, 0)
     rest = total - matmul
@@ -233,7 +338,16 @@ Nx.global_default_backend(backend)
 mode = System.get_env("DECODER_MODE", "eager")
 contexts = DecoderBench.env_list("DECODER_CONTEXTS", "256,2048") |> Enum.map(&String.to_integer/1)
 tokens = DecoderBench.env_int("DECODER_TOKENS", 8)
-profile? = System.get_env("DECODER_PROFILE", "0") == "1"
+
+profiles =
+  case System.get_env("DECODER_PROFILE", "0") do
+    "0" -> []
+    "1" -> [:sections]
+    "sections" -> [:sections]
+    "ops" -> [:ops]
+    "all" -> [:sections, :ops]
+  end
+
 default_layers = %{"llama_1b" => 16, "qwen3_8b" => 4}
 
 IO.puts(
@@ -284,8 +398,16 @@ rows =
           "tokens #{inspect(generated)}"
       )
 
-      if profile? do
+      if :sections in profiles do
         DecoderBench.print_profile(cfg.name, ctx, DecoderBench.profile(params, cfg, ctx, tokens))
+      end
+
+      if :ops in profiles do
+        DecoderBench.print_op_profile(
+          cfg.name,
+          ctx,
+          DecoderBench.op_profile(cfg, ctx, tokens, backend)
+        )
       end
 
       %{
