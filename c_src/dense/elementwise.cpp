@@ -10,7 +10,10 @@
 //   Num  — integers compared with floats where the integer may not be exact in double (s64,
 //          u64), and integer pow into a float output: one exact value per element.
 // The first four load strided runs into small buffers of the compute type, compute, and store
-// with BinaryBackend's rounding; same-type f32/bf16 arithmetic skips the buffers.
+// with BinaryBackend's rounding; same-type f32/bf16/f16 add/subtract/multiply/divide/max/min
+// skip the buffers (AVX2 runs from elementwise_avx2.cpp where the CPU has them). Value checks
+// that BinaryBackend raises for (integer division by zero, negative shifts and integer
+// exponents) run before anything is written.
 #include <algorithm>
 #include <array>
 #include <string>
@@ -91,7 +94,7 @@ constexpr bool is_wide_int(Type t) {
 
 // ---- the buffered engine ---------------------------------------------------------------------
 
-// Same-type f32 / bf16 arithmetic straight from the buffers (vectorizable inner loops).
+// Same-type f32 / bf16 / f16 arithmetic straight from the buffers (vectorizable inner loops).
 template <BinaryOp Op, Type T>
 void fused_run(const storage_t<T>* a, int64_t sa, const storage_t<T>* b, int64_t sb,
                storage_t<T>* out, int64_t n) {
