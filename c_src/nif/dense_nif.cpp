@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "buffer_pool.h"
 #include "nif_functions.h"
 #include "nx_quant/dense_ops.h"
 #include "terms.h"
@@ -337,30 +338,19 @@ class Decoder {
 
 // ---- results and scheduling ------------------------------------------------------------------
 
-// An output binary released on every exit path unless handed to a term.
+// An output binary released on every exit path unless handed to a term (large ones recycled
+// through the buffer pool, see buffer_pool.h).
 class Output {
  public:
-  Output(size_t count, Type type) {  // count <= kMaxElements
-    const size_t bytes = count * dense::type_size(type);
-    if (!enif_alloc_binary(bytes, &bin_)) throw std::bad_alloc();
-    owned_ = true;
-  }
-  ~Output() {
-    if (owned_) enif_release_binary(&bin_);
-  }
-  Output(const Output&) = delete;
-  Output& operator=(const Output&) = delete;
+  Output(size_t count, Type type)
+      : buffer_(count * dense::type_size(type)) {}  // count <= kMaxElements
 
-  void* data() { return bin_.data; }
-  size_t size() const { return bin_.size; }
-  ERL_NIF_TERM release(ErlNifEnv* env) {
-    owned_ = false;
-    return enif_make_binary(env, &bin_);
-  }
+  void* data() { return buffer_.data(); }
+  size_t size() const { return buffer_.size(); }
+  ERL_NIF_TERM release(ErlNifEnv* env) { return buffer_.release(env); }
 
  private:
-  ErlNifBinary bin_{};
-  bool owned_ = false;
+  OutputBuffer buffer_;
 };
 
 // Work estimated above this many nanoseconds (on one core) moves to a dirty CPU scheduler:

@@ -35,7 +35,8 @@
   X("dense_sort", 5, dense_sort_nif, 0)                                      \
   X("dense_top_k", 4, dense_top_k_nif, 0)                                    \
   X("dense_gather", 5, dense_gather_nif, 0)                                  \
-  X("dense_matmul", 7, dense_matmul_nif, 0)
+  X("dense_matmul", 7, dense_matmul_nif, 0)                                  \
+  X("buffer_pool_stats", 0, buffer_pool_stats_nif, 0)
 
 namespace nx_quant::nif {
 

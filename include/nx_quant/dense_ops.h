@@ -182,7 +182,8 @@ void top_k(const Shape& shape, const View& in, int64_t k, void* values_out, Type
 
 // Nx.gather: for each of `index_count` index tuples (indices: index_count x axes.size()
 // integers of `indices.type`, row-major), copies the slice of `in` at that position over
-// `axes` (the other axes whole). Out-of-range indices are clamped as BinaryBackend does.
+// `axes` (the other axes whole). An out-of-range index throws InvalidArgument before anything
+// is written, with BinaryBackend's message.
 void gather(const Shape& in_shape, const View& in, const View& indices, size_t index_count,
             const std::vector<int>& axes, void* out, int threads = 0);
 

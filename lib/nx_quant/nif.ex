@@ -118,4 +118,9 @@ defmodule NxQuant.NIF do
   def dense_gather(_in_shape, _operand, _indices, _index_count, _axes), do: not_loaded!()
   @doc false
   def dense_matmul(_out_type, _batch, _m, _n, _k, _a, _b), do: not_loaded!()
+
+  # %{reused, allocated, idle_bytes, limit_bytes} of the dense NIFs' output buffer pool
+  # (c_src/nif/buffer_pool.h).
+  @doc false
+  def buffer_pool_stats, do: not_loaded!()
 end
