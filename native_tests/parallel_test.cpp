@@ -60,15 +60,22 @@ TEST(ParallelFor, EveryItemExactlyOnceOnGrainBoundaries) {
 
 TEST(ParallelFor, ASlowThreadsWorkIsTakenOverByTheOthers) {
   if (nx_quant::detail::default_threads() < 2) GTEST_SKIP() << "a single-threaded pool";
-  const auto pieces = run_and_check(4096, 8, 2, true);
   const std::thread::id caller = std::this_thread::get_id();
-  size_t by_caller = 0;
-  for (const Piece& p : pieces) {
-    if (p.thread == caller) by_caller += p.end - p.begin;
-  }
   // The caller sleeps 200 us per piece: the helper, which does not, ends up with most of the
-  // work instead of waiting for the caller's half.
-  EXPECT_LT(by_caller, 4096u / 2) << pieces.size() << " pieces";
+  // work instead of waiting for the caller's half. On a machine loaded by other processes the
+  // helper may get no CPU for a whole run, so the property must show in one of three runs
+  // (without stealing it shows in none).
+  size_t by_caller = 0, pieces = 0;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const auto run = run_and_check(4096, 8, 2, true);
+    by_caller = 0;
+    pieces = run.size();
+    for (const Piece& p : run) {
+      if (p.thread == caller) by_caller += p.end - p.begin;
+    }
+    if (by_caller < 4096u / 2) break;
+  }
+  EXPECT_LT(by_caller, 4096u / 2) << pieces << " pieces";
 }
 
 TEST(ParallelFor, AnExceptionReachesTheCallerAndThePoolStaysUsable) {
