@@ -10,6 +10,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "nif_functions.h"
 #include "nx_quant/dense_ops.h"
 #include "terms.h"
+#include "versioned_resource.h"
 
 namespace nx_quant::nif {
 
@@ -124,7 +127,17 @@ std::string one_of(const char* const* names, size_t n) {
 // sums of a few of them, stay far from overflowing 64 bits.
 constexpr uint64_t kMaxElements = uint64_t{1} << 56;
 
-// Decodes the arguments of one call; positions and names go into every message.
+// A piece of an assembled output: `in` over `shape`, written at a strided window of the output.
+struct Piece {
+  Shape shape;
+  View in;
+  int64_t out_offset;
+  std::vector<int64_t> out_strides;
+};
+
+// Decodes the arguments of one call; positions and names go into every message. Operands are
+// binaries or versioned-buffer handles (versioned_resource.h); the read locks the latter take
+// are held until the Decoder goes, i.e. for the whole call.
 class Decoder {
  public:
   Decoder(ErlNifEnv* env, const char* fun, const ERL_NIF_TERM argv[])
@@ -276,28 +289,70 @@ class Decoder {
           i, name,
           "must be an operand {binary, type, offset, strides}, got: " + describe_term(env(), term));
     }
-    ErlNifBinary bin;
-    if (!enif_inspect_binary(env(), items[0], &bin)) {
-      args_.fail(i, name, "must hold a binary, got: " + describe_term(env(), items[0]));
-    }
     View view;
     view.type = type_term(items[1], i, name);
-    const size_t size = dense::type_size(view.type);
-    if (bin.size % size != 0) {
+    ErlNifBinary bin;
+    VersionedHandle handle;
+    if (enif_inspect_binary(env(), items[0], &bin)) {
+      const size_t size = dense::type_size(view.type);
+      if (bin.size % size != 0) {
+        args_.fail(i, name,
+                   "has a binary of " + std::to_string(bin.size) +
+                       " bytes, not a whole number of " + dense::type_name(view.type) +
+                       " elements");
+      }
+      view.count = bin.size / size;
+      view.data = aligned(bin, size);
+    } else if (get_versioned_handle(env(), items[0], &handle)) {
+      view.data = read_versioned(handle, view.type, i, name, &view.count);
+    } else {
       args_.fail(i, name,
-                 "has a binary of " + std::to_string(bin.size) + " bytes, not a whole number of " +
-                     dense::type_name(view.type) + " elements");
+                 "must hold a binary or a versioned buffer {ref, version}, got: " +
+                     describe_term(env(), items[0]));
     }
-    view.count = bin.size / size;
     ErlNifSInt64 offset;
     if (!enif_get_int64(env(), items[2], &offset)) {
       args_.fail(i, name, "must have an integer offset, got: " + describe_term(env(), items[2]));
     }
     view.offset = offset;
     view.strides = int_tuple(items[3], shape.size(), i, name, "strides");
-    view.data = aligned(bin, size);
     check_reach(view, shape, i, name);
     return view;
+  }
+
+  // A piece {shape, operand, out_offset, out_strides} written into an output of `out_count`
+  // elements of `out_type` (dense_assemble, dense_put_slice), its window checked like an input.
+  Piece piece_term(ERL_NIF_TERM term, int i, const char* name, size_t out_count, Type out_type) {
+    int arity;
+    const ERL_NIF_TERM* items;
+    if (!enif_get_tuple(env(), term, &arity, &items) || arity != 4) {
+      args_.fail(i, name,
+                 "must hold {shape, operand, out_offset, out_strides} tuples, got: " +
+                     describe_term(env(), term));
+    }
+    Piece p;
+    p.shape = shape_term(items[0], i, name);
+    p.in = operand_term(items[1], i, name, p.shape);
+    ErlNifSInt64 offset;
+    if (!enif_get_int64(env(), items[2], &offset)) {
+      args_.fail(i, name, "must have integer out offsets, got: " + describe_term(env(), items[2]));
+    }
+    p.out_offset = offset;
+    p.out_strides = int_tuple(items[3], p.shape.size(), i, name, "out strides");
+    View window;
+    window.count = out_count;
+    window.type = out_type;
+    window.offset = p.out_offset;
+    window.strides = p.out_strides;
+    check_reach(window, p.shape, i, (std::string(name) + " (output window)").c_str());
+    return p;
+  }
+
+  // Whether this call holds a read lock on `resource` (one of its operands is a version of it).
+  bool reads(const VersionedResource* resource) const {
+    for (const auto* r : locked_)
+      if (r == resource) return true;
+    return false;
   }
 
   // Fails unless every element of `view` over `shape` lies inside its buffer.
@@ -331,9 +386,39 @@ class Decoder {
     return copies_.back().data();
   }
 
+  // The elements of a version of a versioned buffer, valid for the whole call: the current
+  // version in place (this call holds the buffer's lock shared until it ends, so no in-place
+  // write can change it meanwhile), an older one rebuilt into a copy.
+  const void* read_versioned(const VersionedHandle& handle, Type type, int i, const char* name,
+                             size_t* count) {
+    dense::VersionedBuffer& buffer = *handle.resource->buffer;
+    if (buffer.type() != type) {
+      args_.fail(i, name,
+                 std::string("has type ") + dense::type_name(type) +
+                     " but its versioned buffer holds " + dense::type_name(buffer.type()));
+    }
+    if (!reads(handle.resource)) {
+      shared_locks_.emplace_back(buffer.mutex());
+      locked_.push_back(handle.resource);
+    }
+    if (handle.version > buffer.version()) {
+      args_.fail(i, name,
+                 "is version " + std::to_string(handle.version) +
+                     " of a versioned buffer whose newest version is " +
+                     std::to_string(buffer.version()));
+    }
+    *count = buffer.count();
+    if (handle.version == buffer.version()) return buffer.data();
+    copies_.emplace_back((buffer.bytes() + 7) / 8);
+    buffer.read_version(handle.version, copies_.back().data());
+    return copies_.back().data();
+  }
+
   Args args_;
   const Atoms& atoms_;
   std::vector<std::vector<uint64_t>> copies_;
+  std::vector<const VersionedResource*> locked_;
+  std::vector<std::shared_lock<std::shared_mutex>> shared_locks_;
 };
 
 // ---- results and scheduling ------------------------------------------------------------------
@@ -503,13 +588,6 @@ ERL_NIF_TERM dense_clip_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
 
 namespace {
 
-struct Piece {
-  Shape shape;
-  View in;
-  int64_t out_offset;
-  std::vector<int64_t> out_strides;
-};
-
 // True when the pieces are known to write every output element: one piece is the whole output
 // (contiguous), or the pieces tile it along one axis in order (concatenate, stack).
 bool pieces_cover(const Shape& out_shape, const std::vector<Piece>& pieces) {
@@ -566,31 +644,8 @@ ERL_NIF_TERM dense_assemble_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM arg
     double work = static_cast<double>(out_count);
     ERL_NIF_TERM list = argv[3], head;
     while (enif_get_list_cell(env, list, &head, &list)) {
-      int arity;
-      const ERL_NIF_TERM* items;
-      if (!enif_get_tuple(env, head, &arity, &items) || arity != 4) {
-        args.fail(3, "pieces",
-                  "must hold {shape, operand, out_offset, out_strides} tuples, got: " +
-                      describe_term(env, head) + " at position " + std::to_string(pieces.size()));
-      }
-      Piece p;
-      p.shape = d.shape_term(items[0], 3, "pieces");
-      p.in = d.operand_term(items[1], 3, "pieces", p.shape);
-      ErlNifSInt64 offset;
-      if (!enif_get_int64(env, items[2], &offset)) {
-        args.fail(3, "pieces",
-                  "must have integer out offsets, got: " + describe_term(env, items[2]));
-      }
-      p.out_offset = offset;
-      p.out_strides = d.int_tuple(items[3], p.shape.size(), 3, "pieces", "out strides");
-      View window;  // the output window, checked like an input
-      window.count = out_count;
-      window.type = out_type;
-      window.offset = p.out_offset;
-      window.strides = p.out_strides;
-      d.check_reach(window, p.shape, 3, "pieces (output window)");
-      work += count_of(p.shape);
-      pieces.push_back(std::move(p));
+      pieces.push_back(d.piece_term(head, 3, "pieces", out_count, out_type));
+      work += count_of(pieces.back().shape);
     }
     return schedule(env, work * kCheapNs, "dense_assemble", dense_assemble_nif, argc, argv, [&] {
       Output out(out_count, out_type);
@@ -605,6 +660,142 @@ ERL_NIF_TERM dense_assemble_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM arg
       }
       return out.release(env);
     });
+  });
+}
+
+namespace {
+
+// The undo log of a versioned buffer may grow to this fraction of the buffer's size; the
+// next put_slice then starts a fresh buffer (one copy per that many bytes of updates: for a
+// KV cache, one per half a context of tokens), so memory stays within 1.5x the tensor.
+constexpr size_t kUndoLogShare = 2;
+
+// Writes `piece` into the current version of `handle`'s buffer in place, when that is possible
+// without waiting and without changing what any other tensor reads: returns the new handle, or
+// 0 when the caller must copy instead.
+ERL_NIF_TERM put_slice_in_place(ErlNifEnv* env, const Decoder& d, const VersionedHandle& handle,
+                                const View& target, Type out_type, const Shape& shape,
+                                const Piece& piece) {
+  dense::VersionedBuffer& buffer = *handle.resource->buffer;
+  const size_t window_bytes = dense::element_count(piece.shape) * dense::type_size(out_type);
+  if (buffer.type() != out_type || target.type != out_type || target.offset != 0 ||
+      target.strides != contiguous_strides(shape) || buffer.count() != target.count ||
+      buffer.count() != dense::element_count(shape) ||
+      buffer.undo_bytes() + window_bytes > buffer.bytes() / kUndoLogShare ||
+      d.reads(handle.resource)) {  // the slice is read from this buffer (locked shared)
+    return 0;
+  }
+  std::unique_lock<std::shared_mutex> lock(buffer.mutex(), std::try_to_lock);
+  // Busy (another call reads it) or no longer the newest version (someone else wrote first):
+  // copy. Checked under the lock, so a stale handle can never be written through.
+  if (!lock.owns_lock() || buffer.version() != handle.version) return 0;
+  const uint64_t version = buffer.record_write(piece.shape, piece.out_offset, piece.out_strides);
+  dense::copy_into(piece.shape, piece.in, out_type, buffer.data(), buffer.count(), piece.out_offset,
+                   piece.out_strides, 1);
+  return make_handle_term(env, handle.resource, version);
+}
+
+}  // namespace
+
+// dense_put_slice(out_type, shape, target, piece) -> {ref, version}
+//
+// Nx.put_slice into a versioned buffer (versioned_resource.h): `target` is an operand over
+// `shape` (a binary or a handle), `piece` one {shape, operand, out_offset, out_strides} as in
+// dense_assemble. When the target is the newest version of a buffer of out_type, the piece is
+// written in place (work proportional to the piece) and the result is the next version of the
+// same buffer; otherwise the result is a fresh buffer holding the target with the piece
+// written. Either way every earlier tensor still reads what it did.
+ERL_NIF_TERM dense_put_slice_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  const char* fun = "dense_put_slice/4";
+  return guarded(env, fun, [&] {
+    Decoder d(env, fun, argv);
+    const Type out_type = d.type(0, "out_type");
+    const Shape shape = d.shape(1, "shape");
+    const size_t count = dense::element_count(shape);
+    const Piece piece = d.piece_term(argv[3], 3, "piece", count, out_type);
+    const double window = count_of(piece.shape);
+
+    // The target's handle, if it is one, resolved without locking it (a read lock would stop
+    // the in-place write); it is decoded as an ordinary operand only for the copy.
+    int arity;
+    const ERL_NIF_TERM* items;
+    VersionedHandle handle;
+    if (enif_get_tuple(env, argv[2], &arity, &items) && arity == 4 &&
+        get_versioned_handle(env, items[0], &handle)) {
+      View target;
+      target.type = d.type_term(items[1], 2, "target");
+      target.count = handle.resource->buffer->count();
+      ErlNifSInt64 offset;
+      if (enif_get_int64(env, items[2], &offset)) {
+        target.offset = offset;
+        target.strides = d.int_tuple(items[3], shape.size(), 2, "target", "strides");
+        const ERL_NIF_TERM in_place =
+            put_slice_in_place(env, d, handle, target, out_type, shape, piece);
+        if (in_place != 0) {
+          if (enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER)
+            consume_timeslice(env, static_cast<int64_t>(2 * window * kCheapNs));
+          return in_place;
+        }
+      }
+    }
+    return schedule(env, (static_cast<double>(count) + window) * kCheapNs, "dense_put_slice",
+                    dense_put_slice_nif, argc, argv, [&] {
+                      const View target = d.operand(2, "target", shape);
+                      auto buffer = std::make_unique<dense::VersionedBuffer>(out_type, count);
+                      dense::copy_into(shape, target, out_type, buffer->data(), count, 0,
+                                       contiguous_strides(shape));
+                      dense::copy_into(piece.shape, piece.in, out_type, buffer->data(), count,
+                                       piece.out_offset, piece.out_strides);
+                      return make_versioned_term(env, std::move(buffer));
+                    });
+  });
+}
+
+// dense_versioned_binary(handle) -> binary: the elements of that version, as a new binary.
+ERL_NIF_TERM dense_versioned_binary_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  const char* fun = "dense_versioned_binary/1";
+  return guarded(env, fun, [&] {
+    Decoder d(env, fun, argv);
+    VersionedHandle handle;
+    if (!get_versioned_handle(env, argv[0], &handle)) {
+      d.args().expected(0, "handle", "a versioned buffer {ref, version}");
+    }
+    const dense::VersionedBuffer& buffer = *handle.resource->buffer;
+    const double work = static_cast<double>(buffer.count()) * kCheapNs;
+    return schedule(env, work, "dense_versioned_binary", dense_versioned_binary_nif, argc, argv,
+                    [&] {
+                      std::shared_lock<std::shared_mutex> lock(buffer.mutex());
+                      if (handle.version > buffer.version()) {
+                        d.args().fail(0, "handle",
+                                      "is version " + std::to_string(handle.version) +
+                                          " of a versioned buffer whose newest version is " +
+                                          std::to_string(buffer.version()));
+                      }
+                      Output out(buffer.count(), buffer.type());
+                      if (handle.version == buffer.version()) {
+                        if (out.size() > 0) std::memcpy(out.data(), buffer.data(), out.size());
+                      } else {
+                        buffer.read_version(handle.version, out.data());
+                      }
+                      return out.release(env);
+                    });
+  });
+}
+
+// dense_versioned_info(handle) -> {version, newest_version, bytes, undo_bytes}
+ERL_NIF_TERM dense_versioned_info_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
+  const char* fun = "dense_versioned_info/1";
+  return guarded(env, fun, [&] {
+    Decoder d(env, fun, argv);
+    VersionedHandle handle;
+    if (!get_versioned_handle(env, argv[0], &handle)) {
+      d.args().expected(0, "handle", "a versioned buffer {ref, version}");
+    }
+    const dense::VersionedBuffer& buffer = *handle.resource->buffer;
+    std::shared_lock<std::shared_mutex> lock(buffer.mutex());
+    return enif_make_tuple4(
+        env, enif_make_uint64(env, handle.version), enif_make_uint64(env, buffer.version()),
+        enif_make_uint64(env, buffer.bytes()), enif_make_uint64(env, buffer.undo_bytes()));
   });
 }
 

@@ -36,6 +36,9 @@
   X("dense_top_k", 4, dense_top_k_nif, 0)                                    \
   X("dense_gather", 5, dense_gather_nif, 0)                                  \
   X("dense_matmul", 7, dense_matmul_nif, 0)                                  \
+  X("dense_put_slice", 4, dense_put_slice_nif, 0)                            \
+  X("dense_versioned_binary", 1, dense_versioned_binary_nif, 0)              \
+  X("dense_versioned_info", 1, dense_versioned_info_nif, 0)                  \
   X("buffer_pool_stats", 0, buffer_pool_stats_nif, 0)
 
 namespace nx_quant::nif {

@@ -4,6 +4,7 @@
 #include "buffer_pool.h"
 #include "nif_functions.h"
 #include "qtensor_resource.h"
+#include "versioned_resource.h"
 
 namespace {
 
@@ -14,7 +15,8 @@ ErlNifFunc nif_functions[] = {NX_QUANT_NIF_FUNCTIONS(NX_QUANT_NIF_ENTRY)};
 int load(ErlNifEnv* env, void** /*priv_data*/, ERL_NIF_TERM /*load_info*/) {
   return nx_quant::nif::open_qtensor_resource_type(env) &&
                  nx_quant::nif::open_safetensors_resource_type(env) &&
-                 nx_quant::nif::open_buffer_resource_type(env)
+                 nx_quant::nif::open_buffer_resource_type(env) &&
+                 nx_quant::nif::open_versioned_resource_type(env)
              ? 0
              : 1;
 }
@@ -23,7 +25,8 @@ int upgrade(ErlNifEnv* env, void** /*priv_data*/, void** /*old_priv_data*/,
             ERL_NIF_TERM /*load_info*/) {
   return nx_quant::nif::open_qtensor_resource_type(env) &&
                  nx_quant::nif::open_safetensors_resource_type(env) &&
-                 nx_quant::nif::open_buffer_resource_type(env)
+                 nx_quant::nif::open_buffer_resource_type(env) &&
+                 nx_quant::nif::open_versioned_resource_type(env)
              ? 0
              : 1;
 }

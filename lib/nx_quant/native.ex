@@ -9,6 +9,12 @@ defmodule NxQuant.Native do
   binary; inputs are read in place) and raises `ArgumentError` naming the problem on bad
   input. Output types are the caller's (the Nx glue passes Nx's): `out_type` arguments.
 
+  The one exception: `put_slice/4` of a tensor of at least 64 KB returns its data as an
+  `NxQuant.Native.Versioned` buffer, which the next `put_slice/4` into it updates in place (a
+  KV cache then costs the slice per token, not a copy of the cache) while every earlier tensor
+  keeps reading what it did. Every function here accepts such data wherever it takes a binary;
+  `to_binary/1` gives its bytes.
+
   Shapes, strides and axes are planned here (`NxQuant.Native.Layout`, pure Elixir): a
   transpose, slice, broadcast or reverse is a single strided copy; pad, concatenate, stack
   and put_slice write strided pieces into one output; a dot is one batched matmul over
@@ -32,7 +38,11 @@ defmodule NxQuant.Native do
   """
 
   alias NxQuant.{Dense, NIF}
-  alias NxQuant.Native.{Layout, Types}
+  alias NxQuant.Native.{Layout, Types, Versioned}
+
+  # put_slice outputs of at least this many bytes are versioned buffers (updated in place by
+  # the next put_slice); smaller ones are binaries (the same bound as the output buffer pool's).
+  @versioned_min_bytes 64 * 1024
 
   @unary_ops [:negate, :abs, :sign, :floor, :ceil, :round, :exp, :expm1, :log, :log1p] ++
                [:sigmoid, :tanh, :sqrt, :rsqrt, :cbrt, :cos, :sin, :tan, :acos, :asin, :atan] ++
@@ -55,6 +65,13 @@ defmodule NxQuant.Native do
   def reduce_ops, do: @reduce_ops
   @doc "The ops of `cumulative/5`."
   def cumulative_ops, do: @cumulative_ops
+
+  @doc """
+  The bytes of a tensor's data as a binary: the binary itself, or a copy of a versioned
+  buffer's version (`NxQuant.Native.Versioned`).
+  """
+  def to_binary(%Dense{data: %Versioned{} = data}), do: Versioned.to_binary(data)
+  def to_binary(%Dense{data: data}) when is_binary(data), do: data
 
   @doc "True for the types the native path computes on."
   @spec supported_type?(term()) :: boolean()
@@ -200,7 +217,7 @@ defmodule NxQuant.Native do
   defp copy(data, type, offset, strides, out_shape) do
     atom = Types.atom(type)
 
-    NIF.dense_unary(:copy, atom, out_shape, {data, atom, offset, strides})
+    NIF.dense_unary(:copy, atom, out_shape, operand(data, type, offset, strides))
     |> dense(out_shape, type)
   end
 
@@ -217,12 +234,18 @@ defmodule NxQuant.Native do
     out_type = out_type || Types.merge(type, s_type)
     out = type!(out_type, fun, "out_type")
     {offset, out_strides} = Layout.put_slice_window(shape, start_indices, s_shape, fun)
+    target = operand(data, type, 0, out_strides)
+    piece = {s_shape, operand(s_data, s_type, 0, Layout.strides(s_shape)), offset, out_strides}
+    bytes = Layout.size(shape) * Types.size(out_type)
 
-    NIF.dense_assemble(out, shape, nil, [
-      {shape, operand(data, type, 0, out_strides), 0, out_strides},
-      {s_shape, operand(s_data, s_type, 0, Layout.strides(s_shape)), offset, out_strides}
-    ])
-    |> dense(shape, out_type)
+    if bytes >= @versioned_min_bytes do
+      NIF.dense_put_slice(out, shape, target, piece)
+      |> Versioned.new(bytes)
+      |> dense(shape, out_type)
+    else
+      NIF.dense_assemble(out, shape, nil, [{shape, target, 0, out_strides}, piece])
+      |> dense(shape, out_type)
+    end
   end
 
   @doc "Nx.concatenate of a non-empty list along `axis`, as `out_type`."
@@ -645,11 +668,14 @@ defmodule NxQuant.Native do
   defp matmul_operand(%Dense{data: data, shape: shape, type: type}, {:copy, axes, _, strides}) do
     {permuted, view} = Layout.transpose_view(shape, axes, "NxQuant.Native.dot/7")
     atom = Types.atom(type)
-    contiguous = NIF.dense_unary(:copy, atom, permuted, {data, atom, 0, view})
+    contiguous = NIF.dense_unary(:copy, atom, permuted, operand(data, type, 0, view))
     {contiguous, atom, 0, strides}
   end
 
   # ---- helpers -------------------------------------------------------------------------------
+
+  defp operand(%Versioned{} = data, type, offset, strides),
+    do: {Versioned.handle(data), Types.atom(type), offset, strides}
 
   defp operand(data, type, offset, strides), do: {data, Types.atom(type), offset, strides}
 
@@ -660,9 +686,12 @@ defmodule NxQuant.Native do
 
   defp dense(data, shape, type), do: %Dense{data: data, shape: shape, type: type}
 
+  defp data_bytes(%Versioned{bytes: bytes}), do: bytes
+  defp data_bytes(binary), do: byte_size(binary)
+
   # A %Dense{} of a supported type whose binary matches its shape.
   defp tensor!(%Dense{data: data, shape: shape, type: type} = t, fun, name)
-       when is_binary(data) do
+       when is_binary(data) or is_struct(data, Versioned) do
     size = Types.size(type)
     count = Layout.size(shape)
 
@@ -676,9 +705,9 @@ defmodule NxQuant.Native do
         raise ArgumentError,
               "#{fun}: #{name} has shape #{inspect(shape)}, not a tuple of non-negative integers"
 
-      byte_size(data) != count * size ->
+      data_bytes(data) != count * size ->
         raise ArgumentError,
-              "#{fun}: #{name} has #{byte_size(data)} bytes of data, expected #{count * size} " <>
+              "#{fun}: #{name} has #{data_bytes(data)} bytes of data, expected #{count * size} " <>
                 "for shape #{inspect(shape)} and type #{inspect(type)}"
 
       true ->
@@ -688,7 +717,7 @@ defmodule NxQuant.Native do
 
   defp tensor!(other, fun, name) do
     raise ArgumentError,
-          "#{fun}: #{name} must be an %NxQuant.Dense{} with a binary, got: " <>
+          "#{fun}: #{name} must be an %NxQuant.Dense{} with a binary (or a versioned buffer), got: " <>
             inspect(other, limit: 5, printable_limit: 40)
   end
 

@@ -7,6 +7,11 @@ if Code.ensure_loaded?(Nx) do
 
     A tensor's data is `%NxQuant.NativeBackend{state: binary}`: the same bytes, in the same
     layout, as `Nx.BinaryBackend`'s `state`, so moving between the two is a struct rewrap.
+    The exception is a `put_slice` result of at least 64 KB, whose state is an
+    `NxQuant.Native.Versioned` buffer: the next `put_slice` into it writes the slice in place
+    instead of copying the tensor (a KV cache update costs its new row, not the cache) and every
+    earlier tensor still reads what it did; the callbacks that need a binary (`to_binary`,
+    transfers, the BinaryBackend fallback) copy its bytes out.
 
     Each callback runs natively when `NxQuant.Native` covers the op and every operand's and the
     output's type is one it supports (`NxQuant.Native.supported_type?/1`: u8-u64, s8-s64, f16,
@@ -45,11 +50,12 @@ if Code.ensure_loaded?(Nx) do
 
     defstruct [:state]
 
-    @type t :: %__MODULE__{state: bitstring()}
+    @type t :: %__MODULE__{state: bitstring() | NxQuant.Native.Versioned.t()}
 
     alias Nx.Tensor, as: T
     alias NxQuant.{Dense, Native}
     alias NxQuant.Native.BackendPlan, as: Plan
+    alias NxQuant.Native.Versioned
 
     @unary Plan.unary_ops()
     @binary Plan.binary_ops()
@@ -121,7 +127,12 @@ if Code.ensure_loaded?(Nx) do
 
     defp put(%T{} = out, %Dense{data: data}), do: %{out | data: %__MODULE__{state: data}}
 
+    # The tensor's bytes as a binary (a versioned buffer's are copied out: see
+    # NxQuant.Native.Versioned); shape-only callbacks keep `raw/1` instead.
+    defp state(%T{data: %{state: %Versioned{} = data}}), do: Versioned.to_binary(data)
     defp state(%T{data: %{state: data}}), do: data
+
+    defp raw(%T{data: %{state: data}}), do: data
 
     # The kernel call; an ArgumentError (input the kernels reject, e.g. an index out of range or
     # an integer division by zero, which BinaryBackend rejects too) reruns the callback on
@@ -146,8 +157,8 @@ if Code.ensure_loaded?(Nx) do
       |> from_binary_backend()
     end
 
-    defp to_binary_backend(%T{data: %__MODULE__{state: data}} = t),
-      do: %{t | data: %Nx.BinaryBackend{state: data}}
+    defp to_binary_backend(%T{data: %__MODULE__{}} = t),
+      do: %{t | data: %Nx.BinaryBackend{state: state(t)}}
 
     defp to_binary_backend(%T{} = t), do: t
 
@@ -258,13 +269,13 @@ if Code.ensure_loaded?(Nx) do
     ## Shape: the same binary --------------------------------------------------------------
 
     @impl true
-    def reshape(out, tensor), do: %{out | data: %__MODULE__{state: state(tensor)}}
+    def reshape(out, tensor), do: %{out | data: %__MODULE__{state: raw(tensor)}}
 
     @impl true
-    def squeeze(out, tensor, _axes), do: %{out | data: %__MODULE__{state: state(tensor)}}
+    def squeeze(out, tensor, _axes), do: %{out | data: %__MODULE__{state: raw(tensor)}}
 
     @impl true
-    def bitcast(out, tensor), do: %{out | data: %__MODULE__{state: state(tensor)}}
+    def bitcast(out, tensor), do: %{out | data: %__MODULE__{state: raw(tensor)}}
 
     ## Element-wise -------------------------------------------------------------------------
 
@@ -471,8 +482,8 @@ if Code.ensure_loaded?(Nx) do
         i, {:ok, acc} when is_integer(i) ->
           {:cont, {:ok, [i | acc]}}
 
-        %T{shape: {}, type: type, data: %{state: data}}, {:ok, acc} ->
-          case Plan.index(data, type) do
+        %T{shape: {}, type: type} = t, {:ok, acc} ->
+          case Plan.index(state(t), type) do
             :error -> {:halt, :error}
             i -> {:cont, {:ok, [i | acc]}}
           end

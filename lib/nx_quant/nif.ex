@@ -119,6 +119,16 @@ defmodule NxQuant.NIF do
   @doc false
   def dense_matmul(_out_type, _batch, _m, _n, _k, _a, _b), do: not_loaded!()
 
+  # Versioned buffers (c_src/nif/versioned_resource.h): put_slice in place; a handle
+  # {ref, version} is accepted wherever an operand takes a binary.
+  @doc false
+  def dense_put_slice(_out_type, _shape, _target, _piece), do: not_loaded!()
+  @doc false
+  def dense_versioned_binary(_handle), do: not_loaded!()
+  # {version, newest_version, bytes, undo_bytes}
+  @doc false
+  def dense_versioned_info(_handle), do: not_loaded!()
+
   # %{reused, allocated, idle_bytes, limit_bytes} of the dense NIFs' output buffer pool
   # (c_src/nif/buffer_pool.h).
   @doc false

@@ -463,6 +463,43 @@ if Code.ensure_loaded?(Nx) do
       end
     end
 
+    test "put_slice into a large cache updates it in place; every earlier tensor keeps its values" do
+      # {1, 8, 64, 32} f32 = 64 KB: put_slice results are versioned buffers (NxQuant.Native.Versioned)
+      base = Nx.iota({1, 8, 64, 32}, type: :f32, backend: NB)
+      on_bb = Nx.backend_copy(base, Nx.BinaryBackend)
+
+      {tensors, expected} =
+        Enum.scan(0..39, {base, on_bb}, fn i, {c, c_bb} ->
+          row = Nx.iota({1, 8, 1, 32}, type: :f32, backend: NB) |> Nx.add(1000.0 * (i + 1))
+          row_bb = Nx.backend_copy(row, Nx.BinaryBackend)
+          pos = rem(i * 7, 64)
+          {Nx.put_slice(c, [0, 0, pos, 0], row), Nx.put_slice(c_bb, [0, 0, pos, 0], row_bb)}
+        end)
+        |> Enum.unzip()
+
+      assert %NB{state: %NxQuant.Native.Versioned{}} = hd(tensors).data
+      assert Enum.map(tensors, & &1.data.state.ref) |> Enum.uniq() |> length() <= 2
+
+      # read back after every write: bytes, an op, a dot (attention over the cache), a transfer
+      q = Nx.iota({1, 8, 1, 32}, type: :f32, backend: NB) |> Nx.divide(100)
+      q_bb = Nx.backend_copy(q, Nx.BinaryBackend)
+
+      for {t, e} <- Enum.zip(tensors, expected) do
+        assert Nx.to_binary(t) == Nx.to_binary(e)
+
+        assert Nx.to_binary(Nx.exp(Nx.divide(t, 1.0e5))) ==
+                 Nx.to_binary(Nx.exp(Nx.divide(e, 1.0e5)))
+
+        assert Nx.to_binary(Nx.dot(q, [3], [0, 1], t, [3], [0, 1])) ==
+                 Nx.to_binary(Nx.dot(q_bb, [3], [0, 1], e, [3], [0, 1]))
+
+        assert Nx.backend_transfer(t, Nx.BinaryBackend) == e
+        assert Nx.reshape(t, {8, 64, 32}) |> Nx.to_binary() == Nx.to_binary(e)
+      end
+
+      assert NB.__fallbacks__() == []
+    end
+
     test "concatenate and stack: axes, mixed types" do
       for type <- @types, axis <- [0, 1, 2] do
         a = t(type, {2, 3, 4})
