@@ -447,7 +447,12 @@ constexpr double kDirtyNs = 300'000;
 constexpr double kCheapNs = 1.5;          // copies, conversions, arithmetic, comparisons
 constexpr double kSqrtNs = 4;             // sqrt / rsqrt in double
 constexpr double kTranscendentalNs = 12;  // libm calls in double
-constexpr double kMacNs = 1.5;            // one multiply-add of a matmul (double accumulation)
+// One multiply-add of a matmul: float operands run the SIMD double micro-kernels (~0.05-0.1 ns
+// measured on one core, AVX-512/AVX2; the portable loop several times that), integers the
+// scalar wrapping loop. A decode step's attention dots (~0.5M multiply-adds at context 256)
+// then stay on the calling scheduler: a dirty-scheduler round trip costs more than they do.
+constexpr double kFloatMacNs = 0.25;
+constexpr double kIntMacNs = 1.5;
 
 double unary_cost(UnaryOp op) {
   switch (op) {
@@ -976,7 +981,9 @@ ERL_NIF_TERM dense_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[
         d.mul(d.mul(static_cast<size_t>(batch), static_cast<size_t>(m), "the output"),
               static_cast<size_t>(n), "the output");
     const double macs = static_cast<double>(out_count) * static_cast<double>(k);
-    return schedule(env, (macs + static_cast<double>(out_count)) * kMacNs, "dense_matmul",
+    const bool floats = dense::is_float(a.type) || dense::is_float(b.type);
+    const double mac_ns = floats ? kFloatMacNs : kIntMacNs;
+    return schedule(env, (macs + static_cast<double>(out_count)) * mac_ns, "dense_matmul",
                     dense_matmul_nif, argc, argv, [&] {
                       Output out(out_count, out_type);
                       dense::matmul(batch, m, n, k, a, b, out_type, out.data());
