@@ -211,7 +211,15 @@ defmodule NxQuant.FileSafetyTest do
         attempt.(fn -> NxQuant.Checkpoint.open(#{inspect(shard_dir)}) end),
         attempt.(fn -> NxQuant.Checkpoint.open(#{inspect(index_dir)}) end),
         attempt.(fn -> NxQuant.Checkpoint.open(#{inspect(config_dir)}) end),
-        attempt.(fn -> NxQuant.Checkpoint.open(#{inspect(listed_dir)}) end)
+        attempt.(fn -> NxQuant.Checkpoint.open(#{inspect(listed_dir)}) end),
+        # More concurrent opens than dirty IO schedulers (10), then ordinary file work.
+        1..20
+        |> Task.async_stream(fn _ -> attempt.(fn -> NxQuant.Safetensors.open!(#{inspect(fifo)}) end) end,
+          max_concurrency: 20, timeout: 30_000)
+        |> Enum.map(fn {:ok, r} -> elem(r, 0) end)
+        |> Enum.uniq()
+        |> Kernel.==([:ok])
+        |> Kernel.and(File.read!(#{inspect(Path.join(index_dir, "config.json"))}) != "")
       ]
 
       IO.puts("RESULT:" <> Base.encode64(:erlang.term_to_binary(result)))
@@ -221,8 +229,10 @@ defmodule NxQuant.FileSafetyTest do
       assert status == 0, "the child VM exited with #{status} (124/137: it hung):\n#{output}"
       [_, b64] = Regex.run(~r/RESULT:(\S+)/, output)
 
-      [st, st_mmap, ck_file, shard, index, config, listed] =
+      [st, st_mmap, ck_file, shard, index, config, listed, concurrent] =
         :erlang.binary_to_term(Base.decode64!(b64))
+
+      assert concurrent == true
 
       for {:ok, message} <- [st, st_mmap] do
         assert message =~ "#{fifo}: not a regular file (it is a FIFO)"
@@ -441,6 +451,39 @@ defmodule NxQuant.FileSafetyTest do
       assert_raise ArgumentError, ~r/is not empty/, fn -> Convert.run(src, out) end
       assert snapshot(out) == before
       refute File.exists?(aside)
+    end
+
+    test "mix nx_quant.convert: a non-empty DST needs --force; DST == SRC is refused", %{
+      tmp_dir: dir
+    } do
+      src = Path.join(dir, "src")
+      checkpoint_dense!(src)
+      out = Path.join(dir, "out")
+      Mix.shell(Mix.Shell.Process)
+
+      try do
+        Mix.Tasks.NxQuant.Convert.run([src, out, "--quiet"])
+        assert_received {:mix_shell, :info, [summary]}
+        assert summary =~ "1 quantized"
+
+        assert_raise ArgumentError,
+                     ~r/is not empty: pass force: true \(mix task: --force\)/,
+                     fn ->
+                       Mix.Tasks.NxQuant.Convert.run([src, out, "--quiet"])
+                     end
+
+        Mix.Tasks.NxQuant.Convert.run([src, out, "--quiet", "--force", "--bits", "8"])
+        assert Checkpoint.open(out).config["quantization"]["bits"] == 8
+        before = snapshot(src)
+
+        assert_raise ArgumentError, ~r/is the source directory/, fn ->
+          Mix.Tasks.NxQuant.Convert.run([src, src, "--quiet", "--force"])
+        end
+
+        assert snapshot(src) == before
+      after
+        Mix.shell(Mix.Shell.IO)
+      end
     end
 
     test "single-file convert copies only the model files it names", %{tmp_dir: dir} do
