@@ -43,7 +43,8 @@ defmodule NxQuant.Convert do
   @doc """
   Options: `:bits` (default 4), `:group_size` (64), `:skip` (list of substrings or regexes),
   `:embeddings` (false), `:progress` (a fun receiving `{done_bytes, total_bytes}`, or nil),
-  `:force` (false: replace a non-empty destination).
+  `:force` (false: replace a non-empty destination), `:mmap` (false: read the source through
+  a mapping instead of into owned memory; see `NxQuant.Safetensors` for its risk).
   """
   @spec run(Path.t(), Path.t(), keyword()) :: stats()
   def run(src, dst, opts \\ []) do
@@ -59,7 +60,7 @@ defmodule NxQuant.Convert do
     OutputDir.force?(opts)
 
     src = IO.chardata_to_string(src)
-    ckpt = Checkpoint.open(src)
+    ckpt = Checkpoint.open(src, mmap: Safetensors.mmap?(opts))
     OutputDir.check_apart!(ckpt.dir, dst)
 
     if Enum.any?(ckpt.layers, &match?({_, {:quantized, _, _, _}}, &1)) do
