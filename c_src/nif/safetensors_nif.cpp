@@ -34,9 +34,8 @@ struct StFile {
 ErlNifResourceType* st_file_type = nullptr;
 
 void destroy_st_file(ErlNifEnv* /*env*/, void* object) {
-  // Drops this file's share of the mapping: the last one (quantized tensors built on the
-  // file hold others) unmaps it.
-  // (The descriptor is closed with the resource.)
+  // Closes the descriptor and drops this file's share of the mapping, if any: the last share
+  // (quantized tensors built on the file hold others) unmaps it.
   static_cast<StFile*>(object)->~StFile();
 }
 
