@@ -98,6 +98,19 @@ end
 stats = Convert.run(src, dst, bits: 4, group_size: 64, progress: progress)
 IO.write(:stderr, "\n")
 
+# NX_QUANT_DEMO_COMPARE_MMAP=N: N more conversions each way, alternating, reading the source
+# into owned memory (the default) or through a mapping (mmap: true), for bench/RESULTS.md.
+for round <- 1..String.to_integer(System.get_env("NX_QUANT_DEMO_COMPARE_MMAP", "0"))//1,
+    mmap <- [false, true] do
+  s =
+    Convert.run(src, Path.join(dir, "compare"), bits: 4, group_size: 64, mmap: mmap, force: true)
+
+  IO.puts(
+    "compare round #{round}, mmap: #{mmap}: #{Float.round(s.seconds, 2)} s = " <>
+      "#{Float.round(s.bytes_in / 1.0e6 / s.seconds, 1)} MB/s of dense input"
+  )
+end
+
 IO.puts(
   "convert (4-bit, group 64): #{stats.quantized} tensors quantized, #{stats.dense} kept dense, " <>
     "#{Float.round(stats.bytes_in / 1.0e6, 1)} MB -> #{Float.round(stats.bytes_out / 1.0e6, 1)} MB " <>
@@ -109,7 +122,7 @@ name = "model.layers.0.mlp.gate_proj.weight"
 {fetch_us, qt} = :timer.tc(fn -> Checkpoint.fetch!(ckpt, name) end)
 
 IO.puts(
-  "open (mmap + headers of #{map_size(ckpt.files)} shards): #{Float.round(open_us / 1000, 2)} ms; fetch #{name}: #{Float.round(fetch_us / 1000, 2)} ms (zero-copy over the mapping)"
+  "open (headers of #{map_size(ckpt.files)} shards): #{Float.round(open_us / 1000, 2)} ms; fetch #{name}: #{Float.round(fetch_us / 1000, 2)} ms (read into owned memory)"
 )
 
 source =

@@ -305,8 +305,8 @@ if Code.ensure_loaded?(Nx) do
     @doc """
     Loads an MLX-community checkpoint (directory or .safetensors file) as
     `%{name => Nx.Tensor}`: each quantized layer's `"NAME.weight"` a quantized tensor, every
-    other tensor dense (on the default backend). Options: `:only`, `:bits`, `:group_size` (see
-    `NxQuant.Checkpoint.load/2`). For lazy loading use `NxQuant.Checkpoint.open/2` and
+    other tensor dense (on the default backend). Options: `:only`, `:bits`, `:group_size`,
+    `:mmap` (see `NxQuant.Checkpoint.load/2` and, for mmap's risk, `NxQuant.Safetensors`). For lazy loading use `NxQuant.Checkpoint.open/2` and
     `fetch_checkpoint!/2`.
     """
     @spec load_checkpoint(Path.t(), keyword()) :: %{String.t() => Nx.Tensor.t()}
@@ -320,7 +320,8 @@ if Code.ensure_loaded?(Nx) do
 
     @doc """
     Saves `%{name => Nx.Tensor}` (quantized and dense) as an MLX-community checkpoint
-    directory. Options: `:config` (a map merged into config.json).
+    directory, atomically. Options: `:config` (a map merged into config.json), `:force` (replace
+    a non-empty directory; see `NxQuant.Checkpoint.save/3`).
     """
     @spec save_checkpoint(Path.t(), map(), keyword()) :: :ok
     def save_checkpoint(dir, tensors, opts \\ []) do

@@ -152,10 +152,17 @@ defmodule NxQuant.SafetensorsTest do
       wait_for_unmap(20)
     end
 
-    # A dense view, a quantized tensor over the mapping: each keeps the file mapped, and the
-    # mapping goes away with the process that held them.
-    measure.(fn -> Safetensors.read(Safetensors.open!(path), "l.scales") end)
-    measure.(fn -> Safetensors.read_quantized(Safetensors.open!(path), "l", 4, 64) end)
+    # With mmap: a dense view, a quantized tensor over the mapping: each keeps the file mapped,
+    # and the mapping goes away with the process that held them.
+    measure.(fn -> Safetensors.read(Safetensors.open!(path, mmap: true), "l.scales") end)
+
+    measure.(fn -> Safetensors.read_quantized(Safetensors.open!(path, mmap: true), "l", 4, 64) end)
+
+    # By default nothing is mapped: tensors own their bytes.
+    before = NIF.live_mappings()
+    owned = Safetensors.read(Safetensors.open!(path), "l.scales")
+    assert NIF.live_mappings() == before
+    assert owned == Safetensors.read(Safetensors.open!(path, mmap: true), "l.scales")
   end
 
   defp wait_for_unmap(0), do: flunk("the mapping is still alive")
@@ -192,7 +199,7 @@ defmodule NxQuant.SafetensorsTest do
     end
 
     assert_raise ArgumentError, ~r/argument 1 \(path\) must be a binary/, fn ->
-      NIF.safetensors_open(:nope)
+      NIF.safetensors_open(:nope, false)
     end
   end
 

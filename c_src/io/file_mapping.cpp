@@ -1,9 +1,6 @@
 #include "nx_quant/file_mapping.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -21,31 +18,19 @@ namespace {
 }  // namespace
 
 std::shared_ptr<FileMapping> FileMapping::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("open", path, errno);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    fail("stat", path, err);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw InvalidArgument("cannot map " + path + ": not a regular file");
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
+  return map(*RegularFile::open(path));
+}
+
+std::shared_ptr<FileMapping> FileMapping::map(const RegularFile& file) {
+  const size_t size = static_cast<size_t>(file.size());
   const uint8_t* data = nullptr;
   if (size > 0) {
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      ::close(fd);
-      fail("map", path, err);
-    }
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, file.fd(), 0);
+    if (p == MAP_FAILED) fail("map", file.path(), errno);
     data = static_cast<const uint8_t*>(p);
   }
-  ::close(fd);  // the mapping keeps the file alive
-  return std::shared_ptr<FileMapping>(new FileMapping(path, data, size));
+  // The mapping keeps the file's pages reachable after the descriptor is closed.
+  return std::shared_ptr<FileMapping>(new FileMapping(file.path(), data, size));
 }
 
 FileMapping::FileMapping(std::string path, const uint8_t* data, size_t size)

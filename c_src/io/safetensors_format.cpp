@@ -5,6 +5,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <stdexcept>
 
 namespace nx_quant::safetensors {
 
@@ -145,16 +146,30 @@ const TensorInfo* Header::find(std::string_view name) const {
 }
 
 Header parse_header(const uint8_t* data, size_t size) {
-  if (size < 8)
-    fail("file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  return parse_header(data, size, size);
+}
+
+uint64_t header_length(const uint8_t* data, size_t available) {
+  if (available < 8) return 0;
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];  // little-endian, whatever the host
+  return n;
+}
+
+Header parse_header(const uint8_t* data, size_t available, uint64_t size) {
+  if (size < 8)
+    fail("file is " + std::to_string(size) + " bytes, shorter than the 8-byte header length");
+  if (available < 8) throw std::logic_error("parse_header: given fewer than 8 bytes");
+  const uint64_t n = header_length(data, available);
   if (n > size - 8)
     fail("header length " + std::to_string(n) + " runs past the end of the " +
          std::to_string(size) + "-byte file");
   if (n > kMaxHeaderBytes)
     fail("header length " + std::to_string(n) + " is above the " + std::to_string(kMaxHeaderBytes) +
          "-byte limit");
+  if (available < 8 + n)
+    throw std::logic_error("parse_header: given " + std::to_string(available) +
+                           " bytes of the file, the header needs " + std::to_string(8 + n));
 
   // nlohmann keeps the last of duplicate keys silently; a duplicate tensor name must be an
   // error (two readers could disagree on which one is meant), so watch the top-level keys.

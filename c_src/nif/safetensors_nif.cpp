@@ -1,6 +1,7 @@
-// safetensors files and JSON for Elixir: a resource holding a memory-mapped, validated file;
-// tensors handed out as binaries over the mapping (no copy) and quantized tensors built on it;
-// header planning for writers; JSON decode/encode (config.json) with nlohmann::json.
+// safetensors files and JSON for Elixir: a resource holding an open, validated file; tensors
+// handed out as binaries read into owned memory (the default) or, when the file was opened with
+// mmap, binaries over the mapping (no copy) and quantized tensors built on it; header planning
+// for writers; JSON decode/encode (config.json) with nlohmann::json.
 #include <algorithm>
 #include <cstring>
 #include <memory>
@@ -13,6 +14,7 @@
 #include "nif_functions.h"
 #include "nx_quant/file_mapping.h"
 #include "nx_quant/format.h"
+#include "nx_quant/regular_file.h"
 #include "nx_quant/safetensors_format.h"
 #include "qtensor_resource.h"
 #include "terms.h"
@@ -24,15 +26,16 @@ namespace st = nx_quant::safetensors;
 namespace {
 
 struct StFile {
-  std::shared_ptr<FileMapping> mapping;
+  std::shared_ptr<RegularFile> file;     // kept open: reads, and checks that it is unchanged
+  std::shared_ptr<FileMapping> mapping;  // null unless opened with mmap
   st::Header header;
 };
 
 ErlNifResourceType* st_file_type = nullptr;
 
 void destroy_st_file(ErlNifEnv* /*env*/, void* object) {
-  // Drops this file's share of the mapping: the last one (quantized tensors built on the
-  // file hold others) unmaps it.
+  // Closes the descriptor and drops this file's share of the mapping, if any: the last share
+  // (quantized tensors built on the file hold others) unmaps it.
   static_cast<StFile*>(object)->~StFile();
 }
 
@@ -59,13 +62,32 @@ const st::TensorInfo& tensor_info(const Args& args, const StFile& file, int i, c
   const std::string name = string_arg(args, i, what);
   const st::TensorInfo* t = file.header.find(name);
   if (t == nullptr)
-    args.fail(i, what, "names no tensor of " + file.mapping->path() + ": '" + name + "'");
+    args.fail(i, what, "names no tensor of " + file.file->path() + ": '" + name + "'");
   return *t;
 }
 
+// Over the mapping (mmap mode only).
 ConstBuffer tensor_bytes(const StFile& file, const st::TensorInfo& t) {
   return {file.mapping->data() + file.header.data_start + t.begin,
           static_cast<size_t>(t.end - t.begin)};
+}
+
+// Reads a tensor's bytes into `out` (its exact size; throws if the file changed since open).
+void read_tensor(const StFile& file, const st::TensorInfo& t, void* out) {
+  file.file->read(file.header.data_start + t.begin, out, static_cast<size_t>(t.end - t.begin));
+}
+
+// The header read with pread: the 8 length bytes, then the JSON (if the length is plausible;
+// parse_header names the problem otherwise).
+st::Header read_header(const RegularFile& file) {
+  std::vector<uint8_t> bytes(static_cast<size_t>(std::min<uint64_t>(file.size(), 8)));
+  file.read(0, bytes.data(), bytes.size());
+  const uint64_t n = st::header_length(bytes.data(), bytes.size());
+  if (bytes.size() == 8 && n <= file.size() - 8 && n <= st::kMaxHeaderBytes) {
+    bytes.resize(static_cast<size_t>(8 + n));
+    file.read(8, bytes.data() + 8, static_cast<size_t>(n));
+  }
+  return st::parse_header(bytes.data(), bytes.size(), file.size());
 }
 
 // ---- JSON <-> terms --------------------------------------------------------------------------
@@ -178,17 +200,25 @@ bool open_safetensors_resource_type(ErlNifEnv* env) {
   return st_file_type != nullptr;
 }
 
-// safetensors_open(path) -> {file, [{name, dtype, shape, begin, end}], [{key, value}], data_start}
-// Runs on a dirty IO scheduler: open/mmap may wait on the disk.
+// safetensors_open(path, mmap) -> {file, [{name, dtype, shape, begin, end}], [{key, value}],
+// data_start}. Runs on a dirty IO scheduler: open/read/mmap may wait on the disk (never on a
+// FIFO: RegularFile refuses it without blocking).
 ERL_NIF_TERM safetensors_open_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
-  return guarded(env, "safetensors_open/1", [&] {
-    const Args args(env, "safetensors_open/1", argv);
+  return guarded(env, "safetensors_open/2", [&] {
+    const Args args(env, "safetensors_open/2", argv);
     const std::string path = string_arg(args, 0, "path");
     if (path.find('\0') != std::string::npos) args.fail(0, "path", "contains a NUL byte");
-    auto mapping = FileMapping::open(path);
+    const bool mmap = args.boolean(1, "mmap");
+    auto file = RegularFile::open(path);
+    std::shared_ptr<FileMapping> mapping;
     st::Header header;
     try {
-      header = st::parse_header(mapping->data(), mapping->size());
+      if (mmap) {
+        mapping = FileMapping::map(*file);
+        header = st::parse_header(mapping->data(), mapping->size());
+      } else {
+        header = read_header(*file);
+      }
     } catch (const InvalidArgument& e) {
       throw InvalidArgument(path + ": " + e.what());
     }
@@ -208,7 +238,7 @@ ERL_NIF_TERM safetensors_open_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TE
 
     void* memory = enif_alloc_resource(st_file_type, sizeof(StFile));
     if (memory == nullptr) throw std::bad_alloc();
-    new (memory) StFile{std::move(mapping), std::move(header)};
+    new (memory) StFile{std::move(file), std::move(mapping), std::move(header)};
     ERL_NIF_TERM ref = enif_make_resource(env, memory);
     enif_release_resource(memory);
     return enif_make_tuple4(
@@ -219,19 +249,34 @@ ERL_NIF_TERM safetensors_open_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TE
   });
 }
 
-// safetensors_tensor(file, name) -> binary over the mapping (no copy; it keeps the file mapped).
+// safetensors_tensor(file, name) -> binary: the tensor's bytes read into a new binary, or (mmap)
+// a binary over the mapping (no copy; it keeps the file mapped). Dirty IO: the read may be large.
 ERL_NIF_TERM safetensors_tensor_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
   return guarded(env, "safetensors_tensor/2", [&] {
     const Args args(env, "safetensors_tensor/2", argv);
     StFile& file = get_st_file(args, 0);
-    const ConstBuffer bytes = tensor_bytes(file, tensor_info(args, file, 1, "name"));
-    return enif_make_resource_binary(env, &file, bytes.data, bytes.bytes);
+    const st::TensorInfo& t = tensor_info(args, file, 1, "name");
+    file.file->check_unchanged();
+    if (file.mapping) {
+      const ConstBuffer bytes = tensor_bytes(file, t);
+      return enif_make_resource_binary(env, &file, bytes.data, bytes.bytes);
+    }
+    ErlNifBinary bin;
+    if (!enif_alloc_binary(static_cast<size_t>(t.end - t.begin), &bin)) throw std::bad_alloc();
+    try {
+      read_tensor(file, t, bin.data);
+    } catch (...) {
+      enif_release_binary(&bin);
+      throw;
+    }
+    return enif_make_binary(env, &bin);
   });
 }
 
 // safetensors_quantized(file, weight, scales, biases, rows, cols, bits, group_size) -> qtensor
-// over the mapping: no copy when the three tensors are aligned for their element types (files
-// written by the reference library and by us are), else one copy. Every shape is checked.
+// read into owned memory, or (mmap) over the mapping: no copy when the three tensors are
+// aligned for their element types (files written by the reference library and by us are), else
+// one copy. Every shape is checked. Dirty IO: the reads may be large.
 ERL_NIF_TERM safetensors_quantized_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
   return guarded(env, "safetensors_quantized/8", [&] {
     const Args args(env, "safetensors_quantized/8", argv);
@@ -267,10 +312,19 @@ ERL_NIF_TERM safetensors_quantized_nif(ErlNifEnv* env, int /*argc*/, const ERL_N
                 "'" + b.name + "' has dtype " + st::dtype_name(b.dtype) + ", but the scales are " +
                     st::dtype_name(s.dtype));
 
+    file.file->check_unchanged();
     QuantizedMatrix m;
-    m.packed = tensor_bytes(file, w);
-    m.scales = tensor_bytes(file, s);
-    m.biases = tensor_bytes(file, b);
+    if (file.mapping) {
+      m.packed = tensor_bytes(file, w);
+      m.scales = tensor_bytes(file, s);
+      m.biases = tensor_bytes(file, b);
+    } else {
+      // Sizes only, for the checks below (nothing is read before they pass).
+      static const uint8_t nothing = 0;
+      m.packed = {&nothing, static_cast<size_t>(w.end - w.begin)};
+      m.scales = {&nothing, static_cast<size_t>(s.end - s.begin)};
+      m.biases = {&nothing, static_cast<size_t>(b.end - b.begin)};
+    }
     m.dtype = dtype;
     m.rows = rows;
     m.cols = cols;
@@ -279,6 +333,14 @@ ERL_NIF_TERM safetensors_quantized_nif(ErlNifEnv* env, int /*argc*/, const ERL_N
     auto aligned = [](const ConstBuffer& buf, size_t a) {
       return reinterpret_cast<uintptr_t>(buf.data) % a == 0;
     };
+    if (!file.mapping) {
+      validate_quantized_matrix(m, "quantized tensor");
+      OwnedQTensor out = allocate_owned_qtensor(rows, cols, spec, dtype);
+      read_tensor(file, w, out.packed);
+      read_tensor(file, s, out.scales);
+      read_tensor(file, b, out.biases);
+      return make_qtensor_term(env, out.matrix, std::move(out.keeper));
+    }
     if (aligned(m.packed, 4) && aligned(m.scales, elem) && aligned(m.biases, elem)) {
       // validate_quantized_matrix (in make_qtensor_term) checks every size against the layout.
       return make_qtensor_term(env, m, std::shared_ptr<const void>(file.mapping));

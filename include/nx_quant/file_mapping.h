@@ -1,5 +1,11 @@
 // A read-only memory mapping of a whole file: opening a multi-GB checkpoint costs a system call,
 // and only the pages of the tensors actually read are ever loaded.
+//
+// The risk of any mapping: the bytes are the file's, not a copy. If another process truncates
+// the file, touching a page past the new end raises SIGBUS (the whole process dies); if it
+// rewrites the file in place, the mapped bytes change too (MAP_PRIVATE copies only the pages
+// this process writes, and this mapping is read-only). Hence reading into owned memory
+// (RegularFile::read) is the default of the safetensors loader and mapping is an opt-in.
 #pragma once
 
 #include <atomic>
@@ -9,13 +15,17 @@
 #include <string>
 
 #include "nx_quant/error.h"
+#include "nx_quant/regular_file.h"
 
 namespace nx_quant {
 
 class FileMapping {
  public:
   // Throws InvalidArgument naming the path and the system error.
+  // Opens with RegularFile::open (never blocks on a FIFO or a device).
   static std::shared_ptr<FileMapping> open(const std::string& path);
+  // Maps an open file (its size at open).
+  static std::shared_ptr<FileMapping> map(const RegularFile& file);
   ~FileMapping();
   FileMapping(const FileMapping&) = delete;
   FileMapping& operator=(const FileMapping&) = delete;

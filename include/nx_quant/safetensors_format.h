@@ -67,6 +67,13 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // Throws InvalidArgument naming the problem (and the tensor) otherwise.
 Header parse_header(const uint8_t* data, size_t size);
 
+// The same from the file's first `available` bytes (at least 8 + the header length, or the
+// whole file if shorter) when the whole file (`size` bytes) is not in memory.
+Header parse_header(const uint8_t* data, size_t available, uint64_t size);
+
+// The header length stored in the first 8 bytes (0 when fewer are available).
+uint64_t header_length(const uint8_t* data, size_t available);
+
 // Writing: the entries of a file in data order.
 struct WriteEntry {
   std::string name;

@@ -7,16 +7,21 @@ defmodule NxQuant.Checkpoint do
   `{"group_size": 64, "bits": 4, "model.layers.0.mlp.gate_proj": {"bits": 8, "group_size": 64}}`,
   a per-layer `false` meaning the layer is dense.
 
-  `open/2` maps every shard (cheap, whatever the size) and `fetch!/2` builds one tensor
-  (lazy loading); `load/2` fetches all of them. Keys are tensor names as a model uses them: a
-  quantized layer is one entry, `"NAME.weight"`, whose value is an `NxQuant.QuantizedTensor`;
-  every other tensor is an `NxQuant.Dense` over the mapping.
+  `open/2` opens every shard and reads its header (cheap, whatever the size) and `fetch!/2`
+  reads one tensor (lazy loading); `load/2` fetches all of them. Keys are tensor names as a
+  model uses them: a quantized layer is one entry, `"NAME.weight"`, whose value is an
+  `NxQuant.QuantizedTensor`; every other tensor is an `NxQuant.Dense`. Tensors are read into
+  memory they own unless `mmap: true` (see `NxQuant.Safetensors` for that option's risk: a
+  shard truncated while mapped kills the VM).
+
+  Shards, the index and config.json must be regular files (symlinks followed): a FIFO or a
+  device is an `ArgumentError`, never a blocked read.
 
   `save/3` writes the same layout (and config.json's quantization block) so that MLX and
-  mlx-lm load it.
+  mlx-lm load it, atomically (`NxQuant.OutputDir`).
   """
 
-  alias NxQuant.{Dense, NIF, QuantizedTensor, Safetensors}
+  alias NxQuant.{Dense, NIF, OutputDir, QuantizedTensor, Safetensors}
 
   @enforce_keys [:dir, :config, :files, :shard_of, :layers]
   defstruct [:dir, :config, :files, :shard_of, :layers]
@@ -36,15 +41,20 @@ defmodule NxQuant.Checkpoint do
 
   @doc """
   Opens a checkpoint directory (or a single .safetensors file). Options: `:bits` and
-  `:group_size` for quantized layers when config.json has no quantization block.
+  `:group_size` for quantized layers when config.json has no quantization block; `:mmap`
+  (default false) to map the shards instead of reading tensors into owned memory.
   """
   @spec open(Path.t(), keyword()) :: t()
   def open(path, opts \\ []) do
     path = IO.chardata_to_string(path)
+    mmap = Safetensors.mmap?(opts)
     {dir, shards} = shards!(path)
     config = read_config(dir)
 
-    files = Map.new(shards, fn shard -> {shard, Safetensors.open!(Path.join(dir, shard))} end)
+    files =
+      Map.new(shards, fn shard ->
+        {shard, Safetensors.open!(Path.join(dir, shard), mmap: mmap)}
+      end)
 
     shard_of =
       Enum.reduce(files, %{}, fn {shard, file}, acc ->
@@ -90,7 +100,7 @@ defmodule NxQuant.Checkpoint do
 
   @doc """
   Loads a checkpoint as `%{name => tensor}`. Options: `:only` (a list of names or a
-  predicate) for loading part of it, plus those of `open/2`.
+  predicate) for loading part of it, plus those of `open/2` (`:mmap`, ...).
   """
   @spec load(Path.t(), keyword()) :: %{String.t() => QuantizedTensor.t() | Dense.t()}
   def load(path, opts \\ []) do
@@ -112,14 +122,32 @@ defmodule NxQuant.Checkpoint do
   `config.json` = `:config` (a map, default `%{}`) with a `"quantization"` block (and
   mlx-lm's `"quantization_config"` copy): the most common bits/group_size as the default,
   other quantized layers as per-layer overrides.
+
+  The directory is written atomically (`NxQuant.OutputDir`): a non-empty `dir` is refused
+  unless `force: true`, which replaces it as a whole; config.json is encoded before anything
+  is written, so a bad `:config` leaves `dir` untouched.
   """
   @spec save(Path.t(), map(), keyword()) :: :ok
   def save(dir, tensors, opts \\ []) do
-    File.mkdir_p!(dir)
     entries = tensors |> Enum.sort_by(&elem(&1, 0))
-    Safetensors.write(Path.join(dir, "model.safetensors"), entries, %{"format" => "mlx"})
-    config = Map.merge(Keyword.get(opts, :config, %{}), quantization_config(entries))
-    write_config(dir, config)
+
+    config =
+      case Keyword.get(opts, :config, %{}) do
+        %{} = config ->
+          config
+
+        other ->
+          raise ArgumentError, "the :config option must be a map, got: #{inspect(other)}"
+      end
+
+    config_json = encode_config(Map.merge(config, quantization_config(entries)))
+
+    OutputDir.write!(dir, opts, fn tmp ->
+      Safetensors.write(Path.join(tmp, "model.safetensors"), entries, %{"format" => "mlx"})
+      File.write!(Path.join(tmp, "config.json"), config_json)
+    end)
+
+    :ok
   end
 
   @doc "The quantization block for a set of tensors (empty map when none is quantized)."
@@ -149,20 +177,27 @@ defmodule NxQuant.Checkpoint do
 
   @doc false
   def write_config(dir, config) do
-    File.write!(Path.join(dir, "config.json"), [NIF.json_encode(config, true), "\n"])
+    File.write!(Path.join(dir, "config.json"), encode_config(config))
+  end
+
+  @doc false
+  def encode_config(config) do
+    [NIF.json_encode(config, true), "\n"]
+  rescue
+    e in ArgumentError ->
+      reraise ArgumentError, "config.json: #{Exception.message(e)}", __STACKTRACE__
   end
 
   @doc false
   def read_config(dir) do
     path = Path.join(dir, "config.json")
+    if regular_file?(path, "config.json"), do: decode_config(path, dir), else: %{}
+  end
 
-    if File.exists?(path) do
-      case NIF.json_decode(File.read!(path)) do
-        %{} = config -> config
-        other -> raise ArgumentError, "#{path} must hold a JSON object, got #{inspect(other)}"
-      end
-    else
-      %{}
+  defp decode_config(path, dir) do
+    case NIF.json_decode(File.read!(path)) do
+      %{} = config -> config
+      other -> raise ArgumentError, "#{path} must hold a JSON object, got #{inspect(other)}"
     end
   rescue
     e in ArgumentError ->
@@ -171,12 +206,39 @@ defmodule NxQuant.Checkpoint do
 
   # ---- helpers ---------------------------------------------------------------------------
 
+  # true for a regular file, false when missing; a FIFO, device, socket or directory there is
+  # an error (reading it could block forever).
+  @doc false
+  def regular_file?(path, what) do
+    case File.stat(path) do
+      {:ok, %File.Stat{type: :regular}} ->
+        true
+
+      {:error, :enoent} ->
+        false
+
+      {:ok, %File.Stat{type: type}} ->
+        raise ArgumentError, "#{path}: the #{what} must be a regular file, it is #{kind(type)}"
+
+      {:error, reason} ->
+        raise ArgumentError, "cannot stat #{path}: #{:file.format_error(reason)}"
+    end
+  end
+
+  defp kind(:directory), do: "a directory"
+  defp kind(:device), do: "a device"
+  defp kind(_), do: "a special file (FIFO or socket)"
+
   defp shards!(path) do
     cond do
       File.regular?(path) ->
         {Path.dirname(path), [Path.basename(path)]}
 
-      File.regular?(Path.join(path, @index)) ->
+      not File.dir?(path) and File.exists?(path) ->
+        true = regular_file?(path, "checkpoint file")
+        {Path.dirname(path), [Path.basename(path)]}
+
+      File.dir?(path) and regular_file?(Path.join(path, @index), "index") ->
         index = NIF.json_decode(File.read!(Path.join(path, @index)))
 
         case index do
@@ -187,6 +249,7 @@ defmodule NxQuant.Checkpoint do
               raise ArgumentError, "#{path}/#{@index}: bad shard name #{inspect(shard)}"
             end
 
+            for shard <- shards, do: regular_file?(Path.join(path, shard), "shard")
             {path, shards}
 
           _ ->
@@ -194,10 +257,10 @@ defmodule NxQuant.Checkpoint do
         end
 
       File.dir?(path) ->
-        case path |> File.ls!() |> Enum.filter(&String.ends_with?(&1, ".safetensors")) do
-          [] -> raise ArgumentError, "#{path} holds no .safetensors file"
-          files -> {path, Enum.sort(files)}
-        end
+        files = path |> File.ls!() |> Enum.filter(&String.ends_with?(&1, ".safetensors"))
+        if files == [], do: raise(ArgumentError, "#{path} holds no .safetensors file")
+        for file <- files, do: regular_file?(Path.join(path, file), "shard")
+        {path, Enum.sort(files)}
 
       true ->
         raise ArgumentError, "#{path}: no such checkpoint file or directory"
@@ -206,7 +269,12 @@ defmodule NxQuant.Checkpoint do
 
   defp layers(shard_of, config, opts, dir) do
     quant = config["quantization"] || config["quantization_config"] || %{}
-    quant = if is_map(quant), do: quant, else: %{}
+
+    unless is_map(quant) do
+      raise ArgumentError,
+            "#{dir}/config.json: \"quantization\" must be an object, got: #{inspect(quant)}"
+    end
+
     default_bits = Keyword.get(opts, :bits, quant["bits"])
     default_gs = Keyword.get(opts, :group_size, quant["group_size"])
 
@@ -229,8 +297,15 @@ defmodule NxQuant.Checkpoint do
             %{} = layer ->
               {layer["bits"] || default_bits, layer["group_size"] || default_gs}
 
-            _ ->
+            # Absent (the defaults apply) or true (quantized, with the defaults).
+            absent when absent in [nil, true] ->
               {default_bits, default_gs}
+
+            other ->
+              raise ArgumentError,
+                    "#{dir}/config.json: the \"quantization\" entry for layer '#{base}' must " <>
+                      "be an object such as {\"bits\": 4, \"group_size\": 64} or false " <>
+                      "(dense), got: #{inspect(other)}"
           end
 
         unless bits in [2, 3, 4, 5, 6, 8] and gs in [32, 64, 128] do

@@ -9,9 +9,26 @@ defmodule NxQuant.Convert do
   Quantized: 2-D (or higher) float `*.weight` tensors whose last axis divides by the group
   size. Kept dense: norms, biases, 1-D tensors, non-float tensors, names matching a `:skip`
   pattern, and embeddings (`embed` in the name) unless `embeddings: true`.
+
+  The destination is written atomically (`NxQuant.OutputDir`): it must not be the source's
+  directory, lie inside it or contain it; a non-empty destination is refused unless
+  `force: true`, which replaces it as a whole; a run that fails or is killed leaves it as it
+  was. Besides the shards and config.json, the destination gets the source directory's other
+  files: for a directory source, every other regular file (README, LICENSE, tokenizer, ...;
+  not hidden files, `*.safetensors`, the index or `*.tmp*` leftovers); for a single-file
+  source (`dir/model.safetensors`), only the files a model needs from its directory, named
+  explicitly: #{Enum.map_join(~w(generation_config.json tokenizer.json tokenizer_config.json special_tokens_map.json added_tokens.json tokenizer.model vocab.json vocab.txt merges.txt chat_template.jinja chat_template.json preprocessor_config.json), ", ", &"`#{&1}`")}.
   """
 
-  alias NxQuant.{Checkpoint, Core, Safetensors}
+  alias NxQuant.{Checkpoint, Core, OutputDir, Safetensors}
+
+  # What a single-file source's directory contributes besides config.json (see the moduledoc).
+  @model_files ~w(generation_config.json tokenizer.json tokenizer_config.json
+                  special_tokens_map.json added_tokens.json tokenizer.model vocab.json vocab.txt
+                  merges.txt chat_template.jinja chat_template.json preprocessor_config.json)
+
+  @doc "The files a single-file source's directory contributes besides config.json."
+  def model_files, do: @model_files
 
   @float_dtypes ~w(F32 F16 BF16)
 
@@ -25,7 +42,9 @@ defmodule NxQuant.Convert do
 
   @doc """
   Options: `:bits` (default 4), `:group_size` (64), `:skip` (list of substrings or regexes),
-  `:embeddings` (false), `:progress` (a fun receiving `{done_bytes, total_bytes}`, or nil).
+  `:embeddings` (false), `:progress` (a fun receiving `{done_bytes, total_bytes}`, or nil),
+  `:force` (false: replace a non-empty destination), `:mmap` (false: read the source through
+  a mapping instead of into owned memory; see `NxQuant.Safetensors` for its risk).
   """
   @spec run(Path.t(), Path.t(), keyword()) :: stats()
   def run(src, dst, opts \\ []) do
@@ -38,14 +57,26 @@ defmodule NxQuant.Convert do
     progress = Keyword.get(opts, :progress)
     started = System.monotonic_time()
     Process.delete({__MODULE__, :done})
+    OutputDir.force?(opts)
 
-    ckpt = Checkpoint.open(src)
+    src = IO.chardata_to_string(src)
+    ckpt = Checkpoint.open(src, mmap: Safetensors.mmap?(opts))
+    OutputDir.check_apart!(ckpt.dir, dst)
 
     if Enum.any?(ckpt.layers, &match?({_, {:quantized, _, _, _}}, &1)) do
       raise ArgumentError, "#{src} is already quantized"
     end
 
-    File.mkdir_p!(dst)
+    single_file = File.regular?(src)
+
+    OutputDir.write!(
+      dst,
+      opts,
+      &convert_into(ckpt, &1, single_file, bits, group_size, opts, progress, started)
+    )
+  end
+
+  defp convert_into(ckpt, dst, single_file, bits, group_size, opts, progress, started) do
     total = ckpt.files |> Map.values() |> Enum.map(&File.stat!(&1.path).size) |> Enum.sum()
     decide = &quantize?(&1, &2, group_size, opts)
 
@@ -71,7 +102,7 @@ defmodule NxQuant.Convert do
       )
     end
 
-    copy_other_files(ckpt.dir, dst)
+    copy_other_files(ckpt.dir, dst, single_file)
 
     seconds =
       System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond) / 1.0e6
@@ -178,11 +209,22 @@ defmodule NxQuant.Convert do
     fun.({done, total})
   end
 
-  defp copy_other_files(src_dir, dst) do
-    for name <- File.ls!(src_dir),
-        not String.ends_with?(name, ".safetensors"),
-        name not in ["config.json", "model.safetensors.index.json"],
-        File.regular?(Path.join(src_dir, name)) do
+  defp copy_other_files(src_dir, dst, single_file) do
+    names =
+      if single_file do
+        @model_files
+      else
+        for name <- File.ls!(src_dir),
+            not String.starts_with?(name, "."),
+            not String.ends_with?(name, ".safetensors"),
+            not String.contains?(name, ".tmp"),
+            name not in ["config.json", "model.safetensors.index.json"],
+            do: name
+      end
+
+    # Regular files only: a FIFO would block the copy.
+    for name <- names,
+        match?({:ok, %File.Stat{type: :regular}}, File.stat(Path.join(src_dir, name))) do
       File.cp!(Path.join(src_dir, name), Path.join(dst, name))
     end
 

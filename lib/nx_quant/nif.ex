@@ -76,7 +76,7 @@ defmodule NxQuant.NIF do
   def cpu_info, do: not_loaded!()
 
   @doc false
-  def safetensors_open(_path), do: not_loaded!()
+  def safetensors_open(_path, _mmap), do: not_loaded!()
   @doc false
   def safetensors_tensor(_file, _name), do: not_loaded!()
   @doc false

@@ -1,11 +1,23 @@
 defmodule NxQuant.Safetensors do
   @moduledoc """
-  One safetensors file, memory-mapped (Nx-free). `open/1` maps the file and validates the
-  whole header (c_src/io/safetensors_format.cpp) in about the time of one system call, whatever
-  the file's size; `read/2` returns a tensor whose binary points into the mapping (no copy: only
-  the pages read are ever loaded); `read_quantized/4` builds a quantized tensor over the mapping.
-  The file stays mapped while anything made from it is alive, and is unmapped when the last of
-  them is garbage-collected.
+  One safetensors file (Nx-free). `open/2` opens the file and validates the whole header
+  (c_src/io/safetensors_format.cpp), whatever the file's size; `read/2` returns a tensor and
+  `read_quantized/4` a quantized tensor.
+
+  By default each tensor is read into memory the tensor owns (pread(2) of its bytes): a file
+  truncated or rewritten later cannot change or crash anything already returned, and a read
+  after the file changed is an `ArgumentError` ("changed since it was opened"), never bytes of
+  two versions. `open(path, mmap: true)` maps the file instead (like llama.cpp's `--mmap`):
+  tensors are binaries over the mapping (no copy; only the pages used are ever loaded, and
+  the page cache is shared between processes), and the file stays mapped while anything made
+  from it is alive. **The risk of mmap:** if another process truncates the file while it is
+  mapped, the next touch of a page past the new end kills the whole VM with SIGBUS, and a
+  rewrite in place changes tensors already returned. Use it only for files nothing rewrites
+  (replacing a file by rename, as `write/3` and `NxQuant.Convert` do, is safe: the mapping
+  keeps the old file). bench/RESULTS.md compares the two modes' cost.
+
+  Opening never blocks on a FIFO or a device: the path must be a regular file (symlinks are
+  followed), checked before it is opened.
 
   `write/3` writes dense and quantized tensors (a quantized `NAME.weight` becomes MLX's triplet
   `NAME.weight` (U32), `NAME.scales`, `NAME.biases`); `write_planned/4` streams the data
@@ -55,11 +67,14 @@ defmodule NxQuant.Safetensors do
       raise ArgumentError, "no safetensors dtype for type #{inspect(type)}"
   end
 
-  @doc "Maps and validates a file. Raises `ArgumentError` naming the file and the problem."
-  @spec open!(Path.t()) :: t()
-  def open!(path) do
+  @doc """
+  Opens and validates a file. Options: `:mmap` (default `false`; see the module doc for its
+  risk). Raises `ArgumentError` naming the file and the problem.
+  """
+  @spec open!(Path.t(), keyword()) :: t()
+  def open!(path, opts \\ []) do
     path = IO.chardata_to_string(path)
-    {ref, tensors, metadata, _data_start} = NIF.safetensors_open(path)
+    {ref, tensors, metadata, _data_start} = NIF.safetensors_open(path, mmap?(opts))
 
     tensors =
       Map.new(tensors, fn {name, dtype, shape, first, last} ->
@@ -70,15 +85,26 @@ defmodule NxQuant.Safetensors do
     %__MODULE__{ref: ref, path: path, tensors: tensors, metadata: Map.new(metadata)}
   end
 
-  @doc "Like `open!/1`, returning `{:ok, file}` or `{:error, message}`."
-  @spec open(Path.t()) :: {:ok, t()} | {:error, String.t()}
-  def open(path) do
-    {:ok, open!(path)}
+  @doc "Like `open!/2`, returning `{:ok, file}` or `{:error, message}`."
+  @spec open(Path.t(), keyword()) :: {:ok, t()} | {:error, String.t()}
+  def open(path, opts \\ []) do
+    {:ok, open!(path, opts)}
   rescue
     e in ArgumentError -> {:error, Exception.message(e)}
   end
 
-  @doc "The tensor `name` as an `NxQuant.Dense` over the mapping (no copy)."
+  @doc false
+  def mmap?(opts) do
+    case Keyword.get(opts, :mmap, false) do
+      mmap when is_boolean(mmap) ->
+        mmap
+
+      other ->
+        raise ArgumentError, "the :mmap option must be true or false, got: #{inspect(other)}"
+    end
+  end
+
+  @doc "The tensor `name` as an `NxQuant.Dense` (its own copy, or over the mapping with mmap)."
   @spec read(t(), String.t()) :: Dense.t()
   def read(%__MODULE__{} = file, name) do
     %{type: type, shape: shape} = info!(file, name)
@@ -89,7 +115,8 @@ defmodule NxQuant.Safetensors do
   The quantized tensor of MLX's triplet `BASE.weight`, `BASE.scales`, `BASE.biases` with the
   given `bits` and `group_size` (from config.json). Shapes are cross-checked: the weight's
   last axis * 32 / bits must equal the scales' last axis * group_size, and the leading axes of
-  all three must agree. Built over the mapping (zero-copy when aligned, else one copy).
+  all three must agree. Read into owned memory, or with mmap built over the mapping
+  (zero-copy when aligned, else one copy).
   """
   @spec read_quantized(t(), String.t(), 2..8, 32 | 64 | 128) :: QuantizedTensor.t()
   def read_quantized(%__MODULE__{} = file, base, bits, group_size) do

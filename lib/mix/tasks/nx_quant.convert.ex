@@ -4,10 +4,11 @@ defmodule Mix.Tasks.NxQuant.Convert do
   Quantizes a dense safetensors checkpoint (a file, or a directory with one file or shards)
   into an MLX-community quantized checkpoint that MLX, mlx-lm and nx_quant load.
 
-      mix nx_quant.convert SRC DST [--bits 4] [--group-size 64] [--skip PATTERN]... [--embeddings]
+      mix nx_quant.convert SRC DST [--bits 4] [--group-size 64] [--skip PATTERN]... [--embeddings] [--force]
 
   Memory stays around one tensor at a time (see `NxQuant.Convert`); a progress bar shows the
-  bytes read and the rate.
+  bytes read and the rate. DST is written atomically: it must not be SRC's directory (or
+  inside it), and a non-empty DST is refused unless `--force`, which replaces it as a whole.
   """
   use Mix.Task
 
@@ -16,6 +17,7 @@ defmodule Mix.Tasks.NxQuant.Convert do
     group_size: :integer,
     skip: :keep,
     embeddings: :boolean,
+    force: :boolean,
     quiet: :boolean
   ]
 
@@ -35,6 +37,7 @@ defmodule Mix.Tasks.NxQuant.Convert do
             group_size: Keyword.get(opts, :group_size, 64),
             skip: skip,
             embeddings: Keyword.get(opts, :embeddings, false),
+            force: Keyword.get(opts, :force, false),
             progress: progress
           )
 
@@ -48,7 +51,7 @@ defmodule Mix.Tasks.NxQuant.Convert do
 
       _ ->
         Mix.raise(
-          "usage: mix nx_quant.convert SRC DST [--bits 4] [--group-size 64] [--skip PATTERN] [--embeddings]" <>
+          "usage: mix nx_quant.convert SRC DST [--bits 4] [--group-size 64] [--skip PATTERN] [--embeddings] [--force]" <>
             if(invalid != [], do: " (bad options: #{inspect(invalid)})", else: "")
         )
     end
