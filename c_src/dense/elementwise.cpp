@@ -557,6 +557,36 @@ void binary(BinaryOp op, const Shape& shape, const View& a, const View& b, Type 
   throw InvalidArgument("binary: unknown op " + std::to_string(static_cast<unsigned>(op)));
 }
 
+namespace {
+
+// dst[i] = pred[i] != 0 ? t[i] : f[i] for n elements of `size` bytes (a typed loop per size,
+// which the compiler vectorizes: a byte-wise copy per element cost ~3 ns).
+template <typename E>
+void pick_typed(const double* pred, const unsigned char* t, const unsigned char* f,
+                unsigned char* dst, int64_t n) {
+  E tv[detail::kChunk], fv[detail::kChunk], out[detail::kChunk];
+  std::memcpy(tv, t, static_cast<size_t>(n) * sizeof(E));
+  std::memcpy(fv, f, static_cast<size_t>(n) * sizeof(E));
+  for (int64_t i = 0; i < n; ++i) out[i] = pred[i] != 0 ? tv[i] : fv[i];
+  std::memcpy(dst, out, static_cast<size_t>(n) * sizeof(E));
+}
+
+void pick_elements(size_t size, const double* pred, const unsigned char* t,
+                   const unsigned char* f, unsigned char* dst, int64_t n) {
+  switch (size) {
+    case 1:
+      return pick_typed<uint8_t>(pred, t, f, dst, n);
+    case 2:
+      return pick_typed<uint16_t>(pred, t, f, dst, n);
+    case 4:
+      return pick_typed<uint32_t>(pred, t, f, dst, n);
+    default:
+      return pick_typed<uint64_t>(pred, t, f, dst, n);
+  }
+}
+
+}  // namespace
+
 void select(const Shape& shape, const View& pred, const View& on_true, const View& on_false,
             Type out_type, void* out, int threads) {
   using namespace detail;
@@ -590,9 +620,7 @@ void select(const Shape& shape, const View& pred, const View& on_true, const Vie
         ct(on_true.data, off[1] + k * inner[1], inner[1], bt, 0, 1, n);
         cf(on_false.data, off[2] + k * inner[2], inner[2], bf, 0, 1, n);
         unsigned char* dst = o + static_cast<size_t>(off[3] + k * inner[3]) * size;
-        for (int64_t i = 0; i < n; ++i)
-          std::memcpy(dst + static_cast<size_t>(i) * size,
-                      (bp[i] != 0 ? bt : bf) + static_cast<size_t>(i) * size, size);
+        pick_elements(size, bp, bt, bf, dst, n);
       }
     });
   });
