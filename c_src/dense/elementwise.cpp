@@ -364,12 +364,29 @@ void run_unary_buffered(const Runs<2>& walk, const View& in, Type out_type, void
   const LoadRunFn<C> load = loader_for<C>(in.type);
   const StoreRunFn<C> st = storer_for<C>(out_type);
   const size_t cost = unary_is_transcendental(Op) ? kTranscendentalCost : kCheapCost;
+  // exp and sigmoid written as f32/bf16/f16 (a softmax, SwiGLU) take the SIMD exp in double:
+  // within 1 ulp of those roundings of the C library's result, ~10x faster (elementwise_simd.h).
+  constexpr bool kExpLike = Op == UnaryOp::Exp || Op == UnaryOp::Sigmoid;
+  const bool simd_exp = kExpLike && std::is_same_v<C, double> && is_narrow_float(out_type);
   run_split(walk.count, cost, threads, [&](size_t begin, size_t end) {
     alignas(64) C buf[kChunk];
     walk.for_each_run(begin, end, [&](const auto& off, int64_t len, const auto& inner, size_t) {
+      if constexpr (kExpLike && std::is_same_v<C, double>) {
+        if (simd_exp && in.type == Type::F32 && out_type == Type::F32 && inner[0] == 1 &&
+            inner[1] == 1 &&
+            simd_exp_f32(static_cast<const float*>(in.data) + off[0],
+                         static_cast<float*>(out) + off[1], len, Op == UnaryOp::Sigmoid))
+          return;
+      }
       for (int64_t k = 0; k < len; k += kChunk) {
         const int64_t n = std::min(kChunk, len - k);
         load(in.data, off[0] + k * inner[0], inner[0], n, buf);
+        if constexpr (kExpLike && std::is_same_v<C, double>) {
+          if (simd_exp && simd_exp_doubles(buf, n, Op == UnaryOp::Sigmoid)) {
+            st(out, off[1] + k * inner[1], inner[1], n, buf);
+            continue;
+          }
+        }
         if constexpr (std::is_floating_point_v<C>) {
           for (int64_t i = 0; i < n; ++i) buf[i] = unary_float<Op, C>(buf[i]);
         } else {
@@ -571,8 +588,8 @@ void pick_typed(const double* pred, const unsigned char* t, const unsigned char*
   std::memcpy(dst, out, static_cast<size_t>(n) * sizeof(E));
 }
 
-void pick_elements(size_t size, const double* pred, const unsigned char* t,
-                   const unsigned char* f, unsigned char* dst, int64_t n) {
+void pick_elements(size_t size, const double* pred, const unsigned char* t, const unsigned char* f,
+                   unsigned char* dst, int64_t n) {
   switch (size) {
     case 1:
       return pick_typed<uint8_t>(pred, t, f, dst, n);

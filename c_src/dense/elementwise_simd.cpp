@@ -28,4 +28,31 @@ SimdConvertRun simd_f32_to_f16() {
   return nullptr;
 }
 
+bool simd_exp_doubles(double* v, int64_t n, bool sigmoid) {
+#if defined(__x86_64__)
+  if (nx_quant::detail::cpu_features().avx2_fma) {
+    avx2_exp_doubles(v, n, sigmoid);
+    return true;
+  }
+#endif
+  (void)v;
+  (void)n;
+  (void)sigmoid;
+  return false;
+}
+
+bool simd_exp_f32(const float* in, float* out, int64_t n, bool sigmoid) {
+#if defined(__x86_64__)
+  if (nx_quant::detail::cpu_features().avx2_fma) {
+    avx2_exp_f32(in, out, n, sigmoid);
+    return true;
+  }
+#endif
+  (void)in;
+  (void)out;
+  (void)n;
+  (void)sigmoid;
+  return false;
+}
+
 }  // namespace nx_quant::dense::detail

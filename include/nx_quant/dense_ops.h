@@ -17,7 +17,9 @@
 // computed in f32 (the same bits: f32 has more than twice the precision of f16/bf16 plus two
 // bits, and double more than twice f32's), integers in wrapping 64-bit arithmetic, mixed
 // integer/float operands in double; transcendental functions call the C library in double (the
-// functions Erlang's :math calls), then round as above. Sums, products and dot products
+// functions Erlang's :math calls), then round as above — except exp and sigmoid written as
+// f32/bf16/f16 on AVX2 CPUs, which use a SIMD exp in double (~2 ulp of double; after rounding
+// to the narrow type within 1 ulp of the C library's result, almost always identical). Sums, products and dot products
 // accumulate in double in BinaryBackend's order (row-major over the reduced/contracted axes,
 // starting from 0 / 1), so they are bit-identical too. Where BinaryBackend raises on an f64
 // overflow (Erlang arithmetic has no Inf), the kernels return the IEEE result.

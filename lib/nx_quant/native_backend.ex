@@ -36,7 +36,8 @@ if Code.ensure_loaded?(Nx) do
     Results are BinaryBackend's bits (`NxQuant.Native`'s guarantees: element-wise ops,
     conversions and data movement exactly; sums, products, dot products and cumulative ops
     accumulated in BinaryBackend's order; transcendental functions through the C library in
-    double, within 1 ulp and in practice identical). Where BinaryBackend raises because Erlang
+    double, within 1 ulp and in practice identical; `exp`/`sigmoid` to f32/bf16/f16 through a
+    SIMD exp in double, within 1 ulp, almost always identical). Where BinaryBackend raises because Erlang
     float arithmetic has no infinities or NaN (`Nx.divide(1.0, 0.0)`, an f64 overflow in `exp`
     or `multiply`, `sqrt`/`acos` out of their domain, `remainder` of infinities), the kernels
     return the IEEE result (Inf or NaN) instead.
