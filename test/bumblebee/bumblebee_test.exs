@@ -72,6 +72,34 @@ if Code.ensure_loaded?(Bumblebee) do
       end
     end
 
+    test "bf16 (MLX-community's dtype): computes in bf16, within bf16 rounding of the f32 model",
+         %{tmp_dir: dir} do
+      ckpt = TinyMlxCheckpoint.write!(Path.join(dir, "mlx"), :qwen3, dtype: {:bf, 16})
+      TinyMlxCheckpoint.dequantized!(Path.join(dir, "dense"), ckpt)
+      {:ok, q} = NxQuant.Bumblebee.load_model(Path.join(dir, "mlx"))
+      # Bumblebee's loader casts the bf16 weights to its f32 params: the f32 model of the same
+      # weights (every bf16 value is exact in f32)
+      {:ok, dense} = Bumblebee.load_model({:local, Path.join(dir, "dense")})
+      assert Nx.type(dense.params.data["output_norm"]["weight"]) == {:f, 32}
+
+      inputs = %{"input_ids" => Nx.tensor([[5, 9, 33, 71, 100, 4, 18, 64]])}
+      lq = logits(q, inputs)
+      ld = logits(dense, inputs)
+      assert Nx.type(lq) == {:bf, 16}
+
+      # Each bf16 rounding is <= 2^-8 relative; a block rounds ~30 times on the way (norms 4,
+      # q/k/v, q/k norms 4, RoPE 3, scores, softmax 3, values, output, residual, norm 4,
+      # gate/up 2, SiLU 2, product, down, residual), 2 blocks + final norm + head ~65: at most
+      # 65 * 2^-8 of the largest logit if nothing amplifies.
+      scale = ld |> Nx.abs() |> Nx.reduce_max() |> Nx.to_number()
+      err = Nx.subtract(Nx.as_type(lq, :f32), ld) |> Nx.abs() |> Nx.reduce_max() |> Nx.to_number()
+      assert err <= 65 * :math.pow(2, -8) * scale, "#{err} vs max |logit| #{scale}"
+      assert scale > 1.0
+
+      tokens = generate(q, Map.put(inputs, "attention_mask", Nx.broadcast(1, {1, 8})))
+      assert Nx.shape(tokens) == {1, 8}
+    end
+
     test "Bumblebee.Text.generation serves the quantized model (token ids as text)", %{
       tmp_dir: dir
     } do
