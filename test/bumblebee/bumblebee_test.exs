@@ -72,6 +72,33 @@ if Code.ensure_loaded?(Bumblebee) do
       end
     end
 
+    test "qwen2 with zero biases is Bumblebee's own Qwen3 without q/k norms", %{tmp_dir: dir} do
+      # Independent of the bias-layer rewrite: Bumblebee's stock Qwen3 (use_qk_norm: false),
+      # loaded by its own loader from the dense checkpoint (the zero biases left unused).
+      ckpt = TinyMlxCheckpoint.write!(Path.join(dir, "mlx"), :qwen2, bias_scale: 0.0)
+      TinyMlxCheckpoint.dequantized!(Path.join(dir, "dense"), ckpt)
+      {:ok, q} = NxQuant.Bumblebee.load_model(Path.join(dir, "mlx"))
+
+      spec =
+        Bumblebee.Text.Qwen3
+        |> Bumblebee.configure(architecture: :for_causal_language_modeling)
+        |> Bumblebee.HuggingFace.Transformers.Config.load(ckpt.config)
+        |> Bumblebee.configure(use_qk_norm: false, attention_head_size: 16)
+
+      {:ok, stock} = Bumblebee.load_model({:local, Path.join(dir, "dense")}, spec: spec)
+      assert Map.has_key?(q.params.data, "decoder.blocks.0.self_attention.query_bias")
+      refute Map.has_key?(stock.params.data, "decoder.blocks.0.self_attention.query_bias")
+
+      inputs = %{"input_ids" => Nx.tensor([[5, 9, 33, 71, 100, 4, 18, 64]])}
+      lq = logits(q, inputs)
+      ls = logits(stock, inputs)
+      # as in the per-family test: f32 accumulation order only
+      scale = ls |> Nx.abs() |> Nx.reduce_max() |> Nx.to_number()
+      err = Nx.subtract(lq, ls) |> Nx.abs() |> Nx.reduce_max() |> Nx.to_number()
+      assert err <= (6 * 2 + 1) * 128 * @u * scale
+      assert scale > 1.0
+    end
+
     test "bf16 (MLX-community's dtype): computes in bf16, within bf16 rounding of the f32 model",
          %{tmp_dir: dir} do
       ckpt = TinyMlxCheckpoint.write!(Path.join(dir, "mlx"), :qwen3, dtype: {:bf, 16})

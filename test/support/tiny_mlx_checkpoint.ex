@@ -24,7 +24,8 @@ defmodule NxQuant.TinyMlxCheckpoint do
   Writes the checkpoint to `dir` and returns `%{config:, tensors:}` (`tensors` the
   quantized/dense values written, by name). Options: `:tied` (default true), `:shards`
   (1 or 2), `:bits` (4), `:group_size` (32), `:dtype` (`{:f, 32}`), `:seed`, `:extra`
-  (more `{name, Dense}` entries), `:dims` (overrides).
+  (more `{name, Dense}` entries), `:bias_scale` (Qwen2's biases, default 0.5; 0.0: zeros),
+  `:dims` (overrides).
   """
   def write!(dir, family, opts \\ []) do
     d = Map.merge(dims(family), Map.new(Keyword.get(opts, :dims, [])))
@@ -32,6 +33,7 @@ defmodule NxQuant.TinyMlxCheckpoint do
     dtype = Keyword.get(opts, :dtype, {:f, 32})
     bits = Keyword.get(opts, :bits, 4)
     gs = Keyword.get(opts, :group_size, 32)
+    bias_scale = Keyword.get(opts, :bias_scale, 0.5)
     :rand.seed(:exsss, {Keyword.get(opts, :seed, 18), 7, 3})
 
     q = fn shape, scale, bits ->
@@ -70,9 +72,9 @@ defmodule NxQuant.TinyMlxCheckpoint do
 
               :qwen2 ->
                 [
-                  {"#{m}.self_attn.q_proj.bias", random({qd}, 0.5, dtype)},
-                  {"#{m}.self_attn.k_proj.bias", random({kvd}, 0.5, dtype)},
-                  {"#{m}.self_attn.v_proj.bias", random({kvd}, 0.5, dtype)}
+                  {"#{m}.self_attn.q_proj.bias", random({qd}, bias_scale, dtype)},
+                  {"#{m}.self_attn.k_proj.bias", random({kvd}, bias_scale, dtype)},
+                  {"#{m}.self_attn.v_proj.bias", random({kvd}, bias_scale, dtype)}
                 ]
 
               _ ->
