@@ -9,15 +9,16 @@ if Code.ensure_loaded?(Bumblebee) and Code.ensure_loaded?(Nx) do
         Nx.default_backend(NxQuant.Backend)
         generate = Bumblebee.Text.Generation.build_generate(model, spec, generation_config)
 
-    The spec is Bumblebee's, from config.json (`Bumblebee.load_spec/2`), and the model
-    `Bumblebee.build_model/1`'s. The params are not loaded through Bumblebee's loader (which
+    The spec is Bumblebee's, from config.json (what `Bumblebee.load_spec/2` does with it), and
+    the model `Bumblebee.build_model/1`'s. The params are not loaded through Bumblebee's loader (which
     transposes every dense kernel and casts it with `Nx.as_type`: both would dequantize): they
     are built here from `NxQuant.BumblebeeMapping`'s plan into the `Axon.ModelState` Bumblebee's
     loader starts from (`Axon.trace_init/2`), and every parameter the model has must be in the
     plan with the shape the model expects. A quantized dense kernel is the free transposed view
     of the checkpoint's `{out, in}` weight (`Nx.dot` runs the fused kernel on it), the
-    embedding a quantized tensor `Nx.take` gathers rows of, a tied head the same tensor.
-    Dense tensors are zero-copy views of the mapped files on `NxQuant.Backend`.
+    embedding a quantized tensor whose rows a replacement of Axon's embedding layer gathers
+    (see `quantized_embedding/3` below), a tied head the same tensor. Dense tensors are
+    zero-copy views of the mapped files on `NxQuant.Backend`.
 
     Qwen2 (which Bumblebee v0.7 lacks) is Bumblebee's Qwen3 without q/k norms and with a bias
     layer (`Axon.bias/2`, named `...self_attention.query_bias` etc.) after the q/k/v
