@@ -158,7 +158,12 @@ if Code.ensure_loaded?(Bumblebee) do
     end
 
     test "load_model: errors are {:error, message}", %{tmp_dir: dir} do
-      TinyMlxCheckpoint.write!(dir, :llama, [])
+      %{config: config} = TinyMlxCheckpoint.write!(dir, :llama, [])
+      # config.json promises a third block the files do not have
+      NxQuant.Checkpoint.write_config(dir, %{config | "num_hidden_layers" => 3})
+      assert {:error, msg} = NxQuant.Bumblebee.load_model(dir)
+      assert msg =~ ~s(no tensor "model.layers.2.self_attn.q_proj.weight")
+
       File.rm!(Path.join(dir, "model.safetensors"))
       assert {:error, msg} = NxQuant.Bumblebee.load_model(dir)
       assert msg =~ "holds no .safetensors file"
