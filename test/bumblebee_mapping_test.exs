@@ -81,6 +81,20 @@ defmodule NxQuant.BumblebeeMappingTest do
     assert plan.unused == []
   end
 
+  test "Gemma and SmolLM3 map like Llama; Gemma's head is always the embedding", %{tmp_dir: dir} do
+    {_ckpt, gemma} = plan!(Path.join(dir, "g"), :gemma, tied: false)
+    assert gemma.module == "Bumblebee.Text.Gemma"
+    assert gemma.spec[:tie_word_embeddings] == true
+    head = Enum.find(gemma.params, &(&1.layer == "language_modeling_head.output"))
+    assert head.source == "model.embed_tokens.weight"
+    assert gemma.unused == ["lm_head.weight"]
+
+    {_ckpt, smol} = plan!(Path.join(dir, "s"), :smollm3, tied: false)
+    assert smol.module == "Bumblebee.Text.SmolLm3"
+    assert smol.spec[:tie_word_embeddings] == false
+    assert length(smol.params) == 3 + 2 * 9
+  end
+
   test "tie_word_embeddings absent: tied exactly when there is no lm_head", %{tmp_dir: dir} do
     {ckpt, _} = plan!(Path.join(dir, "a"), :llama, tied: false)
     tensors = BumblebeeMapping.tensors(ckpt)
@@ -161,7 +175,7 @@ defmodule NxQuant.BumblebeeMappingTest do
                  end
 
     assert_raise ArgumentError,
-                 ~r/model_type "gpt2" is not supported; expected one of \["llama", "mistral", "qwen2", "qwen3"\]/,
+                 ~r/model_type "gpt2" is not supported; expected one of \["gemma", "llama", "mistral", "qwen2", "qwen3", "smollm3"\]/,
                  fn ->
                    BumblebeeMapping.plan(%{config | "model_type" => "gpt2"}, tensors)
                  end

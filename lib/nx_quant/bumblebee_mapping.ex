@@ -7,7 +7,8 @@ defmodule NxQuant.BumblebeeMapping do
   (`%{name => {:quantized, shape, bits, group_size, dtype} | {:dense, shape, type}}`, the
   logical shapes `tensors/1` reads from an `NxQuant.Checkpoint`'s headers) and returns
 
-    * `:family` - `:llama` (Llama and Mistral checkpoints), `:qwen2` or `:qwen3`;
+    * `:family` - `:llama` (Llama, Mistral, Gemma and SmolLM3 checkpoints: the same tensors),
+      `:qwen2` or `:qwen3`;
     * `:module` - Bumblebee's module name for it (a string, this module knows no Bumblebee);
     * `:spec` - the Bumblebee spec options the plan assumes (`tie_word_embeddings` decided
       here, so the model and the params agree), plus `:qkv_bias` for Qwen2;
@@ -25,16 +26,25 @@ defmodule NxQuant.BumblebeeMapping do
   shape that disagrees with config.json, a quantized norm or bias, an unknown model type.
   """
 
+  # Gemma and SmolLM3 name and lay out their tensors as Llama does (Bumblebee's Gemma computes
+  # differently - (1 + w) norms, a scaled embedding - from the same parameters).
   @families %{
     "llama" => :llama,
     "mistral" => :llama,
+    "gemma" => :llama,
+    "smollm3" => :llama,
     "qwen2" => :qwen2,
     "qwen3" => :qwen3
   }
 
+  # Bumblebee's Gemma always ties its head to the embedding.
+  @always_tied ["gemma"]
+
   @modules %{
     "llama" => "Bumblebee.Text.Llama",
     "mistral" => "Bumblebee.Text.Mistral",
+    "gemma" => "Bumblebee.Text.Gemma",
+    "smollm3" => "Bumblebee.Text.SmolLm3",
     # Bumblebee v0.7 has no Qwen2; its Qwen3 without q/k norms plus q/k/v biases is Qwen2.
     "qwen2" => "Bumblebee.Text.Qwen3",
     "qwen3" => "Bumblebee.Text.Qwen3"
@@ -86,6 +96,7 @@ defmodule NxQuant.BumblebeeMapping do
 
     tied =
       case config["tie_word_embeddings"] do
+        _ when model_type in @always_tied -> true
         tied when is_boolean(tied) -> tied
         nil -> not Map.has_key?(tensors, "lm_head.weight")
         other -> raise ArgumentError, "config.json: tie_word_embeddings is #{inspect(other)}"

@@ -24,7 +24,9 @@ if Code.ensure_loaded?(Bumblebee) do
       {:llama, [tied: true]},
       {:mistral, [tied: false, shards: 2]},
       {:qwen2, [tied: true]},
-      {:qwen3, [tied: true, shards: 2]}
+      {:qwen3, [tied: true, shards: 2]},
+      {:gemma, [tied: true]},
+      {:smollm3, [tied: false]}
     ]
 
     for {family, opts} <- @families do

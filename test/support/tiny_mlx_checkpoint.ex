@@ -127,6 +127,8 @@ defmodule NxQuant.TinyMlxCheckpoint do
       case family do
         :llama -> {"llama", "LlamaForCausalLM"}
         :mistral -> {"mistral", "MistralForCausalLM"}
+        :gemma -> {"gemma", "GemmaForCausalLM"}
+        :smollm3 -> {"smollm3", "SmolLM3ForCausalLM"}
         :qwen2 -> {"qwen2", "Qwen2ForCausalLM"}
         :qwen3 -> {"qwen3", "Qwen3ForCausalLM"}
       end
