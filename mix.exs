@@ -81,11 +81,24 @@ defmodule NxQuant.MixProject do
 
   # Nx is optional: the Nx-free core (and CI) needs no Hex at all. With Hex present, or with
   # NX_QUANT_WITH_NX=1, Nx is added and the Nx face (NxQuant, NxQuant.Backend) compiles.
+  # Bumblebee likewise (NX_QUANT_WITH_BUMBLEBEE=1 or Hex): NxQuant.Bumblebee compiles when it is.
   defp deps do
-    if System.get_env("NX_QUANT_WITH_NX") == "1" or Code.ensure_loaded?(Hex) do
-      [{:nx, "~> 0.9", optional: true}]
-    else
-      []
-    end
+    hex? = Code.ensure_loaded?(Hex)
+
+    nx =
+      if System.get_env("NX_QUANT_WITH_NX") == "1" or hex? do
+        [{:nx, "~> 0.9", optional: true}]
+      else
+        []
+      end
+
+    bumblebee =
+      if System.get_env("NX_QUANT_WITH_BUMBLEBEE") == "1" or hex? do
+        [{:bumblebee, "~> 0.7", optional: true}]
+      else
+        []
+      end
+
+    nx ++ bumblebee
   end
 end
