@@ -156,12 +156,14 @@ defmodule NxQuant.Safetensors do
   """
   @spec pieces(String.t(), Dense.t() | QuantizedTensor.t()) :: [{String.t(), Dense.t()}]
   def pieces(name, %QuantizedTensor{} = qt) do
+    # parts/1 first: it checks the struct against the resource
+    %{packed: p, scales: s, biases: b} = Core.parts(qt)
+
     if qt.transposed do
       raise ArgumentError, "cannot write '#{name}': a transposed view (write the original)"
     end
 
     base = String.replace_suffix(name, ".weight", "")
-    %{packed: p, scales: s, biases: b} = Core.parts(qt)
     leading = Tuple.delete_at(qt.shape, tuple_size(qt.shape) - 1)
 
     shaped = fn %Dense{shape: {_, n}} = d ->
