@@ -176,17 +176,12 @@ ERL_NIF_TERM make_dtype_atom(ErlNifEnv* env, DType dtype) {
   return enif_make_atom(env, dtype_name(dtype));
 }
 
-bool should_go_dirty(size_t work) {
-  return work > kDirtyWorkThreshold && enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
-}
-
 void consume_timeslice(ErlNifEnv* env, int64_t ns) {
-  const int64_t percent = ns / 10'000;  // 1 ms = 100%
+  const int64_t percent = ns * 100 / kTimesliceNs;
   enif_consume_timeslice(env, static_cast<int>(std::clamp<int64_t>(percent, 1, 100)));
 }
 
-ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name,
-                              ERL_NIF_TERM (*fn)(ErlNifEnv*, int, const ERL_NIF_TERM[]), int argc,
+ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name, NifFunction fn, int argc,
                               const ERL_NIF_TERM argv[]) {
   return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, fn, argc, argv);
 }
