@@ -6,7 +6,8 @@ defmodule NxQuant.SchedulerFairnessTest do
   # calls stay on the normal schedulers and report their time (enif_consume_timeslice), so the
   # loops rotate with the ping like loops of Elixir code: a generous 100 ms bound there, since
   # a loaded 2-core machine alone gives tens of ms. Before (no reports, a 200,000-value dirty
-  # threshold) 20 pings did not get through in 10 minutes in either case.
+  # threshold, all these sizes on normal schedulers) every case hit ExUnit's 60 s timeout, and
+  # 20 pings behind the 0.45 ms quantize loops did not get through in 10 minutes.
   #
   # This measures a latency bound, not speed. On a machine shared with other work the OS may
   # stall the whole VM now and then, so each case gets up to @attempts runs and passes when one

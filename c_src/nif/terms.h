@@ -33,6 +33,10 @@ class BadArg : public std::runtime_error {
 ERL_NIF_TERM raise_argument_error(ErlNifEnv* env, const char* message) noexcept;
 ERL_NIF_TERM raise_runtime_error(ErlNifEnv* env, const char* message) noexcept;
 
+// `text` with every byte that is not part of a valid UTF-8 sequence written as \xNN. Every
+// exception message goes through it (raise_argument_error / raise_runtime_error).
+std::string printable_utf8(const char* text, size_t n);
+
 // A short description of a term for error messages ("-1", ":foo", "a binary of 12 bytes",
 // "a list", ...): never prints a whole large term.
 std::string describe_term(ErlNifEnv* env, ERL_NIF_TERM term);
