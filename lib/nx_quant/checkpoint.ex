@@ -52,7 +52,7 @@ defmodule NxQuant.Checkpoint do
         Enum.reduce(Map.keys(file.tensors), acc, fn name, acc ->
           if Map.has_key?(acc, name) do
             raise ArgumentError,
-                  "#{shown(dir)}: tensor '#{name}' is in both #{acc[name]} and #{shard}"
+                  "#{shown(dir)}: tensor '#{name}' is in both #{shown(acc[name])} and #{shown(shard)}"
           end
 
           Map.put(acc, name, shard)
