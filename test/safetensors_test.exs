@@ -133,6 +133,40 @@ defmodule NxQuant.SafetensorsTest do
     end
   end
 
+  test "the raw NIF checks rows/cols against the triplet's shapes, not only its byte counts",
+       %{tmp_dir: dir} do
+    qt = Core.quantize(Ref.random_dense({2, 4, 128}, {:f, 32}, 4), bits: 4, group_size: 64)
+    path = Path.join(dir, "q.safetensors")
+    Safetensors.write(path, [{"l.weight", qt}])
+    f = Safetensors.open!(path)
+
+    raw = fn rows, cols, bits, gs ->
+      NIF.safetensors_quantized(f.ref, "l.weight", "l.scales", "l.biases", rows, cols, bits, gs)
+    end
+
+    # the real layout (2-bit 8x256 or 8-bit 8x64 g32 would be consistent too: bits come from
+    # config.json)
+    assert NIF.info(raw.(8, 128, 4, 64)) == {8, 128, :f32, 4, 64}
+    assert NIF.parts(raw.(8, 128, 4, 64)) == NIF.parts(qt.ref)
+
+    # same byte counts (packed 8 x 16 words, scales 8 x 2), other shapes
+    for {rows, cols, bits, gs, pattern} <- [
+          {4, 256, 4, 64, ~r"leading axes multiplying to 4 for rows 4, cols 256"},
+          {16, 64, 4, 64, ~r"leading axes multiplying to 16"},
+          {2, 512, 4, 64, ~r"'l.weight' has shape \[2, 4, 16\], expected leading axes"},
+          # not the same bytes: the scales' shape is checked too
+          {8, 128, 4, 32, ~r"'l.scales' has shape \[2, 4, 2\], expected \[2, 4, 4\]"}
+        ] do
+      e = assert_raise ArgumentError, fn -> raw.(rows, cols, bits, gs) end
+      assert e.message =~ "safetensors_quantized/8: argument"
+      assert e.message =~ pattern
+    end
+
+    assert_raise ArgumentError, ~r"argument 6 \(cols\) 100 is not a multiple of group_size", fn ->
+      raw.(8, 100, 4, 64)
+    end
+  end
+
   test "the file is unmapped when nothing made from it is alive", %{tmp_dir: dir} do
     qt = Core.quantize(Ref.random_dense({8, 64}, {:f, 32}, 9), group_size: 64)
     path = Path.join(dir, "m.safetensors")

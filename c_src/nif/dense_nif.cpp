@@ -487,18 +487,12 @@ double binary_cost(BinaryOp op) {
   }
 }
 
-// Runs `kernel` here, charging the scheduler for the time it took, or returns a reschedule of
-// `self` onto a dirty scheduler when the estimate is above kDirtyNs.
+// run_scheduled (terms.h) with this file's budget.
 template <typename Kernel>
-ERL_NIF_TERM schedule(ErlNifEnv* env, double estimated_ns, const char* name,
-                      ERL_NIF_TERM (*self)(ErlNifEnv*, int, const ERL_NIF_TERM[]), int argc,
-                      const ERL_NIF_TERM argv[], Kernel&& kernel) {
-  const bool normal = enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
-  if (normal && estimated_ns > kDirtyNs) return reschedule_dirty(env, name, self, argc, argv);
-  ERL_NIF_TERM result = kernel();
-  // charged by the estimate: reading the clock twice would cost a tenth of a small call
-  if (normal) consume_timeslice(env, static_cast<int64_t>(estimated_ns));
-  return result;
+ERL_NIF_TERM schedule(ErlNifEnv* env, double estimated_ns, const char* name, NifFunction self,
+                      int argc, const ERL_NIF_TERM argv[], Kernel&& kernel) {
+  return run_scheduled(env, estimated_ns, kDirtyNs, name, self, argc, argv,
+                       std::forward<Kernel>(kernel));
 }
 
 double count_of(const Shape& shape) {

@@ -3,6 +3,7 @@
 // mmap, binaries over the mapping (no copy) and quantized tensors built on it; header planning
 // for writers; JSON decode/encode (config.json) with nlohmann::json.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -88,6 +89,49 @@ st::Header read_header(const RegularFile& file) {
     file.read(8, bytes.data() + 8, static_cast<size_t>(n));
   }
   return st::parse_header(bytes.data(), bytes.size(), file.size());
+}
+
+std::string shape_text(const std::vector<uint64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+// The triplet's shapes must be those of a rows x cols matrix with `spec`: the weight
+// [..., cols * bits / 32], scales and biases [..., cols / group_size], the leading axes equal
+// and multiplying to rows. Byte counts alone would let 4x256 be read from an 8x128 triplet.
+void check_triplet_shapes(const Args& args, const st::TensorInfo& w, const st::TensorInfo& s,
+                          const st::TensorInfo& b, size_t rows, size_t cols,
+                          const QuantSpec& spec) {
+  const std::string layout = "rows " + std::to_string(rows) + ", cols " + std::to_string(cols) +
+                             ", bits " + std::to_string(spec.bits) + ", group_size " +
+                             std::to_string(spec.group_size);
+  auto fail = [&](int i, const char* what, const st::TensorInfo& t, const std::string& expected) {
+    args.fail(i, what,
+              "'" + t.name + "' has shape " + shape_text(t.shape) + ", expected " + expected +
+                  " for " + layout);
+  };
+  if (w.shape.empty()) fail(1, "weight", w, "rank >= 1");
+  // group_size is a multiple of 32, so this makes cols * bits a whole number of words
+  if (cols % spec.group_size != 0)
+    args.fail(5, "cols", std::to_string(cols) + " is not a multiple of group_size");
+  const uint64_t words = mul_or_fail(cols / 32, spec.bits, "cols * bits");
+  std::vector<uint64_t> leading(w.shape.begin(), w.shape.end() - 1);
+  bool rows_match = true;
+  uint64_t product = 1;
+  for (uint64_t d : leading) {
+    if (d != 0 && product > UINT64_MAX / d) rows_match = false;  // more rows than size_t holds
+    product *= d;
+  }
+  rows_match = rows_match && product == rows;
+  std::vector<uint64_t> expected = leading;
+  expected.push_back(words);
+  if (!rows_match) fail(1, "weight", w, "leading axes multiplying to " + std::to_string(rows));
+  if (w.shape != expected) fail(1, "weight", w, shape_text(expected));
+  std::vector<uint64_t> groups = leading;
+  groups.push_back(cols / spec.group_size);
+  if (s.shape != groups) fail(2, "scales", s, shape_text(groups));
+  if (b.shape != groups) fail(3, "biases", b, shape_text(groups));
 }
 
 // ---- JSON <-> terms --------------------------------------------------------------------------
@@ -313,6 +357,8 @@ ERL_NIF_TERM safetensors_quantized_nif(ErlNifEnv* env, int /*argc*/, const ERL_N
                     st::dtype_name(s.dtype));
 
     file.file->check_unchanged();
+    check_triplet_shapes(args, w, s, b, rows, cols, spec);
+
     QuantizedMatrix m;
     if (file.mapping) {
       m.packed = tensor_bytes(file, w);

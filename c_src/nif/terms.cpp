@@ -8,12 +8,72 @@ namespace nx_quant::nif {
 
 namespace {
 
-ERL_NIF_TERM raise_exception(ErlNifEnv* env, const char* module, const char* message) noexcept {
-  const size_t length = std::strlen(message);
+// The length of the valid UTF-8 sequence at s[0..n), or 0 (overlong forms, surrogates and
+// code points above U+10FFFF are invalid, as for String.valid?/1).
+size_t utf8_sequence(const unsigned char* s, size_t n) {
+  const unsigned char c = s[0];
+  if (c < 0x80) return 1;
+  size_t length;
+  uint32_t code;
+  if ((c & 0xE0) == 0xC0) {
+    length = 2;
+    code = c & 0x1F;
+  } else if ((c & 0xF0) == 0xE0) {
+    length = 3;
+    code = c & 0x0F;
+  } else if ((c & 0xF8) == 0xF0) {
+    length = 4;
+    code = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (n < length) return 0;
+  for (size_t i = 1; i < length; ++i) {
+    if ((s[i] & 0xC0) != 0x80) return 0;
+    code = (code << 6) | (s[i] & 0x3F);
+  }
+  static constexpr uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+  if (code < kMin[length] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return 0;
+  return length;
+}
+
+}  // namespace
+
+std::string printable_utf8(const char* text, size_t n) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text);
+  std::string out;
+  out.reserve(n);
+  for (size_t i = 0; i < n;) {
+    const size_t length = utf8_sequence(s + i, n - i);
+    if (length == 0) {
+      char escape[5];
+      std::snprintf(escape, sizeof escape, "\\x%02X", s[i]);
+      out += escape;
+      ++i;
+    } else {
+      out.append(text + i, length);
+      i += length;
+    }
+  }
+  return out;
+}
+
+namespace {
+
+ERL_NIF_TERM raise_exception(ErlNifEnv* env, const char* module, const char* raw) noexcept {
+  // Messages quote paths, tensor names and JSON text, whose bytes may be any: the message must
+  // be valid UTF-8 all the same (printing one that is not raises).
+  std::string message;
+  try {
+    message = printable_utf8(raw, std::strlen(raw));
+  } catch (...) {
+    message = "(out of memory while formatting an error)";
+  }
+  const size_t length = message.size();
   ERL_NIF_TERM text;
   unsigned char* bytes = enif_make_new_binary(env, length, &text);
   if (bytes == nullptr) return enif_make_badarg(env);
-  std::memcpy(bytes, message, length);
+  std::memcpy(bytes, message.data(), length);
   ERL_NIF_TERM keys[3] = {enif_make_atom(env, "__struct__"), enif_make_atom(env, "__exception__"),
                           enif_make_atom(env, "message")};
   ERL_NIF_TERM values[3] = {enif_make_atom(env, module), enif_make_atom(env, "true"), text};
@@ -176,17 +236,12 @@ ERL_NIF_TERM make_dtype_atom(ErlNifEnv* env, DType dtype) {
   return enif_make_atom(env, dtype_name(dtype));
 }
 
-bool should_go_dirty(size_t work) {
-  return work > kDirtyWorkThreshold && enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
-}
-
 void consume_timeslice(ErlNifEnv* env, int64_t ns) {
-  const int64_t percent = ns / 10'000;  // 1 ms = 100%
+  const int64_t percent = ns * 100 / kTimesliceNs;
   enif_consume_timeslice(env, static_cast<int>(std::clamp<int64_t>(percent, 1, 100)));
 }
 
-ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name,
-                              ERL_NIF_TERM (*fn)(ErlNifEnv*, int, const ERL_NIF_TERM[]), int argc,
+ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name, NifFunction fn, int argc,
                               const ERL_NIF_TERM argv[]) {
   return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, fn, argc, argv);
 }

@@ -8,6 +8,7 @@
 
 #include <erl_nif.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -31,6 +32,10 @@ class BadArg : public std::runtime_error {
 // Both only allocate on the process heap, never throw.
 ERL_NIF_TERM raise_argument_error(ErlNifEnv* env, const char* message) noexcept;
 ERL_NIF_TERM raise_runtime_error(ErlNifEnv* env, const char* message) noexcept;
+
+// `text` with every byte that is not part of a valid UTF-8 sequence written as \xNN. Every
+// exception message goes through it (raise_argument_error / raise_runtime_error).
+std::string printable_utf8(const char* text, size_t n);
 
 // A short description of a term for error messages ("-1", ":foo", "a binary of 12 bytes",
 // "a list", ...): never prints a whole large term.
@@ -102,24 +107,61 @@ ERL_NIF_TERM guarded(ErlNifEnv* env, const char* fun, Body&& body) noexcept {
   }
 }
 
-// quantize / dequantize of more than this many values (~0.1 ms on one core) run on a dirty CPU
-// scheduler; below it the call stays on the normal scheduler, where a NIF call costs far less.
-// (quantized_matmul decides by estimated_matmul_ns instead.)
-inline constexpr size_t kDirtyWorkThreshold = 200'000;
-
-// True when the caller should return reschedule_dirty(...) instead of doing `work` here.
-bool should_go_dirty(size_t work);
-
 // Work estimated to take longer than this on one thread goes to a dirty scheduler (the
-// Erlang documentation asks NIFs on normal schedulers to return within about 1 ms).
+// Erlang documentation asks NIFs on normal schedulers to return within about 1 ms). For the
+// quantized matmul, whose decode-sized calls are the hot path: the dirty switch costs tens of
+// microseconds, more than the rest of the NIF layer.
 inline constexpr double kNormalSchedulerBudgetNs = 1e6;
 
-// Tells the scheduler that a NIF on a normal scheduler ran for `ns` (a timeslice is ~1 ms).
+// The budget of quantize, dequantize and quantized_tensor: conversions done when a model is
+// loaded, where the dirty switch costs little. Calls under it run here (reporting their time),
+// so a loop on them rotates with the other processes like any loop of ~1 ms timeslices; a
+// loop on longer calls (e.g. 8 processes quantizing 0.45 ms matrices) runs on the dirty
+// schedulers and leaves the normal ones to everything else.
+inline constexpr double kConversionBudgetNs = 100'000;
+
+// What a full timeslice (CONTEXT_REDS, 4000 reductions) is worth in NIF time. The Erlang
+// documentation says about 1 ms, but plain Elixir code uses up its 4000 reductions in under
+// 0.1 ms on current CPUs (73 us measured here), so at 1 ms a process looping on NIF calls
+// would keep its scheduler ~10x longer per turn than one looping on Elixir code, and a
+// process waiting behind 4 of them would wait ~5 ms per turn instead of ~0.5 ms.
+inline constexpr int64_t kTimesliceNs = 250'000;
+
+// Tells the scheduler that a NIF on a normal scheduler ran for `ns`.
 void consume_timeslice(ErlNifEnv* env, int64_t ns);
 
+using NifFunction = ERL_NIF_TERM (*)(ErlNifEnv*, int, const ERL_NIF_TERM[]);
+
 // Re-runs `fn` with the same arguments on a dirty CPU scheduler.
-ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name,
-                              ERL_NIF_TERM (*fn)(ErlNifEnv*, int, const ERL_NIF_TERM[]), int argc,
+ERL_NIF_TERM reschedule_dirty(ErlNifEnv* env, const char* name, NifFunction fn, int argc,
                               const ERL_NIF_TERM argv[]);
+
+// Calls estimated under this are charged by their estimate: two clock reads would cost a
+// noticeable part of them, and they are too short for an error in the estimate to matter.
+inline constexpr double kMeasureAboveNs = 10'000;
+
+// The one scheduling rule of every NIF whose work depends on its arguments: work estimated
+// (one thread, deliberately high) above `budget_ns` re-runs `self` on a dirty CPU scheduler;
+// anything else runs here and reports its time with enif_consume_timeslice, so that a process
+// looping on sub-millisecond calls is preempted as one running Elixir code would be (without
+// it, a NIF call counts as one reduction and such a loop holds its scheduler for seconds).
+// On a dirty scheduler `work` just runs.
+template <typename Work>
+ERL_NIF_TERM run_scheduled(ErlNifEnv* env, double estimated_ns, double budget_ns, const char* name,
+                           NifFunction self, int argc, const ERL_NIF_TERM argv[], Work&& work) {
+  if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) return work();
+  if (estimated_ns > budget_ns) return reschedule_dirty(env, name, self, argc, argv);
+  if (estimated_ns < kMeasureAboveNs) {
+    ERL_NIF_TERM result = work();
+    consume_timeslice(env, static_cast<int64_t>(estimated_ns));
+    return result;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  ERL_NIF_TERM result = work();
+  consume_timeslice(env, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now() - start)
+                             .count());
+  return result;
+}
 
 }  // namespace nx_quant::nif

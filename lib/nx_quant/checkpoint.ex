@@ -46,7 +46,8 @@ defmodule NxQuant.Checkpoint do
   """
   @spec open(Path.t(), keyword()) :: t()
   def open(path, opts \\ []) do
-    path = IO.chardata_to_string(path)
+    options!(opts, "open/2")
+    path = path!(path, "open/2")
     mmap = Safetensors.mmap?(opts)
     {dir, shards} = shards!(path)
     config = read_config(dir)
@@ -61,7 +62,7 @@ defmodule NxQuant.Checkpoint do
         Enum.reduce(Map.keys(file.tensors), acc, fn name, acc ->
           if Map.has_key?(acc, name) do
             raise ArgumentError,
-                  "#{dir}: tensor '#{name}' is in both #{acc[name]} and #{shard}"
+                  "#{shown(dir)}: tensor '#{name}' is in both #{shown(acc[name])} and #{shown(shard)}"
           end
 
           Map.put(acc, name, shard)
@@ -85,7 +86,7 @@ defmodule NxQuant.Checkpoint do
 
         for part <- ~w(scales biases), ckpt.shard_of["#{base}.#{part}"] != shard do
           raise ArgumentError,
-                "#{ckpt.dir}: '#{base}.#{part}' is not in the same shard as '#{base}.weight'"
+                "#{shown(ckpt.dir)}: '#{base}.#{part}' is not in the same shard as '#{base}.weight'"
         end
 
         Safetensors.read_quantized(ckpt.files[shard], base, bits, group_size)
@@ -94,7 +95,7 @@ defmodule NxQuant.Checkpoint do
         Safetensors.read(ckpt.files[ckpt.shard_of[name]], name)
 
       :error ->
-        raise ArgumentError, "#{ckpt.dir} has no tensor '#{name}'"
+        raise ArgumentError, "#{shown(ckpt.dir)} has no tensor '#{shown(name)}'"
     end
   end
 
@@ -104,15 +105,27 @@ defmodule NxQuant.Checkpoint do
   """
   @spec load(Path.t(), keyword()) :: %{String.t() => QuantizedTensor.t() | Dense.t()}
   def load(path, opts \\ []) do
+    options!(opts, "load/2")
     {only, opts} = Keyword.pop(opts, :only)
-    ckpt = open(path, opts)
 
     keep =
       case only do
-        nil -> fn _ -> true end
-        list when is_list(list) -> &(&1 in list)
-        fun when is_function(fun, 1) -> fun
+        nil ->
+          fn _ -> true end
+
+        list when is_list(list) ->
+          &(&1 in list)
+
+        fun when is_function(fun, 1) ->
+          fun
+
+        other ->
+          raise ArgumentError,
+                "load/2 option :only must be a list of tensor names or a 1-arity function, " <>
+                  "got: #{NxQuant.Validate.describe(other)}"
       end
+
+    ckpt = open(path, opts)
 
     for name <- names(ckpt), keep.(name), into: %{}, do: {name, fetch!(ckpt, name)}
   end
@@ -196,12 +209,15 @@ defmodule NxQuant.Checkpoint do
 
   defp decode_config(path, dir) do
     case NIF.json_decode(File.read!(path)) do
-      %{} = config -> config
-      other -> raise ArgumentError, "#{path} must hold a JSON object, got #{inspect(other)}"
+      %{} = config ->
+        config
+
+      other ->
+        raise ArgumentError, "#{shown(path)} must hold a JSON object, got #{inspect(other)}"
     end
   rescue
     e in ArgumentError ->
-      reraise ArgumentError, "#{dir}/config.json: #{Exception.message(e)}", __STACKTRACE__
+      reraise ArgumentError, "#{shown(dir)}/config.json: #{Exception.message(e)}", __STACKTRACE__
   end
 
   # ---- helpers ---------------------------------------------------------------------------
@@ -218,16 +234,35 @@ defmodule NxQuant.Checkpoint do
         false
 
       {:ok, %File.Stat{type: type}} ->
-        raise ArgumentError, "#{path}: the #{what} must be a regular file, it is #{kind(type)}"
+        raise ArgumentError,
+              "#{shown(path)}: the #{what} must be a regular file, it is #{kind(type)}"
 
       {:error, reason} ->
-        raise ArgumentError, "cannot stat #{path}: #{:file.format_error(reason)}"
+        raise ArgumentError, "cannot stat #{shown(path)}: #{:file.format_error(reason)}"
     end
   end
 
   defp kind(:directory), do: "a directory"
   defp kind(:device), do: "a device"
   defp kind(_), do: "a special file (FIFO or socket)"
+
+  # A path or name quoted in a message (valid UTF-8 whatever its bytes).
+  defp shown(text), do: NxQuant.Validate.printable(text)
+
+  defp options!(opts, fun) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError,
+            "#{fun} options must be a keyword list, got: #{NxQuant.Validate.describe(opts)}"
+    end
+  end
+
+  defp path!(path, fun) do
+    IO.chardata_to_string(path)
+  rescue
+    _ in [ArgumentError, FunctionClauseError, UnicodeConversionError] ->
+      raise ArgumentError,
+            "#{fun} path must be a string (or chardata), got: #{NxQuant.Validate.describe(path)}"
+  end
 
   defp shards!(path) do
     cond do
@@ -246,24 +281,24 @@ defmodule NxQuant.Checkpoint do
             shards = map |> Map.values() |> Enum.uniq() |> Enum.sort()
 
             for shard <- shards, not is_binary(shard) or String.contains?(shard, ["/", "\\"]) do
-              raise ArgumentError, "#{path}/#{@index}: bad shard name #{inspect(shard)}"
+              raise ArgumentError, "#{shown(path)}/#{@index}: bad shard name #{inspect(shard)}"
             end
 
             for shard <- shards, do: regular_file?(Path.join(path, shard), "shard")
             {path, shards}
 
           _ ->
-            raise ArgumentError, "#{path}/#{@index} has no \"weight_map\" object"
+            raise ArgumentError, "#{shown(path)}/#{@index} has no \"weight_map\" object"
         end
 
       File.dir?(path) ->
         files = path |> File.ls!() |> Enum.filter(&String.ends_with?(&1, ".safetensors"))
-        if files == [], do: raise(ArgumentError, "#{path} holds no .safetensors file")
+        if files == [], do: raise(ArgumentError, "#{shown(path)} holds no .safetensors file")
         for file <- files, do: regular_file?(Path.join(path, file), "shard")
         {path, Enum.sort(files)}
 
       true ->
-        raise ArgumentError, "#{path}: no such checkpoint file or directory"
+        raise ArgumentError, "#{shown(path)}: no such checkpoint file or directory"
     end
   end
 
@@ -285,14 +320,14 @@ defmodule NxQuant.Checkpoint do
           Map.has_key?(shard_of, "#{base}.weight"),
           into: %{} do
         unless Map.has_key?(shard_of, "#{base}.biases") do
-          raise ArgumentError, "#{dir}: '#{base}' has scales but no '#{base}.biases'"
+          raise ArgumentError, "#{shown(dir)}: '#{base}' has scales but no '#{base}.biases'"
         end
 
         {bits, gs} =
           case quant[base] do
             false ->
               raise ArgumentError,
-                    "#{dir}: config.json marks '#{base}' dense (false) but it has scales"
+                    "#{shown(dir)}: config.json marks '#{base}' dense (false) but it has scales"
 
             %{} = layer ->
               {layer["bits"] || default_bits, layer["group_size"] || default_gs}
@@ -310,7 +345,7 @@ defmodule NxQuant.Checkpoint do
 
         unless bits in [2, 3, 4, 5, 6, 8] and gs in [32, 64, 128] do
           raise ArgumentError,
-                "#{dir}: quantized layer '#{base}' has bits #{inspect(bits)} and group_size " <>
+                "#{shown(dir)}: quantized layer '#{base}' has bits #{inspect(bits)} and group_size " <>
                   "#{inspect(gs)} (from config.json's \"quantization\" or the :bits/:group_size " <>
                   "options); expected bits in 2..8 (not 7) and group_size 32, 64 or 128"
         end

@@ -48,6 +48,7 @@ defmodule NxQuant.Convert do
   """
   @spec run(Path.t(), Path.t(), keyword()) :: stats()
   def run(src, dst, opts \\ []) do
+    options!(opts)
     bits = Keyword.get(opts, :bits, 4)
     group_size = Keyword.get(opts, :group_size, 64)
 
@@ -64,7 +65,7 @@ defmodule NxQuant.Convert do
     OutputDir.check_apart!(ckpt.dir, dst)
 
     if Enum.any?(ckpt.layers, &match?({_, {:quantized, _, _, _}}, &1)) do
-      raise ArgumentError, "#{src} is already quantized"
+      raise ArgumentError, "#{NxQuant.Validate.printable(ckpt.dir)} is already quantized"
     end
 
     single_file = File.regular?(src)
@@ -120,6 +121,34 @@ defmodule NxQuant.Convert do
       not String.contains?(name, "norm") and
       (Keyword.get(opts, :embeddings, false) or not String.contains?(name, "embed")) and
       not Enum.any?(skip, &matches?(name, &1))
+  end
+
+  # The options run/3 reads, checked before anything is opened or written.
+  defp options!(opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError,
+            "convert options must be a keyword list, got: #{NxQuant.Validate.describe(opts)}"
+    end
+
+    skip = Keyword.get(opts, :skip, [])
+
+    unless is_list(skip) and Enum.all?(skip, &(is_binary(&1) or is_struct(&1, Regex))) do
+      raise ArgumentError,
+            "convert option :skip must be a list of substrings or regexes, got: " <>
+              NxQuant.Validate.describe(skip)
+    end
+
+    unless is_boolean(Keyword.get(opts, :embeddings, false)) do
+      raise ArgumentError,
+            "convert option :embeddings must be a boolean, got: " <>
+              NxQuant.Validate.describe(opts[:embeddings])
+    end
+
+    unless Keyword.get(opts, :progress) == nil or is_function(opts[:progress], 1) do
+      raise ArgumentError,
+            "convert option :progress must be nil or a 1-arity function, got: " <>
+              NxQuant.Validate.describe(opts[:progress])
+    end
   end
 
   defp matches?(name, %Regex{} = re), do: Regex.match?(re, name)

@@ -26,7 +26,7 @@ defmodule NxQuant.Safetensors do
   Every problem is an `ArgumentError` naming the file and the tensor.
   """
 
-  alias NxQuant.{Core, Dense, NIF, QuantizedTensor}
+  alias NxQuant.{Core, Dense, NIF, QuantizedTensor, Validate}
 
   @enforce_keys [:ref, :path, :tensors, :metadata]
   defstruct [:ref, :path, :tensors, :metadata]
@@ -106,10 +106,12 @@ defmodule NxQuant.Safetensors do
 
   @doc "The tensor `name` as an `NxQuant.Dense` (its own copy, or over the mapping with mmap)."
   @spec read(t(), String.t()) :: Dense.t()
-  def read(%__MODULE__{} = file, name) do
+  def read(%__MODULE__{} = file, name) when is_binary(name) do
     %{type: type, shape: shape} = info!(file, name)
     %Dense{data: NIF.safetensors_tensor(file.ref, name), shape: shape, type: type}
   end
+
+  def read(file, name), do: file_error!("read/2", file, name)
 
   @doc """
   The quantized tensor of MLX's triplet `BASE.weight`, `BASE.scales`, `BASE.biases` with the
@@ -119,12 +121,15 @@ defmodule NxQuant.Safetensors do
   (zero-copy when aligned, else one copy).
   """
   @spec read_quantized(t(), String.t(), 2..8, 32 | 64 | 128) :: QuantizedTensor.t()
-  def read_quantized(%__MODULE__{} = file, base, bits, group_size) do
+  def read_quantized(%__MODULE__{} = file, base, bits, group_size) when is_binary(base) do
+    {bits, group_size} =
+      Validate.quant_spec!([bits: bits, group_size: group_size], "read_quantized/4")
+
     [w, s, b] = for part <- ~w(weight scales biases), do: "#{base}.#{part}"
     wi = info!(file, w)
     si = info!(file, s)
     bi = info!(file, b)
-    where = "#{file.path}: quantized layer '#{base}'"
+    where = "#{Validate.printable(file.path)}: quantized layer '#{Validate.printable(base)}'"
 
     if tuple_size(wi.shape) < 1 or tuple_size(si.shape) != tuple_size(wi.shape) or
          bi.shape != si.shape do
@@ -161,6 +166,19 @@ defmodule NxQuant.Safetensors do
     end
   end
 
+  def read_quantized(file, base, _bits, _group_size),
+    do: file_error!("read_quantized/4", file, base)
+
+  defp file_error!(fun, %__MODULE__{}, name) do
+    raise ArgumentError,
+          "#{fun} expects a tensor name (a binary), got: #{Validate.describe(name)}"
+  end
+
+  defp file_error!(fun, file, _name) do
+    raise ArgumentError,
+          "#{fun} expects an %NxQuant.Safetensors{} from open!/1, got: #{Validate.describe(file)}"
+  end
+
   @doc """
   Writes `entries` (`[{name, tensor}]`, in order; tensors `NxQuant.Dense` or
   `NxQuant.QuantizedTensor`) to `path` with `metadata` (string map). A quantized tensor named
@@ -169,7 +187,12 @@ defmodule NxQuant.Safetensors do
   """
   @spec write(Path.t(), [{String.t(), Dense.t() | QuantizedTensor.t()}], map()) :: :ok
   def write(path, entries, metadata \\ %{}) do
-    pieces = Enum.flat_map(entries, fn {name, tensor} -> pieces(name, tensor) end)
+    unless is_list(entries) do
+      raise ArgumentError,
+            "write/3 entries must be a list of {name, tensor}, got: #{Validate.describe(entries)}"
+    end
+
+    pieces = Enum.flat_map(entries, &entry_pieces/1)
 
     specs =
       Enum.map(pieces, fn {name, %Dense{type: type, shape: shape}} -> {name, type, shape} end)
@@ -182,13 +205,16 @@ defmodule NxQuant.Safetensors do
   The safetensors entries of a tensor: itself, or a quantized tensor's triplet.
   """
   @spec pieces(String.t(), Dense.t() | QuantizedTensor.t()) :: [{String.t(), Dense.t()}]
-  def pieces(name, %QuantizedTensor{} = qt) do
+  def pieces(name, %QuantizedTensor{} = qt) when is_binary(name) do
+    # parts/1 first: it checks the struct against the resource
+    %{packed: p, scales: s, biases: b} = Core.parts(qt)
+
     if qt.transposed do
-      raise ArgumentError, "cannot write '#{name}': a transposed view (write the original)"
+      raise ArgumentError,
+            "cannot write '#{Validate.printable(name)}': a transposed view (write the original)"
     end
 
     base = String.replace_suffix(name, ".weight", "")
-    %{packed: p, scales: s, biases: b} = Core.parts(qt)
     leading = Tuple.delete_at(qt.shape, tuple_size(qt.shape) - 1)
 
     shaped = fn %Dense{shape: {_, n}} = d ->
@@ -202,7 +228,28 @@ defmodule NxQuant.Safetensors do
     ]
   end
 
-  def pieces(name, %Dense{} = dense), do: [{name, dense}]
+  def pieces(name, %Dense{shape: shape} = dense) when is_binary(name) do
+    # the byte count and the type are checked against the dtype when written
+    Validate.shape!(shape, "tensor '#{Validate.printable(name)}'")
+    [{name, dense}]
+  end
+
+  def pieces(name, tensor) when is_binary(name) do
+    raise ArgumentError,
+          "tensor '#{Validate.printable(name)}' must be an %NxQuant.Dense{} or an " <>
+            "%NxQuant.QuantizedTensor{}, got: #{Validate.describe(tensor)}"
+  end
+
+  def pieces(name, _tensor) do
+    raise ArgumentError, "a tensor name must be a binary, got: #{Validate.describe(name)}"
+  end
+
+  defp entry_pieces({name, tensor}), do: pieces(name, tensor)
+
+  defp entry_pieces(other) do
+    raise ArgumentError,
+          "write/3 entries must be {name, tensor} tuples, got: #{Validate.describe(other)}"
+  end
 
   @doc """
   Writes a file whose entries `[{name, type, shape}]` are known in advance, asking
@@ -231,7 +278,8 @@ defmodule NxQuant.Safetensors do
 
           if size != last - first do
             raise ArgumentError,
-                  "tensor '#{name}' has #{size} bytes, its dtype and shape need #{last - first}"
+                  "tensor '#{Validate.printable(name)}' has #{size} bytes, its dtype and shape " <>
+                    "need #{last - first}"
           end
 
           :ok = :file.write(io, data)
@@ -248,14 +296,17 @@ defmodule NxQuant.Safetensors do
 
   @doc "Information about one tensor of the file, or an `ArgumentError` naming what exists."
   @spec info!(t(), String.t()) :: info()
-  def info!(%__MODULE__{tensors: tensors, path: path}, name) do
+  def info!(%__MODULE__{tensors: tensors, path: path}, name) when is_binary(name) do
     case tensors do
       %{^name => info} ->
         info
 
       _ ->
         raise ArgumentError,
-              "#{path} has no tensor named '#{name}' (it has #{map_size(tensors)} tensors)"
+              "#{Validate.printable(path)} has no tensor named '#{Validate.printable(name)}' " <>
+                "(it has #{map_size(tensors)} tensors)"
     end
   end
+
+  def info!(file, name), do: file_error!("info!/2", file, name)
 end

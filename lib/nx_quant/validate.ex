@@ -217,6 +217,26 @@ defmodule NxQuant.Validate do
     end
   end
 
+  @doc """
+  `text` (a path, a tensor name, a file's bytes) made safe to quote in a message: valid UTF-8
+  is returned as is, any other byte is written `\\xNN`, so that every message is valid UTF-8
+  (printing one that is not raises).
+  """
+  @spec printable(binary()) :: String.t()
+  def printable(text) when is_binary(text) do
+    if String.valid?(text), do: text, else: escape_invalid(text, "")
+  end
+
+  defp escape_invalid(<<>>, acc), do: acc
+
+  defp escape_invalid(<<c::utf8, rest::binary>>, acc),
+    do: escape_invalid(rest, <<acc::binary, c::utf8>>)
+
+  defp escape_invalid(<<byte, rest::binary>>, acc) do
+    hex = byte |> Integer.to_string(16) |> String.pad_leading(2, "0")
+    escape_invalid(rest, acc <> "\\x" <> hex)
+  end
+
   @doc "A short description of a term for messages (never dumps a large binary)."
   def describe(term) when is_binary(term), do: "a binary of #{byte_size(term)} bytes"
   def describe(term), do: inspect(term, limit: 10, printable_limit: 60)
