@@ -141,6 +141,23 @@ defmodule NxQuant.CoreTest do
       assert_close(out2, x2, qt, false, {:bf, 16})
     end
 
+    test "a rank-3 weight is an error, not x times the stacked matrices (MLX multiplies by each)" do
+      qt = Core.quantize(Ref.random_dense({2, 64, 128}, {:f, 32}, 35), group_size: 64)
+      x = Ref.random_dense({2, 5, 128}, {:f, 32}, 36)
+
+      for transpose <- [true, false], x <- [x, %{x | shape: {10, 128}}] do
+        assert_raise ArgumentError,
+                     ~r/batched \(rank > 2\) quantized weights are not supported/,
+                     fn ->
+                       Core.quantized_matmul(x, qt, transpose: transpose)
+                     end
+      end
+
+      # its 2-D matrices still multiply
+      first = Core.quantize(Ref.random_dense({64, 128}, {:f, 32}, 37), group_size: 64)
+      assert Core.quantized_matmul(x, first).shape == {2, 5, 64}
+    end
+
     test "a rank-1 x and an :out_type other than x's" do
       qt = Core.quantize(Ref.random_dense({4, 64}, {:f, 16}, 41), group_size: 64)
       x = Ref.random_dense({64}, {:f, 32}, 42)

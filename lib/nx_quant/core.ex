@@ -83,6 +83,15 @@ defmodule NxQuant.Core do
     threads = Validate.threads!(opts, fun)
     precision = Validate.precision!(opts, fun)
 
+    # MLX multiplies x by each matrix of a rank > 2 weight (batch axes broadcast); treating the
+    # stacked matrices as one taller matrix would be a silently different answer.
+    if tuple_size(qt.shape) > 2 do
+      raise ArgumentError,
+            "#{fun}: the weight has shape #{inspect(qt.shape)}; batched (rank > 2) quantized " <>
+              "weights are not supported by quantized_matmul yet (MLX multiplies by each " <>
+              "matrix, broadcasting the batch axes): slice it into 2-D weights, or dequantize it"
+    end
+
     {rows, cols} = QuantizedTensor.stored_shape(qt)
     {k, n, k_name} = if transpose, do: {cols, rows, "cols"}, else: {rows, cols, "rows"}
     rank = tuple_size(x_shape)
