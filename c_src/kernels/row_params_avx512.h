@@ -45,6 +45,20 @@ inline float dot_f32(const float* a, const float* b, size_t count) {
   return _mm512_reduce_add_ps(acc);
 }
 
+// The sum of each of `count` consecutive groups of x (group_size values each), for the bias
+// term, in a fixed order (16 lanes, then a fixed reduction).
+inline std::vector<float> group_sums(const float* x, size_t count, size_t group_size) {
+  std::vector<float> sums(count);
+  for (size_t g = 0; g < count; ++g) {
+    __m512 s = _mm512_setzero_ps();
+    for (size_t c = 0; c < group_size; c += 16) {
+      s = _mm512_add_ps(s, _mm512_loadu_ps(x + g * group_size + c));
+    }
+    sums[g] = _mm512_reduce_add_ps(s);
+  }
+  return sums;
+}
+
 // Where a GEMV row block finds its scales and biases, row v's `groups` values starting at
 // v * groups: in W itself when they are f32 or bf16, so that no per-block copy is made
 // (converting each block's parameters, storing them and loading them back cost ~10% of a
