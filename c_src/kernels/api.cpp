@@ -264,11 +264,17 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
           avx512::gemv_nk_4bit_bf16(xs, w, out_dtype, begin, end, out.data);
         });
       } else {
-        const auto xs = avx512::prepare_f32(xf.data(), m, k_dim, w.spec.group_size);
+        const auto xs = avx512::prepare_f32(xf.data(), m, k_dim, w.spec.group_size, 4);
         detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
-          avx512::gemv_nk_4bit_f32(xs, w, out_dtype, begin, end, out.data);
+          avx512::gemv_nk_f32lut(xs, w, out_dtype, begin, end, out.data);
         });
       }
+    } else if (transpose && w.spec.bits == 2 && m < kGemvMaxRows) {
+      // 2 bits: the same table lookup (16 positions per word) beats gemv_nk's generic unpacking.
+      const auto xs = avx512::prepare_f32(xf.data(), m, k_dim, w.spec.group_size, 2);
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        avx512::gemv_nk_f32lut(xs, w, out_dtype, begin, end, out.data);
+      });
     } else if (!transpose && m < kGemvKnMaxRows) {
       avx512::KnPartials partials(m, w);
       if (partials.slices > 1) {  // whole slices per thread

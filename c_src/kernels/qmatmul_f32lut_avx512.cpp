@@ -1,20 +1,24 @@
-// 4-bit GEMV for f32 activations (AVX-512 F; transpose = true, small m). Exact: every product
-// q * x is formed without rounding (inside an f32 FMA) and summed in f32, group by group, then
-// scaled, as in the other exact GEMVs: sum_g scale_g * sum(q * x) + sum_g bias_g * sum(x).
+// 2- and 4-bit GEMV for f32 activations (AVX-512 F; transpose = true, small m). Exact: every
+// product q * x is formed without rounding (inside an f32 FMA) and summed in f32, group by
+// group, then scaled, as in the other exact GEMVs: sum_g scale_g * sum(q * x) + sum_g bias_g *
+// sum(x).
 //
 // Why it is faster than the bf16 dot products for f32 x: an f32 x needs three bf16 parts, so
 // 32 weights cost three vdpbf16ps (half the throughput of an FMA here); an FMA per 16 weights
 // does the same work with one instruction per 16 products. A 4-bit value becomes an f32 with
 // one instruction: vpermps reads only the low 4 bits of each 32-bit index, so with the packed
-// word itself as index (shifted by 4j) it looks up float(q) of nibble j in a 16-entry table.
-// A 64-byte load of a W row holds 16 words of 8 nibbles (values 8L .. 8L+7 in word L): lane L
-// of position j holds value 8L + j, and x is stored once per call in that order.
-// Per 128 weights: 8 vpermps, 7 shifts, 8 FMAs (measured on a Sapphire Rapids-class Xeon,
-// weights in L2, one thread: 2.0-2.5x faster than three-part bf16 dot products, 1.4-1.9x than
-// two-part (f16 x); ~1.1x than the f32-FMA GEMV's nibble unpacking at m = 1).
+// word itself as index (shifted by 4j) it looks up float(q) of nibble j in a 16-entry table
+// (2 bits: shifted by 2j, a table of i & 3). A 64-byte load of a W row holds 16 words of
+// 32 / bits values (values V*L .. V*L + V-1 in word L, V = 32 / bits): lane L of position j
+// holds value V*L + j, and x is stored once per call in that order.
+// Per 128 4-bit weights: 8 vpermps, 7 shifts, 8 FMAs (measured on a Sapphire Rapids-class Xeon,
+// weights in L2, one thread: 2.0-2.7x faster than three-part bf16 dot products, 1.5-1.9x than
+// two-part (f16 x); ~1.1x than the f32-FMA GEMV's nibble unpacking). 2 bits: per 256 weights
+// 16 vpermps, 7 shifts (one per two positions), 16 FMAs, where gemv_nk's generic unpacking takes 4
+// instructions and an FMA per 16 weights.
 //
 // Every output is summed in the same order whatever m, the row block it falls in or the
-// thread that computes it (per 128-value chunk one chain of 8 FMAs, then one scaled FMA into
+// thread that computes it (per 64-byte chunk one chain of 32 / bits FMAs, then one scaled FMA into
 // the row's accumulator; chunks overlap out of order, so one chain per output is enough), so
 // a row's result does not depend on the other rows of x nor on how W's rows were shared.
 #include <immintrin.h>
@@ -34,7 +38,6 @@ namespace nx_quant::avx512 {
 
 namespace {
 
-constexpr size_t kChunkValues = 128;   // values per 64-byte chunk of a 4-bit row
 constexpr int kBlockRows = 4;          // W rows per block: read from memory once, reused from L1
 constexpr size_t kPrefetchBlocks = 2;  // W is prefetched into L2 this many blocks ahead
 
@@ -44,27 +47,31 @@ __mmask64 byte_mask(size_t bytes) {
 
 }  // namespace
 
-F32Operand prepare_f32(const float* x, size_t m, size_t k, size_t group_size) {
+F32Operand prepare_f32(const float* x, size_t m, size_t k, size_t group_size, int bits) {
   F32Operand p;
   p.m = m;
   p.k = k;
-  p.chunks = (k + kChunkValues - 1) / kChunkValues;
-  p.row_stride = p.chunks * kChunkValues;
+  p.bits = bits;
+  const int per_word = 32 / bits;                     // values per 32-bit word: 8 or 16
+  const size_t chunk_values = 16 * size_t(per_word);  // values per 64-byte chunk
+  p.chunks = (k + chunk_values - 1) / chunk_values;
+  p.row_stride = p.chunks * chunk_values;
   p.values.assign(m * p.row_stride, 0.0f);
-  // Per row, chunk c and nibble position j: 16 floats, lane L = x[c * 128 + 8L + j]; zero past k.
+  // Per row, chunk c and position j in the word: 16 floats, lane L = x[c * chunk_values +
+  // per_word * L + j]; zero past k.
   alignas(64) int32_t order[16];
-  for (int l = 0; l < 16; ++l) order[l] = 8 * l;
+  for (int l = 0; l < 16; ++l) order[l] = per_word * l;
   const __m512i base_index = _mm512_load_si512(order);
   for (size_t i = 0; i < m; ++i) {
     const float* row = x + i * k;
     float* dst = p.values.data() + i * p.row_stride;
     for (size_t c = 0; c < p.chunks; ++c) {
-      for (int j = 0; j < 8; ++j) {
+      for (int j = 0; j < per_word; ++j) {
         const __m512i index =
-            _mm512_add_epi32(base_index, _mm512_set1_epi32(static_cast<int>(c * kChunkValues) + j));
+            _mm512_add_epi32(base_index, _mm512_set1_epi32(static_cast<int>(c * chunk_values) + j));
         const __mmask16 live =
             _mm512_cmplt_epi32_mask(index, _mm512_set1_epi32(static_cast<int>(k)));
-        _mm512_storeu_ps(dst + (c * 8 + j) * 16,
+        _mm512_storeu_ps(dst + (c * per_word + j) * 16,
                          _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, index, row, 4));
       }
     }
@@ -76,15 +83,23 @@ F32Operand prepare_f32(const float* x, size_t m, size_t k, size_t group_size) {
 namespace {
 
 // W rows n .. n+NW (row v's parameters at params row v0 + v) against rows i0 .. i0+MR of x.
-template <int MR, int NW, int GS, DType PD>
+template <int Bits, int MR, int NW, int GS, DType PD>
 NXQ_ALWAYS_INLINE inline void gemv_f32lut_block(const F32Operand& x, size_t i0, const uint8_t* rows,
                                                 size_t row_bytes, const ParamRows<PD>& params,
                                                 int v0, size_t groups, float* out_n,
                                                 size_t out_stride) {
-  constexpr int kGroupsPerChunk = GS <= 128 ? 128 / GS : 1;
-  alignas(64) float float_of[16];
-  for (int i = 0; i < 16; ++i) float_of[i] = static_cast<float>(i);
+  constexpr int kPerWord = 32 / Bits;          // positions j per word
+  constexpr int kChunkValues = 16 * kPerWord;  // values per 64-byte chunk
+  constexpr int kGroupsPerChunk = GS <= kChunkValues ? kChunkValues / GS : 1;
+  // float(q) for the low 4 bits of an index: q is its low Bits bits; for 2 bits a second
+  // table takes q from bits 2-3, so one shift by 4 serves two positions.
+  alignas(64) float float_of[16], float_of_high[16];
+  for (int i = 0; i < 16; ++i) {
+    float_of[i] = static_cast<float>(i & ((1 << Bits) - 1));
+    float_of_high[i] = static_cast<float>((i >> 2) & 3);
+  }
   const __m512 table = _mm512_load_ps(float_of);
+  const __m512 table_high = _mm512_load_ps(float_of_high);
 
   const float* xr[MR];
   NXQ_UNROLL
@@ -115,16 +130,17 @@ NXQ_ALWAYS_INLINE inline void gemv_f32lut_block(const F32Operand& x, size_t i0, 
       for (int v = 0; v < NW; ++v) t[r][v] = _mm512_setzero_ps();
     }
     NXQ_UNROLL
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < kPerWord; ++j) {
       __m512 q[NW];
       NXQ_UNROLL
       for (int v = 0; v < NW; ++v) {
-        const __m512i index = j == 0 ? raw[v] : _mm512_srli_epi32(raw[v], 4 * j);
-        q[v] = _mm512_permutexvar_ps(index, table);
+        const int shift = Bits == 2 ? 4 * (j / 2) : 4 * j;
+        const __m512i index = shift == 0 ? raw[v] : _mm512_srli_epi32(raw[v], shift);
+        q[v] = _mm512_permutexvar_ps(index, Bits == 2 && j % 2 ? table_high : table);
       }
       NXQ_UNROLL
       for (int r = 0; r < MR; ++r) {
-        const __m512 xv = _mm512_loadu_ps(xr[r] + (c * 8 + j) * 16);
+        const __m512 xv = _mm512_loadu_ps(xr[r] + (c * kPerWord + j) * 16);
         NXQ_UNROLL
         for (int v = 0; v < NW; ++v) t[r][v] = _mm512_fmadd_ps(q[v], xv, t[r][v]);
       }
@@ -141,7 +157,7 @@ NXQ_ALWAYS_INLINE inline void gemv_f32lut_block(const F32Operand& x, size_t i0, 
   for (size_t c = 0; c < full_chunks; ++c) step(c, ~__mmask64{0}, kGroupsPerChunk);
   if (x.chunks > full_chunks) {
     const size_t tail = x.k % kChunkValues;
-    step(full_chunks, byte_mask(tail / 2), static_cast<int>(tail / GS));
+    step(full_chunks, byte_mask(tail * Bits / 8), static_cast<int>(tail / GS));
   }
 
   NXQ_UNROLL
@@ -157,12 +173,12 @@ NXQ_ALWAYS_INLINE inline void gemv_f32lut_block(const F32Operand& x, size_t i0, 
 
 }  // namespace
 
-void gemv_nk_4bit_f32(const F32Operand& x, const QuantizedMatrix& w, DType out_dtype,
-                      size_t n_begin, size_t n_end, void* out) {
+void gemv_nk_f32lut(const F32Operand& x, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+                    size_t n_end, void* out) {
   const size_t m = x.m, k_dim = w.cols, n_dim = w.rows;
   const size_t gs = static_cast<size_t>(w.spec.group_size);
   const size_t groups = k_dim / gs;
-  const size_t row_bytes = k_dim / 2;
+  const size_t row_bytes = k_dim * static_cast<size_t>(x.bits) / 8;
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
 
   RowParams<kBlockRows> params(w, groups);
@@ -176,18 +192,26 @@ void gemv_nk_4bit_f32(const F32Operand& x, const QuantizedMatrix& w, DType out_d
     constexpr int MR = decltype(mr)::value;
     auto with_params = [&](const auto& p) {
       using P = std::decay_t<decltype(p)>;
-      detail::with_group_size(gs, [&](auto group_size) {
+      auto with_bits = [&](auto bits, auto group_size) {
+        constexpr int Bits = decltype(bits)::value;
         constexpr int GS = decltype(group_size)::value;
         if (count == kBlockRows) {
-          gemv_f32lut_block<MR, kBlockRows, GS, P::kDType>(
+          gemv_f32lut_block<Bits, MR, kBlockRows, GS, P::kDType>(
               x, i0, bytes + n * row_bytes, row_bytes, p, 0, groups,
               result.data() + i0 * kBlockRows, kBlockRows);
           return;
         }
         for (int v = 0; v < count; ++v) {
-          gemv_f32lut_block<MR, 1, GS, P::kDType>(x, i0, bytes + (n + v) * row_bytes, row_bytes, p,
-                                                  v, groups, result.data() + i0 * kBlockRows + v,
-                                                  kBlockRows);
+          gemv_f32lut_block<Bits, MR, 1, GS, P::kDType>(
+              x, i0, bytes + (n + v) * row_bytes, row_bytes, p, v, groups,
+              result.data() + i0 * kBlockRows + v, kBlockRows);
+        }
+      };
+      detail::with_group_size(gs, [&](auto group_size) {
+        if (x.bits == 2) {
+          with_bits(detail::Int<2>{}, group_size);
+        } else {
+          with_bits(detail::Int<4>{}, group_size);
         }
       });
     };
