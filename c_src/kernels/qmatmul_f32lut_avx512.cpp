@@ -1,26 +1,28 @@
-// 2- and 4-bit GEMV for f32 activations (AVX-512 F; transpose = true, small m). Exact: every
-// product q * x is formed without rounding (inside an f32 FMA) and summed in f32, group by
-// group, then scaled, as in the other exact GEMVs: sum_g scale_g * sum(q * x) + sum_g bias_g *
-// sum(x).
+// 2- and 4-bit GEMV for f32 (and f16) activations (AVX-512 F; transpose = true, small m).
+// Exact: every product q * x is formed without rounding (inside an f32 FMA) and summed in f32,
+// group by group, then scaled, as in the other exact GEMVs: sum_g scale_g * sum(q * x) +
+// sum_g bias_g * sum(x).
 //
 // Why it is faster than the bf16 dot products for f32 x: an f32 x needs three bf16 parts, so
 // 32 weights cost three vdpbf16ps (half the throughput of an FMA here); an FMA per 16 weights
 // does the same work with one instruction per 16 products. A 4-bit value becomes an f32 with
 // one instruction: vpermps reads only the low 4 bits of each 32-bit index, so with the packed
-// word itself as index (shifted by 4j) it looks up float(q) of nibble j in a 16-entry table
-// (2 bits: shifted by 2j, a table of i & 3). A 64-byte load of a W row holds 16 words of
-// 32 / bits values (values V*L .. V*L + V-1 in word L, V = 32 / bits): lane L of position j
-// holds value V*L + j, and x is stored once per call in that order.
-// Per 128 4-bit weights: 8 vpermps, 7 shifts, 8 FMAs (measured on a Sapphire Rapids-class Xeon,
-// weights in L2, one thread: 2.0-2.7x faster than three-part bf16 dot products, 1.5-1.9x than
-// two-part (f16 x); ~1.1x than the f32-FMA GEMV's nibble unpacking). 2 bits: per 256 weights
-// 16 vpermps, 7 shifts (one per two positions), 16 FMAs, where gemv_nk's generic unpacking takes 4
+// word itself as index (shifted by 4j) it looks up float(q) of nibble j in a 16-entry table.
+// 2 bits: the word shifted by 4 * (j / 2), looked up in a table of i & 3 (even j) or of
+// (i >> 2) & 3 (odd j). A 64-byte load of a W row holds 16 words of V = 32 / bits values
+// (values V*L .. V*L + V-1 in word L): lane L of position j holds value V*L + j, and x is
+// stored once per call in that order.
+// Per 128 4-bit weights: 8 vpermps, 7 shifts, 8 FMAs (measured on a Sapphire Rapids-class
+// Xeon, weights in L2, one thread: 2.0-2.7x faster than three-part bf16 dot products, 1.5-1.9x
+// than two-part (f16 x); ~1.1x than the f32-FMA GEMV's nibble unpacking). 2 bits: per 256
+// weights 16 vpermps, 7 shifts, 16 FMAs, where gemv_nk's generic unpacking takes 4
 // instructions and an FMA per 16 weights.
 //
 // Every output is summed in the same order whatever m, the row block it falls in or the
-// thread that computes it (per 64-byte chunk one chain of 32 / bits FMAs, then one scaled FMA into
-// the row's accumulator; chunks overlap out of order, so one chain per output is enough), so
-// a row's result does not depend on the other rows of x nor on how W's rows were shared.
+// thread that computes it (per 64-byte chunk one chain of 32 / bits FMAs, then one scaled FMA
+// into the row's accumulator; chunks overlap out of order, so one chain per output is
+// enough), so a row's result does not depend on the other rows of x nor on how W's rows were
+// shared.
 #include <immintrin.h>
 
 #include <algorithm>
