@@ -678,6 +678,16 @@ void PairedShapes(benchmark::internal::Benchmark* b) {
   }
 }
 
+// f32 activations (Nx's default; f16 ones too) at M = 1 .. 8, 4-bit g64, 2 threads, pool
+// awake: the exact GEMV against the read bandwidth measured alongside.
+void PairedF32Shapes(benchmark::internal::Benchmark* b) {
+  constexpr int kF16 = static_cast<int>(DType::F16);
+  for (auto [n, k] : {std::pair{4096, 4096}, {4096, 11008}}) {
+    for (int m : {1, 2, 4, 8}) b->Args({n, k, m, 4, 2, kAuto, kExact, kF32, 1});
+    for (int m : {1, 8}) b->Args({n, k, m, 4, 2, kAuto, kExact, kF16, 1});
+  }
+}
+
 // bf16 activations (what MLX-community models compute in), decode shapes.
 void Bf16ActivationShapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
@@ -738,6 +748,11 @@ BENCHMARK(BM_ReadBandwidth)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_FmaPeak)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GemvVsRead)->Apply(PairedShapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvVsRead)
+    ->Name("BM_GemvVsReadF32")
+    ->Apply(PairedF32Shapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)
     ->Name("BM_QuantizedBf16x")

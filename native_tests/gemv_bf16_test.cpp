@@ -130,10 +130,9 @@ TEST(Bf16Dot, EveryBitOfF32ActivationsCounts) {
   }
 }
 
+#if defined(__x86_64__)
 TEST(Bf16Dot, AgreesWithTheF32FmaGemv) {
   if (!have_bf16_dot()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
-  detail::CpuFeatures no_bf16;
-  no_bf16.avx2_fma = no_bf16.avx512 = no_bf16.avx512_vnni = true;
   for (DType x_dtype : kAllDtypes) {
     for (int gs : kAllGroupSizes) {
       for (size_t k : {96, 256, 448}) {  // partial last chunks of 96 and 64 values
@@ -142,14 +141,13 @@ TEST(Bf16Dot, AgreesWithTheF32FmaGemv) {
         TypedBuffer dense(DType::BF16, random_values(n * k, 11, k));
         OwnedQuantized w(dense, n, k, {4, gs});
         TypedBuffer x(x_dtype, random_values(m * k, 12));
-        std::vector<float> fast(m * n), fma(m * n);
-        quantized_matmul(x.cbuf(), x_dtype, m, w.matrix, true, DType::F32,
-                         {fast.data(), fast.size() * 4});
-        {
-          detail::ScopedCpuFeatures scoped(no_bf16);
-          quantized_matmul(x.cbuf(), x_dtype, m, w.matrix, true, DType::F32,
-                           {fma.data(), fma.size() * 4});
-        }
+        // The kernels themselves: the dispatch sends f32 and f16 x to the table-lookup GEMV.
+        std::vector<float> xf(m * k), fast(m * n), fma(m * n);
+        for (size_t i = 0; i < xf.size(); ++i) xf[i] = x.at(i);
+        const auto xs = avx512::prepare_bf16(xf.data(), m, k, gs);
+        ASSERT_EQ(xs.splits, x_dtype == DType::F32 ? 3 : x_dtype == DType::F16 ? 2 : 1);
+        avx512::gemv_nk_4bit_bf16(xs, w.matrix, DType::F32, 0, n, fast.data());
+        avx512::gemv_nk(xf.data(), m, w.matrix, DType::F32, 0, n, fma.data());
         TypedBuffer wd(DType::BF16, n * k);
         dequantize(w.matrix, wd.mbuf());
         for (size_t i = 0; i < m; ++i) {
@@ -166,6 +164,8 @@ TEST(Bf16Dot, AgreesWithTheF32FmaGemv) {
     }
   }
 }
+
+#endif  // __x86_64__
 
 TEST(QuantizedMatmul, NonFiniteActivationsGiveNonFiniteRowsOnEveryGemv) {
   const size_t n = 20, k = 256;

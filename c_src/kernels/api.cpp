@@ -254,11 +254,26 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
     // Decode-sized batches read each packed word once per 4 rows of x; larger ones dequantize
     // panels of W once and reuse them across all rows (GEMM). transpose=false always streams
     // W row by row through panels.
-    if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit &&
-        detail::cpu_features().avx512_bf16) {
-      const auto xs = avx512::prepare_bf16(xf.data(), m, k_dim, w.spec.group_size);
+    // The exact 4-bit GEMV: bf16 dot products when x is exactly one bf16 part (bf16
+    // activations), else f32 FMAs on table-looked-up q, faster than two or three bf16 parts
+    // (f16, f32 activations: bench/RESULTS.md, run H19) and than the generic gemv_nk.
+    if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit) {
+      if (detail::cpu_features().avx512_bf16 && avx512::bf16_parts(xf.data(), m * k_dim) == 1) {
+        const auto xs = avx512::prepare_bf16(xf.data(), m, k_dim, w.spec.group_size);
+        detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+          avx512::gemv_nk_4bit_bf16(xs, w, out_dtype, begin, end, out.data);
+        });
+      } else {
+        const auto xs = avx512::prepare_f32(xf.data(), m, k_dim, w.spec.group_size, 4);
+        detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+          avx512::gemv_nk_f32lut(xs, w, out_dtype, begin, end, out.data);
+        });
+      }
+    } else if (transpose && w.spec.bits == 2 && m < kGemvMaxRows) {
+      // 2 bits: the same table lookup (16 positions per word) beats gemv_nk's generic unpacking.
+      const auto xs = avx512::prepare_f32(xf.data(), m, k_dim, w.spec.group_size, 2);
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
-        avx512::gemv_nk_4bit_bf16(xs, w, out_dtype, begin, end, out.data);
+        avx512::gemv_nk_f32lut(xs, w, out_dtype, begin, end, out.data);
       });
     } else if (!transpose && m < kGemvKnMaxRows) {
       avx512::KnPartials partials(m, w);

@@ -45,29 +45,35 @@ __mmask64 byte_mask(size_t bytes) {
   return bytes >= 64 ? ~__mmask64{0} : _cvtu64_mask64((uint64_t{1} << bytes) - 1);
 }
 
+// The top 8 significant bits of each lane (truncated): a bf16, and v - part is exact in f32.
+__m512 top_part(__m512 v) {
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
 }  // namespace
+
+int bf16_parts(const float* x, size_t count) {
+  __mmask16 need_mid = 0, need_lo = 0;
+  for (size_t i = 0; i < count; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __m512 r1 = _mm512_sub_ps(v, top_part(v));
+    const __m512 lo = _mm512_sub_ps(r1, top_part(r1));
+    // Unordered compares: a non-finite x (r1 = NaN) takes every part.
+    need_mid |= _mm512_cmp_ps_mask(r1, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    need_lo |= _mm512_cmp_ps_mask(lo, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  }
+  return need_lo ? 3 : need_mid ? 2 : 1;
+}
 
 Bf16Operand prepare_bf16(const float* x, size_t m, size_t k, size_t group_size) {
   Bf16Operand p;
   p.m = m;
   p.k = k;
   p.chunks = (k + kChunkValues - 1) / kChunkValues;
-  const __m512i top8 = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  // The top 8 significant bits of each lane (truncated): a bf16, and v - part is exact in f32.
-  auto part = [&](__m512 v) {
-    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), top8));
-  };
+  auto part = top_part;
   // How many parts represent every x exactly (k is a multiple of 16: of the group size).
-  __mmask16 need_mid = 0, need_lo = 0;
-  for (size_t i = 0; i < m * k; i += 16) {
-    const __m512 v = _mm512_loadu_ps(x + i);
-    const __m512 r1 = _mm512_sub_ps(v, part(v));
-    const __m512 lo = _mm512_sub_ps(r1, part(r1));
-    // Unordered compares: a non-finite x (r1 = NaN) takes every part.
-    need_mid |= _mm512_cmp_ps_mask(r1, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-    need_lo |= _mm512_cmp_ps_mask(lo, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-  }
-  p.splits = need_lo ? 3 : need_mid ? 2 : 1;
+  p.splits = bf16_parts(x, m * k);
   // Per row, chunk, nibble position j and part s: 32 bf16 words, word 2L = x[8L + j] and
   // word 2L+1 = x[8L + 4 + j] of the chunk; zero past k. Two gathers fetch the 32 values of
   // (chunk, j); each part's 32 words are the high halves of its two f32 vectors.
@@ -103,16 +109,7 @@ Bf16Operand prepare_bf16(const float* x, size_t m, size_t k, size_t group_size) 
       }
     }
   }
-  // Group sums of x for the bias term, in a fixed order (16 lanes, then a fixed reduction).
-  const size_t groups = k / group_size;
-  p.group_sum.resize(m * groups);
-  for (size_t g = 0; g < m * groups; ++g) {
-    __m512 s = _mm512_setzero_ps();
-    for (size_t c = 0; c < group_size; c += 16) {
-      s = _mm512_add_ps(s, _mm512_loadu_ps(x + g * group_size + c));
-    }
-    p.group_sum[g] = _mm512_reduce_add_ps(s);
-  }
+  p.group_sum = group_sums(x, m * (k / group_size), group_size);
   return p;
 }
 

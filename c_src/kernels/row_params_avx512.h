@@ -45,6 +45,20 @@ inline float dot_f32(const float* a, const float* b, size_t count) {
   return _mm512_reduce_add_ps(acc);
 }
 
+// The sum of each of `count` consecutive groups of x (group_size values each), for the bias
+// term, in a fixed order (16 lanes, then a fixed reduction).
+inline std::vector<float> group_sums(const float* x, size_t count, size_t group_size) {
+  std::vector<float> sums(count);
+  for (size_t g = 0; g < count; ++g) {
+    __m512 s = _mm512_setzero_ps();
+    for (size_t c = 0; c < group_size; c += 16) {
+      s = _mm512_add_ps(s, _mm512_loadu_ps(x + g * group_size + c));
+    }
+    sums[g] = _mm512_reduce_add_ps(s);
+  }
+  return sums;
+}
+
 // Where a GEMV row block finds its scales and biases, row v's `groups` values starting at
 // v * groups: in W itself when they are f32 or bf16, so that no per-block copy is made
 // (converting each block's parameters, storing them and loading them back cost ~10% of a
@@ -71,6 +85,7 @@ struct ParamRows {
 template <int kValues, int GS, DType D>
 NXQ_ALWAYS_INLINE inline __m512 chunk_scales(const void* row_scales, size_t c, int live_groups) {
   constexpr int kGroups = kValues >= GS ? kValues / GS : 1;
+  static_assert(kGroups <= 8, "at most 8 groups per chunk");
   const size_t first = c * kValues / GS;
   if constexpr (kGroups == 1) {
     if constexpr (D == DType::F32) {
@@ -89,9 +104,9 @@ NXQ_ALWAYS_INLINE inline __m512 chunk_scales(const void* row_scales, size_t c, i
           kGroups * 11 / 16, kGroups * 10 / 16, kGroups * 9 / 16, kGroups * 8 / 16,
           kGroups * 7 / 16, kGroups * 6 / 16, kGroups * 5 / 16, kGroups * 4 / 16, kGroups * 3 / 16,
           kGroups * 2 / 16, kGroups * 1 / 16, 0);
-      const __m128 v = _mm_maskz_loadu_ps(static_cast<__mmask8>(live),
-                                          static_cast<const float*>(row_scales) + first);
-      return _mm512_permutexvar_ps(index, _mm512_castps128_ps512(v));
+      const __m256 v = _mm256_maskz_loadu_ps(static_cast<__mmask8>(live),
+                                             static_cast<const float*>(row_scales) + first);
+      return _mm512_permutexvar_ps(index, _mm512_castps256_ps512(v));
     } else {
       const __m512i index = _mm512_set_epi16(
           kGroups * 15 / 16, 0, kGroups * 14 / 16, 0, kGroups * 13 / 16, 0, kGroups * 12 / 16, 0,

@@ -81,6 +81,29 @@ Bf16Operand prepare_bf16(const float* x, size_t m, size_t k, size_t group_size);
 void gemv_nk_4bit_bf16(const Bf16Operand& x, const QuantizedMatrix& w, DType out_dtype,
                        size_t n_begin, size_t n_end, void* out);
 
+// x rearranged for gemv_nk_f32lut with `bits`-bit weights, 2 or 4 (see
+// qmatmul_f32lut_avx512.cpp).
+struct F32Operand {
+  size_t m = 0, k = 0, chunks = 0;  // chunks of 64 bytes of W: 512 / bits values (last partial)
+  int bits = 4;
+  std::vector<float> values;  // per row: chunks x (32 / bits) positions in a word x 16
+  size_t row_stride = 0;
+  std::vector<float> group_sum;  // m x groups: sum of x over each group, for the bias term
+};
+F32Operand prepare_f32(const float* x, size_t m, size_t k, size_t group_size, int bits);
+
+// The exact 2- and 4-bit GEMV on AVX-512 F (f32 FMAs on q looked up as floats; small m):
+// transpose = true, output columns [n_begin, n_end) of W, whose width is the operand's bits.
+// Faster than gemv_nk, and than gemv_nk_4bit_bf16 when x needs two or three bf16 parts (f16,
+// f32 activations). A row's result depends on that row of x only, not on m nor on how the
+// columns were split.
+void gemv_nk_f32lut(const F32Operand& x, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+                    size_t n_end, void* out);
+
+// How many bf16 parts gemv_nk_4bit_bf16 needs for these values of x (1, 2 or 3; count a
+// multiple of 16).
+int bf16_parts(const float* x, size_t count);
+
 }  // namespace nx_quant::avx512
 
 namespace nx_quant::avx2 {
