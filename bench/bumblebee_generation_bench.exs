@@ -26,6 +26,7 @@
 #                    build-bench/nx_quant_bench, built as for bench/decoder_bench.exs); without it
 #                    the bandwidth is an Elixir-measured lower bound
 Code.require_file("decoder_model.exs", __DIR__)
+Code.require_file("read_bandwidth.exs", __DIR__)
 alias NxQuant.DecoderModel, as: Model
 
 defmodule BBTimedBackend do
@@ -224,62 +225,8 @@ defmodule BBBench do
     median(for _ <- 1..runs, do: elem(time_ns(run), 0))
   end
 
-  # The read bandwidth in GB/s and how it was measured, as bench/decoder_bench.exs does: the
-  # C++ BM_ReadBandwidth of NX_QUANT_BENCH (default build-bench/nx_quant_bench) when it exists,
-  # else one :binary.match scan of a 512 MB binary per scheduler, best of 5 (a lower bound of
-  # the machine's, which makes the bound pessimistic and the ratios to it flattering).
-  def bandwidth do
-    bench = System.get_env("NX_QUANT_BENCH", Path.join(File.cwd!(), "build-bench/nx_quant_bench"))
-
-    case File.exists?(bench) && cpp_bandwidth(bench) do
-      gbs when is_float(gbs) -> {gbs, "BM_ReadBandwidth (C++, 512 MB, 2 threads)"}
-      _ -> {elixir_bandwidth(), "Elixir :binary.match scans, a lower bound"}
-    end
-  end
-
-  defp cpp_bandwidth(bench) do
-    {out, 0} =
-      System.cmd(bench, [
-        "--benchmark_filter=BM_ReadBandwidth/2/",
-        "--benchmark_repetitions=3",
-        "--benchmark_format=csv"
-      ])
-
-    [header | rows] =
-      out |> String.split("\n") |> Enum.drop_while(&(not String.starts_with?(&1, "name,")))
-
-    column = header |> String.split(",") |> Enum.find_index(&(&1 == "\"GB/s\"" or &1 == "GB/s"))
-
-    rows
-    |> Enum.filter(&String.starts_with?(&1, "\"BM_ReadBandwidth/2/"))
-    |> Enum.reject(&(&1 =~ ~r/_(mean|median|stddev|cv)"/))
-    |> Enum.map(fn row ->
-      row |> String.split(",") |> Enum.at(column) |> Float.parse() |> elem(0)
-    end)
-    |> Enum.max(fn -> nil end)
-  rescue
-    _ -> nil
-  end
-
-  defp elixir_bandwidth do
-    bytes = 512 * 1024 * 1024
-    bin = :binary.copy(<<0>>, bytes)
-    parts = System.schedulers_online()
-    chunk = div(bytes, parts)
-
-    for _ <- 1..5 do
-      t0 = System.monotonic_time(:nanosecond)
-
-      for(
-        i <- 0..(parts - 1),
-        do: Task.async(fn -> :binary.match(bin, <<1>>, scope: {i * chunk, chunk}) end)
-      )
-      |> Task.await_many(:infinity)
-
-      chunk * parts / (System.monotonic_time(:nanosecond) - t0)
-    end
-    |> Enum.max()
-  end
+  # The read bandwidth in GB/s and how it was measured (bench/read_bandwidth.exs).
+  def bandwidth, do: ReadBandwidth.measure()
 
   # Backend callbacks of one decode token through Bumblebee: the difference between recorded
   # generations of 1 + T and 1 new tokens, divided by T.

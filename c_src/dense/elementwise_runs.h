@@ -272,17 +272,6 @@ struct Runs {
   }
 };
 
-// Strides of a row-major contiguous tensor of `shape`.
-inline std::vector<int64_t> contiguous_strides(const Shape& shape) {
-  std::vector<int64_t> strides(shape.size());
-  int64_t stride = 1;
-  for (size_t axis = shape.size(); axis-- > 0;) {
-    strides[axis] = stride;
-    stride *= shape[axis];
-  }
-  return strides;
-}
-
 // Validates an output pointer for `count` elements.
 inline void check_out(const void* out, size_t count, const char* what) {
   if (count > 0 && out == nullptr) throw InvalidArgument(std::string(what) + ": no output buffer");

@@ -14,16 +14,6 @@ namespace {
 
 constexpr std::align_val_t kAlignment{64};
 
-std::vector<int64_t> contiguous_strides(const Shape& shape) {
-  std::vector<int64_t> strides(shape.size());
-  int64_t s = 1;
-  for (size_t k = shape.size(); k-- > 0;) {
-    strides[k] = s;
-    s *= shape[k];
-  }
-  return strides;
-}
-
 }  // namespace
 
 void VersionedBuffer::AlignedDelete::operator()(uint8_t* p) const {

@@ -73,17 +73,22 @@ size_t element_count(const Shape& shape) {
   return count;
 }
 
+std::vector<int64_t> contiguous_strides(const Shape& shape) {
+  std::vector<int64_t> strides(shape.size());
+  int64_t stride = 1;
+  for (size_t axis = shape.size(); axis-- > 0;) {
+    strides[axis] = stride;
+    stride *= shape[axis];
+  }
+  return strides;
+}
+
 View contiguous(const void* data, Type type, const Shape& shape) {
   View v;
   v.data = data;
   v.type = type;
   v.count = element_count(shape);
-  v.strides.assign(shape.size(), 0);
-  int64_t stride = 1;
-  for (size_t axis = shape.size(); axis-- > 0;) {
-    v.strides[axis] = stride;
-    stride *= shape[axis];
-  }
+  v.strides = contiguous_strides(shape);
   return v;
 }
 

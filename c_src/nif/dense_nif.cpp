@@ -499,16 +499,6 @@ double count_of(const Shape& shape) {
   return static_cast<double>(dense::element_count(shape));
 }
 
-std::vector<int64_t> contiguous_strides(const Shape& shape) {
-  std::vector<int64_t> strides(shape.size());
-  int64_t s = 1;
-  for (size_t k = shape.size(); k-- > 0;) {
-    strides[k] = s;
-    s *= shape[k];
-  }
-  return strides;
-}
-
 }  // namespace
 
 // dense_unary(op, out_type, shape, operand) -> binary
@@ -590,7 +580,7 @@ namespace {
 // True when the pieces are known to write every output element: one piece is the whole output
 // (contiguous), or the pieces tile it along one axis in order (concatenate, stack).
 bool pieces_cover(const Shape& out_shape, const std::vector<Piece>& pieces) {
-  const std::vector<int64_t> strides = contiguous_strides(out_shape);
+  const std::vector<int64_t> strides = dense::contiguous_strides(out_shape);
   for (const Piece& p : pieces) {
     if (p.shape == out_shape && p.out_offset == 0 && p.out_strides == strides) return true;
   }
@@ -678,7 +668,7 @@ ERL_NIF_TERM put_slice_in_place(ErlNifEnv* env, const Decoder& d, const Versione
   dense::VersionedBuffer& buffer = *handle.resource->buffer;
   const size_t window_bytes = dense::element_count(piece.shape) * dense::type_size(out_type);
   if (buffer.type() != out_type || target.type != out_type || target.offset != 0 ||
-      target.strides != contiguous_strides(shape) || buffer.count() != target.count ||
+      target.strides != dense::contiguous_strides(shape) || buffer.count() != target.count ||
       buffer.count() != dense::element_count(shape) ||
       buffer.undo_bytes() + window_bytes > buffer.bytes() / kUndoLogShare ||
       d.reads(handle.resource)) {  // the slice is read from this buffer (locked shared)
@@ -742,7 +732,7 @@ ERL_NIF_TERM dense_put_slice_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM ar
                       const View target = d.operand(2, "target", shape);
                       auto buffer = std::make_unique<dense::VersionedBuffer>(out_type, count);
                       dense::copy_into(shape, target, out_type, buffer->data(), count, 0,
-                                       contiguous_strides(shape));
+                                       dense::contiguous_strides(shape));
                       dense::copy_into(piece.shape, piece.in, out_type, buffer->data(), count,
                                        piece.out_offset, piece.out_strides);
                       return make_versioned_term(env, std::move(buffer));

@@ -19,10 +19,10 @@
 // integer/float operands in double; transcendental functions call the C library in double (the
 // functions Erlang's :math calls), then round as above — except exp and sigmoid written as
 // f32/bf16/f16 on AVX2 CPUs, which use a SIMD exp in double (~2 ulp of double; after rounding
-// to the narrow type within 1 ulp of the C library's result, almost always identical). Sums, products and dot products
-// accumulate in double in BinaryBackend's order (row-major over the reduced/contracted axes,
-// starting from 0 / 1), so they are bit-identical too. Where BinaryBackend raises on an f64
-// overflow (Erlang arithmetic has no Inf), the kernels return the IEEE result.
+// to the narrow type within 1 ulp of the C library's result, almost always identical). Sums,
+// products and dot products accumulate in double in BinaryBackend's order (row-major over the
+// reduced/contracted axes, starting from 0 / 1), so they are bit-identical too. Where BinaryBackend
+// raises on an f64 overflow (Erlang arithmetic has no Inf), the kernels return the IEEE result.
 //
 // Every function validates its arguments (rank, sizes, strides within the buffers) and throws
 // nx_quant::InvalidArgument naming what was wrong; none reads or writes outside the buffers it
@@ -59,6 +59,9 @@ struct View {
 
 // A row-major contiguous view of a whole buffer of `shape`.
 View contiguous(const void* data, Type type, const Shape& shape);
+
+// The strides (in elements) of a row-major contiguous tensor of `shape`.
+std::vector<int64_t> contiguous_strides(const Shape& shape);
 
 size_t element_count(const Shape& shape);
 
