@@ -4,9 +4,10 @@ defmodule NxQuant.SchedulerFairnessTest do
   # on dirty schedulers (c_src/nif/terms.h kConversionBudgetNs), so the issue's case, 8 loops
   # on ~0.45 ms quantize calls, leaves the normal schedulers free: worst ping <= 20 ms. Shorter
   # calls stay on the normal schedulers and report their time (enif_consume_timeslice), so the
-  # loops rotate with the ping like loops of Elixir code: there the bound is 20 ms or 4x the
-  # worst ping behind 8 loops of plain Elixir code, whichever is larger (a loaded 2-core
-  # machine alone gives tens of ms). Before (no reports, a 200,000-value dirty
+  # loops rotate with the ping like loops of Elixir code: there the bound is 50 ms or 4x the
+  # worst ping behind 8 loops of plain Elixir code, whichever is larger (these loops gave 12-17
+  # ms at load 5 and up to ~110 ms with other test suites running beside them; the issue's 20 ms
+  # is for its own case, asserted above). Before (no reports, a 200,000-value dirty
   # threshold, all these sizes on normal schedulers) every case hit ExUnit's 60 s timeout, and
   # 20 pings behind the 0.45 ms quantize loops did not get through in 10 minutes.
   #
@@ -18,6 +19,8 @@ defmodule NxQuant.SchedulerFairnessTest do
   alias NxQuant.NIF
 
   @loopers 8
+  # the floor of the bound for calls that stay on normal schedulers (see the top)
+  @normal_bound_ms 50
   @pings 150
   @attempts 3
 
@@ -115,7 +118,7 @@ defmodule NxQuant.SchedulerFairnessTest do
 
     assert_fair(
       "quantize 32x1024",
-      20,
+      @normal_bound_ms,
       fn -> NIF.quantize(small, 32, 1024, :f32, 4, 64, 1) end,
       true
     )
@@ -126,11 +129,17 @@ defmodule NxQuant.SchedulerFairnessTest do
     assert_fair("dequantize 64x1024", 20, fn -> NIF.dequantize(big, false) end)
     assert_fair("dequantize 64x1024 (transposed)", 20, fn -> NIF.dequantize(big, true) end)
     small = NIF.quantize(f32_matrix(16, 1024), 16, 1024, :f32, 4, 64, 1)
-    assert_fair("dequantize 16x1024", 20, fn -> NIF.dequantize(small, false) end, true)
+
+    assert_fair(
+      "dequantize 16x1024",
+      @normal_bound_ms,
+      fn -> NIF.dequantize(small, false) end,
+      true
+    )
 
     assert_fair(
       "dequantize 16x1024 (transposed)",
-      20,
+      @normal_bound_ms,
       fn -> NIF.dequantize(small, true) end,
       true
     )
@@ -142,7 +151,8 @@ defmodule NxQuant.SchedulerFairnessTest do
       {packed, scales, biases} = NIF.parts(ref)
 
       call = fn -> NIF.quantized_tensor(packed, scales, biases, rows, 1024, :f32, 8, 32) end
-      assert_fair("quantized_tensor #{rows}x1024 8-bit", 20, call, relative)
+      bound = if relative, do: @normal_bound_ms, else: 20
+      assert_fair("quantized_tensor #{rows}x1024 8-bit", bound, call, relative)
     end
   end
 end

@@ -56,7 +56,9 @@ defmodule NxQuant.Core do
     * `transpose: false`: `x . stored`; x's last axis must be `rows`, the output's last
       axis is `cols`.
 
-  Leading axes of `x` are batch axes (flattened for the kernel, restored on output).
+  Leading axes of `x` are batch axes (flattened for the kernel, restored on output). The
+  weight must be 2-D (or a 2-D view): a rank > 2 weight raises, since MLX would multiply by
+  each of its matrices, not by their stack.
   Options: `:transpose`, `:out_type` (default x's type), `:threads`, and `:precision`:
 
     * `:exact` (the default): x stays f32; the result is dequantize-then-matmul within f32
