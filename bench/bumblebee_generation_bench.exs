@@ -27,52 +27,8 @@
 #                    the bandwidth is an Elixir-measured lower bound
 Code.require_file("decoder_model.exs", __DIR__)
 Code.require_file("read_bandwidth.exs", __DIR__)
+Code.require_file("timed_backend.exs", __DIR__)
 alias NxQuant.DecoderModel, as: Model
-
-defmodule BBTimedBackend do
-  @moduledoc false
-  # An inner backend for the shim that counts and times another one's callbacks (outermost
-  # calls only), as bench/decoder_bench.exs's TimedBackend.
-  @key {__MODULE__, :times}
-
-  def init(opts), do: :persistent_term.get({__MODULE__, :inner}).init(opts)
-
-  for {name, arity} <- Nx.Backend.behaviour_info(:callbacks), name != :init do
-    args = Macro.generate_arguments(arity, __MODULE__)
-    def unquote(name)(unquote_splicing(args)), do: timed(unquote(name), unquote(args))
-  end
-
-  defp timed(name, args) do
-    inner = :persistent_term.get({__MODULE__, :inner})
-
-    case Process.get(@key) do
-      %{} = times ->
-        Process.put(@key, :nested)
-        t0 = System.monotonic_time(:nanosecond)
-
-        try do
-          apply(inner, name, args)
-        after
-          dt = System.monotonic_time(:nanosecond) - t0
-          Process.put(@key, Map.update(times, name, {1, dt}, fn {n, t} -> {n + 1, t + dt} end))
-        end
-
-      _ ->
-        apply(inner, name, args)
-    end
-  end
-
-  def record(fun) do
-    Process.put(@key, %{})
-
-    try do
-      result = fun.()
-      {result, Process.get(@key)}
-    after
-      Process.delete(@key)
-    end
-  end
-end
 
 defmodule BBBench do
   @moduledoc false
@@ -232,17 +188,17 @@ defmodule BBBench do
   # generations of 1 + T and 1 new tokens, divided by T.
   def op_profile(cfg, prompt, tokens) do
     [backend: {inner, _}] = NxQuant.Backend.init([])
-    :persistent_term.put({BBTimedBackend, :inner}, inner)
+    :persistent_term.put({TimedBackend, :inner}, inner)
 
-    Nx.with_default_backend({NxQuant.Backend, backend: BBTimedBackend}, fn ->
+    Nx.with_default_backend({NxQuant.Backend, backend: TimedBackend}, fn ->
       info = model_info(Model.random_params(cfg), cfg)
       inputs = inputs(prompt)
       short = generate_fun(info, 1)
       long = generate_fun(info, 1 + tokens)
       short.(inputs)
       long.(inputs)
-      {{ns_s, _}, t_s} = BBTimedBackend.record(fn -> time_ns(fn -> short.(inputs) end) end)
-      {{ns_l, _}, t_l} = BBTimedBackend.record(fn -> time_ns(fn -> long.(inputs) end) end)
+      {{ns_s, _}, t_s} = TimedBackend.record(fn -> time_ns(fn -> short.(inputs) end) end)
+      {{ns_l, _}, t_l} = TimedBackend.record(fn -> time_ns(fn -> long.(inputs) end) end)
 
       per_token =
         for {op, {n_l, ns_op_l}} <- t_l do
