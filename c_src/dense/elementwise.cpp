@@ -365,7 +365,7 @@ void run_unary_buffered(const Runs<2>& walk, const View& in, Type out_type, void
   const StoreRunFn<C> st = storer_for<C>(out_type);
   const size_t cost = unary_is_transcendental(Op) ? kTranscendentalCost : kCheapCost;
   // exp and sigmoid written as f32/bf16/f16 (a softmax, SwiGLU) take the SIMD exp in double:
-  // within 1 ulp of those roundings of the C library's result, ~10x faster (elementwise_simd.h).
+  // within 1 ulp of those roundings of the C library's result (elementwise_simd.h).
   constexpr bool kExpLike = Op == UnaryOp::Exp || Op == UnaryOp::Sigmoid;
   const bool simd_exp = kExpLike && std::is_same_v<C, double> && is_narrow_float(out_type);
   run_split(walk.count, cost, threads, [&](size_t begin, size_t end) {

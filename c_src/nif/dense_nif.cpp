@@ -348,6 +348,42 @@ class Decoder {
     return p;
   }
 
+  // Argument i as a versioned-buffer handle {ref, version}.
+  VersionedHandle handle(int i, const char* name) const {
+    VersionedHandle h;
+    if (!get_versioned_handle(env(), args_.term(i), &h))
+      args_.expected(i, name, "a versioned buffer {ref, version}");
+    return h;
+  }
+
+  // The elements of a version of a versioned buffer, valid for the whole call: the current
+  // version in place (this call holds the buffer's lock shared until it ends, so no in-place
+  // write can change it meanwhile), an older one rebuilt into a copy.
+  const void* read_versioned(const VersionedHandle& handle, Type type, int i, const char* name,
+                             size_t* count) {
+    dense::VersionedBuffer& buffer = *handle.resource->buffer;
+    if (buffer.type() != type) {
+      args_.fail(i, name,
+                 std::string("has type ") + dense::type_name(type) +
+                     " but its versioned buffer holds " + dense::type_name(buffer.type()));
+    }
+    if (!reads(handle.resource)) {
+      shared_locks_.emplace_back(buffer.mutex());
+      locked_.push_back(handle.resource);
+    }
+    if (handle.version > buffer.version()) {
+      args_.fail(i, name,
+                 "is version " + std::to_string(handle.version) +
+                     " of a versioned buffer whose newest version is " +
+                     std::to_string(buffer.version()));
+    }
+    *count = buffer.count();
+    if (handle.version == buffer.version()) return buffer.data();
+    copies_.emplace_back((buffer.bytes() + 7) / 8);
+    buffer.read_version(handle.version, copies_.back().data());
+    return copies_.back().data();
+  }
+
   // Whether this call holds a read lock on `resource` (one of its operands is a version of it).
   bool reads(const VersionedResource* resource) const {
     for (const auto* r : locked_)
@@ -383,34 +419,6 @@ class Decoder {
     if (reinterpret_cast<uintptr_t>(bin.data) % alignment == 0) return bin.data;
     copies_.emplace_back((bin.size + 7) / 8);
     std::memcpy(copies_.back().data(), bin.data, bin.size);
-    return copies_.back().data();
-  }
-
-  // The elements of a version of a versioned buffer, valid for the whole call: the current
-  // version in place (this call holds the buffer's lock shared until it ends, so no in-place
-  // write can change it meanwhile), an older one rebuilt into a copy.
-  const void* read_versioned(const VersionedHandle& handle, Type type, int i, const char* name,
-                             size_t* count) {
-    dense::VersionedBuffer& buffer = *handle.resource->buffer;
-    if (buffer.type() != type) {
-      args_.fail(i, name,
-                 std::string("has type ") + dense::type_name(type) +
-                     " but its versioned buffer holds " + dense::type_name(buffer.type()));
-    }
-    if (!reads(handle.resource)) {
-      shared_locks_.emplace_back(buffer.mutex());
-      locked_.push_back(handle.resource);
-    }
-    if (handle.version > buffer.version()) {
-      args_.fail(i, name,
-                 "is version " + std::to_string(handle.version) +
-                     " of a versioned buffer whose newest version is " +
-                     std::to_string(buffer.version()));
-    }
-    *count = buffer.count();
-    if (handle.version == buffer.version()) return buffer.data();
-    copies_.emplace_back((buffer.bytes() + 7) / 8);
-    buffer.read_version(handle.version, copies_.back().data());
     return copies_.back().data();
   }
 
@@ -668,16 +676,17 @@ ERL_NIF_TERM put_slice_in_place(ErlNifEnv* env, const Decoder& d, const Versione
   dense::VersionedBuffer& buffer = *handle.resource->buffer;
   const size_t window_bytes = dense::element_count(piece.shape) * dense::type_size(out_type);
   if (buffer.type() != out_type || target.type != out_type || target.offset != 0 ||
-      target.strides != dense::contiguous_strides(shape) || buffer.count() != target.count ||
+      target.strides != dense::contiguous_strides(shape) ||
       buffer.count() != dense::element_count(shape) ||
-      buffer.undo_bytes() + window_bytes > buffer.bytes() / kUndoLogShare ||
       d.reads(handle.resource)) {  // the slice is read from this buffer (locked shared)
     return 0;
   }
   std::unique_lock<std::shared_mutex> lock(buffer.mutex(), std::try_to_lock);
-  // Busy (another call reads it) or no longer the newest version (someone else wrote first):
-  // copy. Checked under the lock, so a stale handle can never be written through.
-  if (!lock.owns_lock() || buffer.version() != handle.version) return 0;
+  // Busy (another call reads it), no longer the newest version (someone else wrote first) or
+  // its log full: copy. Checked under the lock, so a stale handle is never written through.
+  if (!lock.owns_lock() || buffer.version() != handle.version ||
+      buffer.undo_bytes() + window_bytes > buffer.bytes() / kUndoLogShare)
+    return 0;
   const uint64_t version = buffer.record_write(piece.shape, piece.out_offset, piece.out_strides);
   dense::copy_into(piece.shape, piece.in, out_type, buffer.data(), buffer.count(), piece.out_offset,
                    piece.out_strides, 1);
@@ -713,7 +722,6 @@ ERL_NIF_TERM dense_put_slice_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM ar
         get_versioned_handle(env, items[0], &handle)) {
       View target;
       target.type = d.type_term(items[1], 2, "target");
-      target.count = handle.resource->buffer->count();
       ErlNifSInt64 offset;
       if (enif_get_int64(env, items[2], &offset)) {
         target.offset = offset;
@@ -745,29 +753,17 @@ ERL_NIF_TERM dense_versioned_binary_nif(ErlNifEnv* env, int argc, const ERL_NIF_
   const char* fun = "dense_versioned_binary/1";
   return guarded(env, fun, [&] {
     Decoder d(env, fun, argv);
-    VersionedHandle handle;
-    if (!get_versioned_handle(env, argv[0], &handle)) {
-      d.args().expected(0, "handle", "a versioned buffer {ref, version}");
-    }
+    const VersionedHandle handle = d.handle(0, "handle");
     const dense::VersionedBuffer& buffer = *handle.resource->buffer;
     const double work = static_cast<double>(buffer.count()) * kCheapNs;
-    return schedule(env, work, "dense_versioned_binary", dense_versioned_binary_nif, argc, argv,
-                    [&] {
-                      std::shared_lock<std::shared_mutex> lock(buffer.mutex());
-                      if (handle.version > buffer.version()) {
-                        d.args().fail(0, "handle",
-                                      "is version " + std::to_string(handle.version) +
-                                          " of a versioned buffer whose newest version is " +
-                                          std::to_string(buffer.version()));
-                      }
-                      Output out(buffer.count(), buffer.type());
-                      if (handle.version == buffer.version()) {
-                        if (out.size() > 0) std::memcpy(out.data(), buffer.data(), out.size());
-                      } else {
-                        buffer.read_version(handle.version, out.data());
-                      }
-                      return out.release(env);
-                    });
+    return schedule(
+        env, work, "dense_versioned_binary", dense_versioned_binary_nif, argc, argv, [&] {
+          size_t count;
+          const void* data = d.read_versioned(handle, buffer.type(), 0, "handle", &count);
+          Output out(count, buffer.type());
+          if (out.size() > 0) std::memcpy(out.data(), data, out.size());
+          return out.release(env);
+        });
   });
 }
 
@@ -776,10 +772,7 @@ ERL_NIF_TERM dense_versioned_info_nif(ErlNifEnv* env, int /*argc*/, const ERL_NI
   const char* fun = "dense_versioned_info/1";
   return guarded(env, fun, [&] {
     Decoder d(env, fun, argv);
-    VersionedHandle handle;
-    if (!get_versioned_handle(env, argv[0], &handle)) {
-      d.args().expected(0, "handle", "a versioned buffer {ref, version}");
-    }
+    const VersionedHandle handle = d.handle(0, "handle");
     const dense::VersionedBuffer& buffer = *handle.resource->buffer;
     std::shared_lock<std::shared_mutex> lock(buffer.mutex());
     return enif_make_tuple4(
