@@ -120,7 +120,7 @@ TEST(DenseMatmul, FewRowsEveryLayoutAndCpuPath) {
   for (const auto& f : {portable, avx2, all}) {
     nx_quant::detail::ScopedCpuFeatures scoped(f);
     for (int64_t m : {1, 2, 4, 5})
-      for (int64_t n : {1, 9, 33, 130})
+      for (int64_t n : {1, 9, 33, 50, 130})
         for (int64_t k : {1, 9, 70})
           for (Type bt : {Type::F32, Type::BF16, Type::F16})
             for (Type at : {bt, Type::F64, Type::S32}) {
