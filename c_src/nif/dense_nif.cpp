@@ -446,20 +446,23 @@ class Output {
   OutputBuffer buffer_;
 };
 
-// Work estimated above this many nanoseconds (on one core) moves to a dirty CPU scheduler:
-// the switch costs tens of microseconds, so only longer calls pay for it.
-constexpr double kDirtyNs = 300'000;
+// Work estimated above kNormalSchedulerBudgetNs (terms.h, ~1 ms on one core) moves to a dirty
+// CPU scheduler, as the quantized matmul's does: a decode step's dense ops are its hot path as
+// much as its matmuls, and a dirty round trip costs 100-150 us in a VM on a busy 2-core machine
+// (measured: a softmax's exp over {8, 4, 2048} f32, 51 us of work at 2 threads, took 193 us
+// through the dirty scheduler).
+constexpr double kDirtyNs = kNormalSchedulerBudgetNs;
 
 // Rough single-core costs, nanoseconds per element (measured on the kernels, 2 vCPUs; they only
 // need to be right within a factor of ~2).
 constexpr double kCheapNs = 1.5;          // copies, conversions, arithmetic, comparisons
 constexpr double kSqrtNs = 4;             // sqrt / rsqrt in double
 constexpr double kTranscendentalNs = 12;  // libm calls in double
-// One multiply-add of a matmul: float operands run the SIMD double micro-kernels (~0.05-0.1 ns
-// measured on one core, AVX-512/AVX2; the portable loop several times that), integers the
-// scalar wrapping loop. A decode step's attention dots (~0.5M multiply-adds at context 256)
-// then stay on the calling scheduler: a dirty-scheduler round trip costs more than they do.
-constexpr double kFloatMacNs = 0.25;
+// One multiply-add of a matmul: float operands run the SIMD double micro-kernels (a decode
+// step's attention dots over an f32 KV cache from memory, one thread: 0.17 ns on AVX-512 and
+// AVX2, 0.33 ns portable), integers the scalar wrapping loop. The dots of a decode step (4.2M
+// multiply-adds per layer at context 2048) then stay on the calling scheduler.
+constexpr double kFloatMacNs = 0.2;
 constexpr double kIntMacNs = 1.5;
 
 double unary_cost(UnaryOp op) {

@@ -34,8 +34,9 @@ defmodule NxQuant.Native do
   (`test/native/*_test.exs`) compare every function with a pure-Elixir transcription of
   BinaryBackend's rules (`test/support/native_reference.ex`).
 
-  Calls estimated above ~0.3 ms of work run on a dirty CPU scheduler; shorter ones stay on
-  the calling scheduler (a small call costs well under a microsecond on top of the kernel).
+  Calls estimated above ~1 ms of work (one thread) run on a dirty CPU scheduler, as the
+  quantized matmul's do; shorter ones stay on the calling scheduler and are charged to it (a
+  small call costs well under a microsecond on top of the kernel).
   """
 
   alias NxQuant.{Dense, NIF}
