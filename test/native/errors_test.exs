@@ -153,7 +153,8 @@ defmodule NxQuant.Native.ErrorsTest do
     test "operands: shape, arity, binary, type, offset, strides" do
       bad = [
         {{1, 2}, ~r/argument 4 \(operand\) must be an operand \{binary, type, offset, strides\}/},
-        {{:x, :f32, 0, {1}}, ~r/must hold a binary or a versioned buffer {ref, version}, got: :x/},
+        {{:x, :f32, 0, {1}},
+         ~r/must hold a binary or a versioned buffer {ref, version}, got: :x/},
         {{<<0::32, 0::32>>, :f99, 0, {1}}, ~r/must have a type one of :u8/},
         {{<<0::24>>, :f32, 0, {}}, ~r/not a whole number of f32 elements/},
         {{<<0::32, 0::32>>, :f32, 1.0, {1}}, ~r/integer offset/},
