@@ -5,6 +5,9 @@ defmodule NxQuant.FileSafetyTest do
   # killing or stalling the suite.
   use ExUnit.Case, async: false
 
+  # Its outcome cannot depend on the kernels' dispatch level: scripts/test runs it once.
+  @moduletag :dispatch_independent
+
   alias NxQuant.{Checkpoint, ChildVM, Convert, Core, Safetensors}
   alias NxQuant.TestReference, as: Ref
 
