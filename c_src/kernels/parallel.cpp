@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -13,20 +14,38 @@ namespace nx_quant::detail {
 
 namespace {
 
-// A persistent pool: workers sleep on a condition variable between jobs; the submitting
-// thread works too. Waking a sleeping thread costs tens of microseconds (more in a VM), a
-// noticeable share of a decode-sized matmul (~0.2-1 ms), and decode calls come back to back:
-// so a worker that has just finished spins for a short while (kSpinIterations pauses, ~0.1 ms)
-// watching for the next job before it sleeps, and the caller spins the same way for the
-// helpers to finish.
-constexpr int kSpinIterations = 4000;
-
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #elif defined(__aarch64__)
   asm volatile("yield");
 #endif
+}
+
+// A persistent pool: workers sleep on a condition variable between jobs; the submitting
+// thread works too. Waking a sleeping thread costs tens of microseconds (more in a VM), a
+// noticeable share of a decode-sized matmul (~0.2-1 ms), and decode calls come back to back:
+// so a worker that has just finished spins for a while (kSpinTime) watching for the next job
+// before it sleeps, and the caller spins the same way for the helpers to finish. The spin is
+// timed, not counted: a pause takes 10 ns on one CPU and 140 on another. (It was 4000 pauses,
+// 40 us on a Sapphire Rapids Xeon: in a decode step, where the dense ops between two pooled
+// calls take longer than that, every call woke a sleeping worker that then came too late to
+// help — a q.k^T at context 256 took 60-80 us with 2 threads after a 50-500 us gap, 37-40 us
+// back to back, 60 us on one thread.)
+constexpr auto kSpinTime = std::chrono::microseconds(300);
+constexpr int kPausesPerClockRead = 32;
+
+// Spins until done() or kSpinTime has passed; true if done() became true.
+template <typename Done>
+bool spin_until(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
+  for (;;) {
+    for (int i = 0; i < kPausesPerClockRead; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return done();
+  }
 }
 
 // How a job's units are shared. Each party (the caller and each helper) owns one contiguous
@@ -112,9 +131,7 @@ class ThreadPool {
     }
     wake_.notify_all();
     work(0);
-    for (int i = 0; i < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++i) {
-      cpu_relax();
-    }
+    spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; });
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [this] { return pending_ == 0; });
     job_ = nullptr;
@@ -138,10 +155,7 @@ class ThreadPool {
   void worker_loop(int index) {
     size_t seen = 0;
     for (;;) {
-      for (int i = 0; i < kSpinIterations && generation_.load(std::memory_order_acquire) == seen;
-           ++i) {
-        cpu_relax();
-      }
+      spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
