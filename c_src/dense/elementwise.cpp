@@ -602,6 +602,26 @@ void pick_elements(size_t size, const double* pred, const unsigned char* t, cons
   }
 }
 
+// The common select of a model (an attention mask: a u8 comparison result choosing between f32
+// scores and an f32 constant), in one pass over the bits: pred, on_true and out contiguous in
+// the run, on_false contiguous or one value. NaNs are written canonical, as the general path
+// does. (Integer bit operations, so that the loop vectorizes: 1.9x the float form here.)
+void select_f32_by_u8(const uint8_t* p, const uint32_t* t, const uint32_t* f, int64_t f_stride,
+                      uint32_t* o, int64_t n) {
+  constexpr uint32_t kAbs = 0x7FFFFFFF, kInf = 0x7F800000, kNaN = detail::kF32NanBits;
+  auto pick = [&](int64_t i, uint32_t fv) {
+    const uint32_t mask = 0u - static_cast<uint32_t>(p[i] != 0);
+    const uint32_t v = (t[i] & mask) | (fv & ~mask);
+    o[i] = (v & kAbs) > kInf ? kNaN : v;
+  };
+  if (f_stride == 0) {
+    const uint32_t fv = f[0];
+    for (int64_t i = 0; i < n; ++i) pick(i, fv);
+  } else {
+    for (int64_t i = 0; i < n; ++i) pick(i, f[i]);
+  }
+}
+
 }  // namespace
 
 void select(const Shape& shape, const View& pred, const View& on_true, const View& on_false,
@@ -618,10 +638,20 @@ void select(const Shape& shape, const View& pred, const View& on_true, const Vie
   const ConvertRunFn ct = converter_for<true>(on_true.type, out_type);
   const ConvertRunFn cf = converter_for<true>(on_false.type, out_type);
   const size_t size = type_size(out_type);
+  const bool f32_by_u8 = pred.type == Type::U8 && on_true.type == Type::F32 &&
+                         on_false.type == Type::F32 && out_type == Type::F32;
   run_split(walk.count, kCheapCost, threads, [&](size_t begin, size_t end) {
     alignas(64) double bp[kChunk];
     alignas(64) unsigned char bt[kChunk * 8], bf[kChunk * 8];
     walk.for_each_run(begin, end, [&](const auto& off, int64_t len, const auto& inner, size_t) {
+      if (f32_by_u8 && inner[0] == 1 && inner[1] == 1 && inner[3] == 1 &&
+          (inner[2] == 0 || inner[2] == 1)) {
+        select_f32_by_u8(static_cast<const uint8_t*>(pred.data) + off[0],
+                         static_cast<const uint32_t*>(on_true.data) + off[1],
+                         static_cast<const uint32_t*>(on_false.data) + off[2], inner[2],
+                         static_cast<uint32_t*>(out) + off[3], len);
+        return;
+      }
       unsigned char* o = static_cast<unsigned char*>(out);
       if (inner[0] == 0) {  // one pred value for the whole run: convert the chosen side only
         lp(pred.data, off[0], 0, 1, bp);

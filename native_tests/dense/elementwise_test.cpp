@@ -751,6 +751,40 @@ TEST(DenseSelect, EveryPredTypeAndValueTypes) {
   }
 }
 
+// The one-pass path (u8 pred, f32 values): on_false one value or contiguous; NaN payloads in
+// either side come out canonical, -0.0 and infinities unchanged, every pred value != 0 true.
+TEST(DenseSelect, MaskOfF32ByU8InOnePass) {
+  const std::vector<uint64_t> pred = {0, 1, 255, 0, 7, 0, 1, 0, 2, 0};
+  const std::vector<uint64_t> on_true = {1,          0x80000000, 0x7FA00001, 0xFF800000, 0x7F800000,
+                                         0x3F800000, 0xFFC00123, 0x00000001, 0xBF800000, 5};
+  const std::vector<uint64_t> on_false_bits = {0xFF800000, 0x7FC00042};
+  for (uint64_t fv : on_false_bits) {
+    const Buf p = make_buf(Type::U8, pred), t = make_buf(Type::F32, on_true);
+    const Buf f = make_buf(Type::F32, {fv});
+    const int64_t n = static_cast<int64_t>(pred.size());
+    Buf o(Type::F32, pred.size());
+    select({n}, p.view({n}), t.view({n}), f.view_strided(0, {0}), Type::F32, o.data());
+    for (size_t i = 0; i < pred.size(); ++i) {
+      const uint64_t v = pred[i] != 0 ? on_true[i] : fv;
+      const bool nan = (v & 0x7FFFFFFF) > 0x7F800000;
+      EXPECT_EQ(o.get(i), nan ? 0x7FC00000u : v) << i;
+    }
+  }
+  const Buf p = make_buf(Type::U8, pred), t = make_buf(Type::F32, on_true);
+  const std::vector<uint64_t> on_false = {2, 0xFFC00000, 3, 4, 5, 6, 0x80000000, 8, 9, 0x7F800001};
+  const Buf f = make_buf(Type::F32, on_false);
+  const int64_t n = static_cast<int64_t>(pred.size());
+  Buf o(Type::F32, pred.size());
+  select({n}, p.view({n}), t.view({n}), f.view({n}), Type::F32, o.data());
+  for (size_t i = 0; i < pred.size(); ++i) {
+    const uint64_t v = pred[i] != 0 ? on_true[i] : on_false[i];
+    const bool nan = (v & 0x7FFFFFFF) > 0x7F800000;
+    EXPECT_EQ(o.get(i), nan ? 0x7FC00000u : v) << i;
+  }
+  EXPECT_EQ(o.get(3), 4u);  // a false pred picks on_false
+  EXPECT_EQ(o.get(9), 0x7FC00000u);
+}
+
 TEST(DenseSelect, NaNPredIsTrueNegativeZeroFalseAndNaNValuesCanonical) {
   const Buf p = make_buf(Type::F32, {0x7FC00001, 0x80000000});
   const Buf t = make_buf(Type::F32, {0x7FA00001, 1});
