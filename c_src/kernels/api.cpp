@@ -11,6 +11,9 @@
 #if defined(__x86_64__)
 #include "simd_kernels.h"
 #endif
+#if defined(__aarch64__)
+#include "arm/neon/neon_kernels.h"
+#endif
 
 namespace nx_quant {
 
@@ -43,7 +46,7 @@ void validate_options(const ExecOptions& options) {
   if (options.threads < 0) {
     throw InvalidArgument("threads must be >= 0 (got " + std::to_string(options.threads) + ")");
   }
-  if (static_cast<unsigned>(options.kernel) > static_cast<unsigned>(KernelChoice::Avx512)) {
+  if (static_cast<unsigned>(options.kernel) > static_cast<unsigned>(KernelChoice::Neon)) {
     throw InvalidArgument("kernel choice is not a KernelChoice value");
   }
   if (static_cast<unsigned>(options.precision) > static_cast<unsigned>(Precision::Int8)) {
@@ -80,10 +83,16 @@ KernelChoice resolve_kernel(KernelChoice choice) {
   const bool have_avx2 = cpu.avx2_fma;
 #else
   const bool have_avx512 = false, have_avx2 = false;
-  (void)cpu;
 #endif
+#if defined(__aarch64__)
+  const bool have_neon = cpu.neon;
+#else
+  const bool have_neon = false;
+#endif
+  (void)cpu;
   switch (choice) {
     case KernelChoice::Auto:
+      if (have_neon) return KernelChoice::Neon;
       if (have_avx512) return KernelChoice::Avx512;
       return have_avx2 ? KernelChoice::Avx2 : KernelChoice::Portable;
     case KernelChoice::Avx512:
@@ -95,6 +104,11 @@ KernelChoice resolve_kernel(KernelChoice choice) {
     case KernelChoice::Avx2:
       if (!have_avx2) {
         throw InvalidArgument("kernel Avx2 needs AVX2, FMA and F16C, which this CPU does not have");
+      }
+      return choice;
+    case KernelChoice::Neon:
+      if (!have_neon) {
+        throw InvalidArgument("kernel Neon needs an aarch64 CPU with Advanced SIMD (NEON)");
       }
       return choice;
     default:
@@ -159,6 +173,15 @@ void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const Qu
     return;
   }
 #endif
+#if defined(__aarch64__)
+  if (kernel == KernelChoice::Neon) {
+    detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {
+      neon::quantize_rows(dense.data, dtype, cols, spec, begin, end, words, scales.data,
+                          biases.data);
+    });
+    return;
+  }
+#endif
   (void)kernel;
   detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {
     portable::quantize(dense.data, dtype, cols, spec, begin, end, words, scales.data, biases.data);
@@ -189,6 +212,14 @@ void dequantize(const QuantizedMatrix& w, MutableBuffer out, bool transpose_out,
   if (kernel == KernelChoice::Avx2 && !transpose_out) {
     detail::parallel_for(w.rows, 1, options.threads, [&](size_t begin, size_t end) {
       avx2::dequantize_rows(w, begin, end, out.data);
+    });
+    return;
+  }
+#endif
+#if defined(__aarch64__)
+  if (kernel == KernelChoice::Neon) {
+    detail::parallel_for(w.rows, 1, options.threads, [&](size_t begin, size_t end) {
+      neon::dequantize_rows(w, transpose_out, begin, end, out.data);
     });
     return;
   }
@@ -236,6 +267,23 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
       const auto operand = avx512::prepare_int8(xa, w.spec.bits);
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
         avx512::gemv_nk_int8(operand, w, out_dtype, begin, end, out.data);
+      });
+      return;
+    }
+#endif
+#if defined(__aarch64__)
+    if (kernel == KernelChoice::Neon && detail::cpu_features().neon_i8mm) {
+      const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
+      const auto pairs = neon::prepare_int8_pairs(xa, gs);
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        neon::gemv_nk_int8_i8mm(pairs, w, out_dtype, begin, end, out.data);
+      });
+      return;
+    }
+    if (kernel == KernelChoice::Neon && detail::cpu_features().neon_dotprod) {
+      const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        neon::gemv_nk_int8_dotprod(xa, w, out_dtype, begin, end, out.data);
       });
       return;
     }
@@ -318,6 +366,26 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
     return;
   }
 #endif
+#if defined(__aarch64__)
+  if (kernel == KernelChoice::Neon) {
+    // Decode-sized batches stream W once per call (4 rows at a time for transpose=true, 32
+    // columns at a time for transpose=false); larger ones dequantize f32 panels (GEMM).
+    if (transpose && m < kGemvMaxRows) {
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        neon::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);
+      });
+    } else if (!transpose && m < kGemvKnMaxRows) {
+      detail::parallel_for(n_dim, neon::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
+        neon::gemv_kn(xf.data(), m, w, out_dtype, begin, end, out.data);
+      });
+    } else {
+      detail::parallel_for(n_dim, neon::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
+        neon::gemm(xf.data(), m, w, transpose, out_dtype, begin, end, out.data);
+      });
+    }
+    return;
+  }
+#endif
   // Portable: split the output columns; for transpose=false keep splits on group boundaries.
   const size_t grain = transpose ? 1 : static_cast<size_t>(w.spec.group_size);
   detail::parallel_for(n_dim, grain, options.threads, [&](size_t begin, size_t end) {
@@ -343,6 +411,9 @@ double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
   }
   double slowdown = 1.0;  // relative to AVX-512
   if (kernel == KernelChoice::Avx2) slowdown = 2.0;
+  // NEON: not measured (no aarch64 machine; QEMU says nothing about speed). 128-bit vectors,
+  // two FMA pipes on common server cores: taken as about twice AVX2, high rather than low.
+  if (kernel == KernelChoice::Neon) slowdown = 3.5;
   if (kernel == KernelChoice::Portable || kernel == KernelChoice::Reference) slowdown = 40.0;
   double ns;
   if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit) {
@@ -361,6 +432,7 @@ namespace {
 double simd_slowdown(const ExecOptions& options, double portable) {
   try {
     const KernelChoice kernel = resolve_kernel(options.kernel);
+    if (kernel == KernelChoice::Neon) return 1.5;  // not measured: 4 lanes instead of 8 assumed
     return kernel == KernelChoice::Avx512 || kernel == KernelChoice::Avx2 ? 1.0 : portable;
   } catch (const InvalidArgument&) {
     return portable;  // the call itself will fail; any estimate will do
