@@ -12,7 +12,7 @@
 #include "simd_kernels.h"
 #endif
 #if defined(__aarch64__)
-#include "arm/neon/neon_kernels.h"
+#include "arm/neon/plan_neon.h"
 #endif
 
 namespace nx_quant {
@@ -175,11 +175,8 @@ void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const Qu
 #endif
 #if defined(__aarch64__)
   if (kernel == KernelChoice::Neon) {
-    detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {
-      neon::quantize_rows(dense.data, dtype, cols, spec, begin, end, words, scales.data,
-                          biases.data);
-    });
-    return;
+    return neon::quantize(dense.data, dtype, rows, cols, spec, words, scales.data, biases.data,
+                          options.threads);
   }
 #endif
   (void)kernel;
@@ -218,10 +215,7 @@ void dequantize(const QuantizedMatrix& w, MutableBuffer out, bool transpose_out,
 #endif
 #if defined(__aarch64__)
   if (kernel == KernelChoice::Neon) {
-    detail::parallel_for(w.rows, 1, options.threads, [&](size_t begin, size_t end) {
-      neon::dequantize_rows(w, transpose_out, begin, end, out.data);
-    });
-    return;
+    return neon::dequantize(w, transpose_out, out.data, options.threads);
   }
 #endif
   (void)kernel;
@@ -259,6 +253,11 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
   }
   const std::vector<float> xf = to_f32(x, x_dtype, m * k_dim);
   const KernelChoice kernel = resolve_kernel(options.kernel);
+#if defined(__aarch64__)
+  if (kernel == KernelChoice::Neon) {  // the NEON module plans the whole call (arm/neon)
+    return neon::quantized_matmul(xf.data(), m, w, transpose, out_dtype, out.data, options);
+  }
+#endif
   if (options.precision == Precision::Int8 && transpose && m < kGemvMaxRows) {
     const size_t gs = static_cast<size_t>(w.spec.group_size);
 #if defined(__x86_64__)
@@ -267,23 +266,6 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
       const auto operand = avx512::prepare_int8(xa, w.spec.bits);
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
         avx512::gemv_nk_int8(operand, w, out_dtype, begin, end, out.data);
-      });
-      return;
-    }
-#endif
-#if defined(__aarch64__)
-    if (kernel == KernelChoice::Neon && detail::cpu_features().neon_i8mm) {
-      const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
-      const auto pairs = neon::prepare_int8_pairs(xa, gs);
-      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
-        neon::gemv_nk_int8_i8mm(pairs, w, out_dtype, begin, end, out.data);
-      });
-      return;
-    }
-    if (kernel == KernelChoice::Neon && detail::cpu_features().neon_dotprod) {
-      const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
-      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
-        neon::gemv_nk_int8_dotprod(xa, w, out_dtype, begin, end, out.data);
       });
       return;
     }
@@ -361,26 +343,6 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
     } else {
       detail::parallel_for(n_dim, avx2::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
         avx2::gemm(xf.data(), m, w, transpose, out_dtype, begin, end, out.data);
-      });
-    }
-    return;
-  }
-#endif
-#if defined(__aarch64__)
-  if (kernel == KernelChoice::Neon) {
-    // Decode-sized batches stream W once per call (4 rows at a time for transpose=true, 32
-    // columns at a time for transpose=false); larger ones dequantize f32 panels (GEMM).
-    if (transpose && m < kGemvMaxRows) {
-      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
-        neon::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);
-      });
-    } else if (!transpose && m < kGemvKnMaxRows) {
-      detail::parallel_for(n_dim, neon::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
-        neon::gemv_kn(xf.data(), m, w, out_dtype, begin, end, out.data);
-      });
-    } else {
-      detail::parallel_for(n_dim, neon::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
-        neon::gemm(xf.data(), m, w, transpose, out_dtype, begin, end, out.data);
       });
     }
     return;
