@@ -24,6 +24,7 @@ namespace {
 std::vector<KernelChoice> conversion_kernels() {
   std::vector<KernelChoice> kernels = {KernelChoice::Portable, KernelChoice::Auto};
   if (detail::cpu_features().avx2_fma) kernels.push_back(KernelChoice::Avx2);
+  if (detail::cpu_features().neon) kernels.push_back(KernelChoice::Neon);
   return kernels;
 }
 

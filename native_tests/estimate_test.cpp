@@ -38,7 +38,9 @@ TEST(EstimatedMatmulNs, GrowsWithTheWork) {
 }
 
 TEST(EstimatedMatmulNs, PortableIsEstimatedSlowerThanSimd) {
-  if (!detail::cpu_features().avx2_fma) GTEST_SKIP() << "no SIMD kernel on this CPU";
+  if (!detail::cpu_features().avx2_fma && !detail::cpu_features().neon) {
+    GTEST_SKIP() << "no SIMD kernel on this CPU";
+  }
   const auto w = shape_only(1024, 1024, 4);
   const double portable = estimated_matmul_ns(1, w, true, with_kernel(KernelChoice::Portable));
   EXPECT_GT(portable, estimated_matmul_ns(1, w, true, with_kernel(KernelChoice::Auto)) * 10);

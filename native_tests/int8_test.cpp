@@ -32,7 +32,8 @@ struct Int8Case {
 };
 
 // Every kernel this CPU can run: the portable loop, Auto, each SIMD kernel explicitly, and
-// AVX-512 without VNNI (which computes exactly).
+// AVX-512 without VNNI (which computes exactly); NEON with i8mm, with dotprod only, and
+// without either (which computes exactly).
 std::vector<Int8Case> int8_cases() {
   const detail::CpuFeatures cpu = detail::cpu_features();
   std::vector<Int8Case> cases = {{"portable", KernelChoice::Portable, cpu},
@@ -44,20 +45,34 @@ std::vector<Int8Case> int8_cases() {
     no_vnni.avx512_vnni = false;
     cases.push_back({"avx512 without VNNI", KernelChoice::Avx512, no_vnni});
   }
+  if (cpu.neon) cases.push_back({"neon", KernelChoice::Neon, cpu});
+  if (cpu.neon_i8mm) {
+    detail::CpuFeatures dotprod_only = cpu;
+    dotprod_only.neon_i8mm = false;
+    cases.push_back({"neon dotprod without i8mm", KernelChoice::Neon, dotprod_only});
+  }
+  if (cpu.neon_dotprod) {
+    detail::CpuFeatures plain = cpu;
+    plain.neon_dotprod = plain.neon_i8mm = false;
+    cases.push_back({"neon without dotprod", KernelChoice::Neon, plain});
+  }
   return cases;
 }
 
 // Whether Precision::Int8 approximates with `kernel` on the CPU features in force, as
-// quantized_matmul dispatches it (c_src/kernels/api.cpp): the portable int8 loop, or AVX-512
-// with VNNI; every other kernel computes exactly. (Decode shapes only: transpose, m < 8.)
+// quantized_matmul dispatches it (c_src/kernels/api.cpp): the portable int8 loop, AVX-512
+// with VNNI, or NEON with dotprod; every other kernel computes exactly. (Decode shapes only:
+// transpose, m < 8.)
 bool int8_approximates(KernelChoice kernel) {
   const auto& cpu = detail::cpu_features();
   if (kernel == KernelChoice::Auto) {
-    kernel = cpu.avx512     ? KernelChoice::Avx512
+    kernel = cpu.neon       ? KernelChoice::Neon
+             : cpu.avx512   ? KernelChoice::Avx512
              : cpu.avx2_fma ? KernelChoice::Avx2
                             : KernelChoice::Portable;
   }
-  return kernel == KernelChoice::Portable || (kernel == KernelChoice::Avx512 && cpu.avx512_vnni);
+  return kernel == KernelChoice::Portable || (kernel == KernelChoice::Avx512 && cpu.avx512_vnni) ||
+         (kernel == KernelChoice::Neon && cpu.neon_dotprod);
 }
 
 // out[m, n] in f32 from x [m, k] against w stored [n, k], fast mode (or `precision`).

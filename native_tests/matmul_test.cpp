@@ -69,11 +69,12 @@ void check_case(const Case& c, KernelChoice kernel, int threads) {
 
 }  // namespace
 
-// Every implementation this CPU can run: the portable one, and AVX2 / AVX-512 where available
-// (each with its GEMV path for m < 8 with transpose=true and its panel GEMM path otherwise).
+// Every implementation this CPU can run: the portable one, and AVX2 / AVX-512 / NEON where
+// available (each with its GEMV path for m < 8 with transpose=true and its panel GEMM path
+// otherwise).
 std::vector<KernelChoice> runnable_kernels() {
   std::vector<KernelChoice> kernels = {KernelChoice::Portable};
-  for (KernelChoice simd : {KernelChoice::Avx2, KernelChoice::Avx512}) {
+  for (KernelChoice simd : {KernelChoice::Avx2, KernelChoice::Avx512, KernelChoice::Neon}) {
     ExecOptions probe;
     probe.kernel = simd;
     try {

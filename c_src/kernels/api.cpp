@@ -11,6 +11,9 @@
 #if defined(__x86_64__)
 #include "simd_kernels.h"
 #endif
+#if defined(__aarch64__)
+#include "arm/neon/plan_neon.h"
+#endif
 
 namespace nx_quant {
 
@@ -43,7 +46,7 @@ void validate_options(const ExecOptions& options) {
   if (options.threads < 0) {
     throw InvalidArgument("threads must be >= 0 (got " + std::to_string(options.threads) + ")");
   }
-  if (static_cast<unsigned>(options.kernel) > static_cast<unsigned>(KernelChoice::Avx512)) {
+  if (static_cast<unsigned>(options.kernel) > static_cast<unsigned>(KernelChoice::Neon)) {
     throw InvalidArgument("kernel choice is not a KernelChoice value");
   }
   if (static_cast<unsigned>(options.precision) > static_cast<unsigned>(Precision::Int8)) {
@@ -80,10 +83,16 @@ KernelChoice resolve_kernel(KernelChoice choice) {
   const bool have_avx2 = cpu.avx2_fma;
 #else
   const bool have_avx512 = false, have_avx2 = false;
-  (void)cpu;
 #endif
+#if defined(__aarch64__)
+  const bool have_neon = cpu.neon;
+#else
+  const bool have_neon = false;
+#endif
+  (void)cpu;
   switch (choice) {
     case KernelChoice::Auto:
+      if (have_neon) return KernelChoice::Neon;
       if (have_avx512) return KernelChoice::Avx512;
       return have_avx2 ? KernelChoice::Avx2 : KernelChoice::Portable;
     case KernelChoice::Avx512:
@@ -95,6 +104,11 @@ KernelChoice resolve_kernel(KernelChoice choice) {
     case KernelChoice::Avx2:
       if (!have_avx2) {
         throw InvalidArgument("kernel Avx2 needs AVX2, FMA and F16C, which this CPU does not have");
+      }
+      return choice;
+    case KernelChoice::Neon:
+      if (!have_neon) {
+        throw InvalidArgument("kernel Neon needs an aarch64 CPU with Advanced SIMD (NEON)");
       }
       return choice;
     default:
@@ -159,6 +173,12 @@ void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const Qu
     return;
   }
 #endif
+#if defined(__aarch64__)
+  if (kernel == KernelChoice::Neon) {
+    return neon::quantize(dense.data, dtype, rows, cols, spec, words, scales.data, biases.data,
+                          options.threads);
+  }
+#endif
   (void)kernel;
   detail::parallel_for(rows, 1, options.threads, [&](size_t begin, size_t end) {
     portable::quantize(dense.data, dtype, cols, spec, begin, end, words, scales.data, biases.data);
@@ -191,6 +211,11 @@ void dequantize(const QuantizedMatrix& w, MutableBuffer out, bool transpose_out,
       avx2::dequantize_rows(w, begin, end, out.data);
     });
     return;
+  }
+#endif
+#if defined(__aarch64__)
+  if (kernel == KernelChoice::Neon) {
+    return neon::dequantize(w, transpose_out, out.data, options.threads);
   }
 #endif
   (void)kernel;
@@ -228,6 +253,11 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
   }
   const std::vector<float> xf = to_f32(x, x_dtype, m * k_dim);
   const KernelChoice kernel = resolve_kernel(options.kernel);
+#if defined(__aarch64__)
+  if (kernel == KernelChoice::Neon) {  // the NEON module plans the whole call (arm/neon)
+    return neon::quantized_matmul(xf.data(), m, w, transpose, out_dtype, out.data, options);
+  }
+#endif
   if (options.precision == Precision::Int8 && transpose && m < kGemvMaxRows) {
     const size_t gs = static_cast<size_t>(w.spec.group_size);
 #if defined(__x86_64__)
@@ -343,6 +373,9 @@ double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
   }
   double slowdown = 1.0;  // relative to AVX-512
   if (kernel == KernelChoice::Avx2) slowdown = 2.0;
+  // NEON: not measured (no aarch64 machine; QEMU says nothing about speed). 128-bit vectors,
+  // two FMA pipes on common server cores: taken as about twice AVX2, high rather than low.
+  if (kernel == KernelChoice::Neon) slowdown = 3.5;
   if (kernel == KernelChoice::Portable || kernel == KernelChoice::Reference) slowdown = 40.0;
   double ns;
   if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit) {
@@ -361,6 +394,7 @@ namespace {
 double simd_slowdown(const ExecOptions& options, double portable) {
   try {
     const KernelChoice kernel = resolve_kernel(options.kernel);
+    if (kernel == KernelChoice::Neon) return 1.5;  // not measured: 4 lanes instead of 8 assumed
     return kernel == KernelChoice::Avx512 || kernel == KernelChoice::Avx2 ? 1.0 : portable;
   } catch (const InvalidArgument&) {
     return portable;  // the call itself will fail; any estimate will do

@@ -8,6 +8,9 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 namespace nx_quant::detail {
 
@@ -29,6 +32,17 @@ CpuFeatures detect() {
   f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");
   f.avx512_bf16 = f.avx512 && bf16;
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+  // Bits of <asm/hwcap.h>, spelled out for older headers.
+  constexpr unsigned long kHwcapAsimd = 1ul << 1, kHwcapAsimdDp = 1ul << 20;
+  constexpr unsigned long kHwcap2I8mm = 1ul << 13;
+  const unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+  f.neon = (hwcap & kHwcapAsimd) != 0;
+  f.neon_dotprod = f.neon && (hwcap & kHwcapAsimdDp) != 0;
+  f.neon_i8mm = f.neon_dotprod && (hwcap2 & kHwcap2I8mm) != 0;
+#elif defined(__aarch64__)
+  f.neon = true;  // Advanced SIMD is part of every AArch64 CPU; the extensions stay off
+#endif
   return f;
 }
 
@@ -42,9 +56,9 @@ State read_state() {
   const char* text = std::getenv("NX_QUANT_MAX_ISA");
   s.cap = parse_isa_level(text);
   if (!s.cap && text != nullptr && *text != '\0') {
-    std::fprintf(stderr,
-                 "nx_quant: ignoring NX_QUANT_MAX_ISA=%s (expected avx512, avx2 or portable)\n",
-                 text);
+    std::fprintf(
+        stderr,
+        "nx_quant: ignoring NX_QUANT_MAX_ISA=%s (expected avx512, avx2, neon or portable)\n", text);
   }
   s.features = s.cap ? capped(detect(), *s.cap) : detect();
   return s;
@@ -74,7 +88,7 @@ std::optional<IsaLevel> isa_cap() {
 
 std::optional<IsaLevel> parse_isa_level(const char* text) {
   if (text == nullptr) return std::nullopt;
-  for (IsaLevel level : {IsaLevel::Avx512, IsaLevel::Avx2, IsaLevel::Portable}) {
+  for (IsaLevel level : {IsaLevel::Avx512, IsaLevel::Avx2, IsaLevel::Neon, IsaLevel::Portable}) {
     if (equals_ignoring_case(text, isa_level_name(level))) return level;
   }
   return std::nullopt;
@@ -86,6 +100,8 @@ const char* isa_level_name(IsaLevel level) {
       return "avx512";
     case IsaLevel::Avx2:
       return "avx2";
+    case IsaLevel::Neon:
+      return "neon";
     default:
       return "portable";
   }
@@ -94,6 +110,8 @@ const char* isa_level_name(IsaLevel level) {
 CpuFeatures capped(CpuFeatures f, IsaLevel cap) {
   if (cap < IsaLevel::Avx512) f.avx512 = f.avx512_vnni = f.avx512_bf16 = false;
   if (cap < IsaLevel::Avx2) f.avx2_fma = false;
+  if (cap <= IsaLevel::Neon) f.neon_dotprod = f.neon_i8mm = false;
+  if (cap < IsaLevel::Neon) f.neon = false;
   return f;
 }
 
@@ -103,6 +121,9 @@ ScopedCpuFeatures::ScopedCpuFeatures(const CpuFeatures& allowed) : saved_(cpu_fe
   f.avx512 = f.avx512 && allowed.avx512;
   f.avx512_vnni = f.avx512_vnni && allowed.avx512_vnni;
   f.avx512_bf16 = f.avx512_bf16 && allowed.avx512_bf16;
+  f.neon = f.neon && allowed.neon;
+  f.neon_dotprod = f.neon_dotprod && allowed.neon_dotprod;
+  f.neon_i8mm = f.neon_i8mm && allowed.neon_i8mm;
 }
 
 ScopedCpuFeatures::~ScopedCpuFeatures() {

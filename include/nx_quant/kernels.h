@@ -38,19 +38,28 @@ struct QuantizedMatrix {
 };
 
 // Which implementation runs. Auto picks the fastest one the CPU supports. Reference is the
-// plain scalar oracle (see reference.h) and exists for tests and benchmarks.
-enum class KernelChoice : uint8_t { Auto = 0, Reference = 1, Portable = 2, Avx2 = 3, Avx512 = 4 };
+// plain scalar oracle (see reference.h) and exists for tests and benchmarks. Neon is the
+// aarch64 kernel set (its int8 mode uses dotprod or i8mm where the CPU has them).
+enum class KernelChoice : uint8_t {
+  Auto = 0,
+  Reference = 1,
+  Portable = 2,
+  Avx2 = 3,
+  Avx512 = 4,
+  Neon = 5
+};
 
 // How quantized_matmul treats the activations x.
 //   Exact: x stays f32; the result is the dequantize-then-matmul within f32 accumulation error.
 //   Int8:  opt-in fast mode for decode-shaped calls (transpose = true, m < 8), as llama.cpp's
 //          Q8 activations: each row of x is quantized in blocks of 32 values to int8
 //          (d = max|x| / 127, x_q = round(x / d)) and multiplied with the raw q values by
-//          integer dot products (AVX-512 VNNI); each weight group then adds
+//          integer dot products (AVX-512 VNNI, NEON dotprod or i8mm); each weight group then adds
 //          scale * sum_blocks(d * int_dot) + bias * sum(x), the last with x's exact f32 sum.
 //          The extra error per output is at most sum_k |scale_k * q_k| * d_k / 2 (see
 //          README); results stay deterministic. Other shapes, and kernels without an int8 path
-//          (AVX2, AVX-512 without VNNI), compute exactly. Reference always computes exactly.
+//          (AVX2, AVX-512 without VNNI, NEON without dotprod), compute exactly. Reference
+//          always computes exactly.
 enum class Precision : uint8_t { Exact = 0, Int8 = 1 };
 
 struct ExecOptions {
