@@ -385,3 +385,23 @@ TEST(Microscaled, ValidationNamesTheProblem) {
   EXPECT_EQ(QuantizedLayout(3, 64, kNvfp4, DType::BF16).biases_bytes, 0u);
   EXPECT_EQ(QuantizedLayout(3, 64, kMxfp8, DType::F32).packed_bytes, 3u * 64u);
 }
+
+TEST(Microscaled, Nvfp4TailGroupOnEveryKernel) {
+  // K = 48: one full block of 32 columns and a tail group of 16.
+  const size_t n = 9, k = 48, m = 2;
+  auto q = quantize_values(random_values(n * k, 5, k), n, kNvfp4, DType::F32);
+  TypedBuffer x(DType::F32, random_values(m * k, 6));
+  TypedBuffer expected(DType::F32, m * n);
+  ExecOptions ref;
+  ref.kernel = KernelChoice::Reference;
+  quantized_matmul(x.cbuf(), DType::F32, m, q.matrix, true, DType::F32, expected.mbuf(), ref);
+  for (KernelChoice kernel : runnable_kernels()) {
+    ExecOptions options;
+    options.kernel = kernel;
+    TypedBuffer out(DType::F32, m * n);
+    quantized_matmul(x.cbuf(), DType::F32, m, q.matrix, true, DType::F32, out.mbuf(), options);
+    for (size_t i = 0; i < m * n; ++i) {
+      EXPECT_NEAR(out.at(i), expected.at(i), 1e-4f * (1.0f + std::fabs(expected.at(i)))) << i;
+    }
+  }
+}

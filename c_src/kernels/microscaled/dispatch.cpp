@@ -39,15 +39,14 @@ void quantized_matmul(const void* x, DType x_dtype, size_t m, const QuantizedMat
   std::vector<float> xf(m * k_dim);
   for (size_t i = 0; i < xf.size(); ++i) xf[i] = load_as_f32(x, x_dtype, i);
 #if defined(__x86_64__)
-  if (transpose && kernel == KernelChoice::Avx512) {
+  if (transpose && (kernel == KernelChoice::Avx512 || kernel == KernelChoice::Avx2)) {
+    if (w.spec.bits == 4) xf = deinterleave_blocks(xf.data(), m, k_dim);
     detail::parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
-      avx512::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);
-    });
-    return;
-  }
-  if (transpose && kernel == KernelChoice::Avx2) {
-    detail::parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
-      avx2::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);
+      if (kernel == KernelChoice::Avx512) {
+        avx512::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);
+      } else {
+        avx2::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);
+      }
     });
     return;
   }

@@ -1,10 +1,125 @@
+// AVX-512 matmul of the microscaled modes with transpose = true (w is [N, K]), for any m in
+// passes of up to 4 rows of x. Per 32 columns: E2M1 codes are looked up in the 16-entry value
+// table by vpermps (the low and high nibbles of 16 bytes give the even and odd columns, so x is
+// stored de-interleaved the same way); E4M3 bytes become f16 bit patterns (the E4M3 value
+// / 256) and go through vcvtph2ps. f32 accumulation, the group scale applied once per group.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "microscaled/codec.h"
 #include "microscaled/microscaled.h"
+#include "microscaled/tables.h"
 
 namespace nx_quant::microscaled::avx512 {
 
+namespace {
+
+constexpr size_t kBlock = 32;  // columns per step: one mxfp group, two nvfp4 groups
+
+template <int MR, int Bits, bool Nv>
+void rows_dot(const float* x, size_t k, const uint8_t* bytes, const uint8_t* scales, float global,
+              float* sums) {
+  const Tables& t = tables();
+  const __m512 lut = _mm512_loadu_ps(kE2m1Values);
+  __m512 acc[2][MR];
+  for (int p = 0; p < 2; ++p)
+    for (int i = 0; i < MR; ++i) acc[p][i] = _mm512_setzero_ps();
+  const size_t blocks = k / kBlock;
+  for (size_t b = 0; b < blocks; ++b) {
+    const int p = static_cast<int>(b & 1);
+    __m512 v0, v1, scale;
+    if constexpr (Bits == 4) {
+      const __m512i codes =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 16 * b)));
+      v0 = _mm512_permutexvar_ps(codes, lut);  // vpermps reads the low 4 bits: the low nibble
+      v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), lut);
+      if constexpr (Nv) {
+        scale = _mm512_insertf32x8(_mm512_set1_ps(t.e4m3[scales[2 * b]]),
+                                   _mm256_set1_ps(t.e4m3[scales[2 * b + 1]]), 1);
+      } else {
+        scale = _mm512_set1_ps(t.e8m0[scales[b]]);
+      }
+    } else {
+      const __m512i w16 = _mm512_cvtepu8_epi16(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32 * b)));
+      // f16 bits: sign at bit 15, exponent and mantissa at bits 7..13 (value / 256).
+      const __m512i h =
+          _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi16(w16, 8), _mm512_set1_epi16(-32768)),
+                          _mm512_and_si512(_mm512_slli_epi16(w16, 7), _mm512_set1_epi16(0x3F80)));
+      v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+      v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+      scale = _mm512_set1_ps(t.e8m0[scales[b]]);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const float* xb = x + i * k + kBlock * b;
+      const __m512 s =
+          _mm512_fmadd_ps(v1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(v0, _mm512_loadu_ps(xb)));
+      acc[p][i] = _mm512_fmadd_ps(s, scale, acc[p][i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][i], acc[1][i]));
+    if constexpr (Bits == 8) sum *= 256.0f;
+    // An nvfp4 tail group of 16 columns (K % 32 == 16), in natural order.
+    for (size_t c = blocks * kBlock; c < k; ++c) {
+      const float element = kE2m1Values[(bytes[c / 2] >> (4 * (c % 2))) & 0xF];
+      sum += x[i * k + c] * element * t.e4m3[scales[c / 16]];
+    }
+    sums[i] = sum * global;
+  }
+}
+
+template <int Bits, bool Nv>
+void gemv_rows(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+               size_t n_end, void* out) {
+  const size_t k = w.cols;
+  const size_t row_bytes = k * Bits / 8;
+  const size_t groups = k / static_cast<size_t>(w.spec.group_size);
+  const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
+  const auto* scales = static_cast<const uint8_t*>(w.scales.data);
+  const float global = Nv && w.spec.global_scale != 0.0f ? w.spec.global_scale / 2688.0f : 1.0f;
+  float sums[4];
+  for (size_t i0 = 0; i0 < m; i0 += 4) {
+    const size_t mr = std::min<size_t>(4, m - i0);
+    const float* xi = x + i0 * k;
+    for (size_t n = n_begin; n < n_end; ++n) {
+      const uint8_t* rb = bytes + n * row_bytes;
+      const uint8_t* rs = scales + n * groups;
+      switch (mr) {
+        case 1:
+          rows_dot<1, Bits, Nv>(xi, k, rb, rs, global, sums);
+          break;
+        case 2:
+          rows_dot<2, Bits, Nv>(xi, k, rb, rs, global, sums);
+          break;
+        case 3:
+          rows_dot<3, Bits, Nv>(xi, k, rb, rs, global, sums);
+          break;
+        default:
+          rows_dot<4, Bits, Nv>(xi, k, rb, rs, global, sums);
+          break;
+      }
+      for (size_t i = 0; i < mr; ++i) {
+        store_from_f32(out, out_dtype, (i0 + i) * w.rows + n, sums[i]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out) {
-  portable::matmul(x, m, w, true, out_dtype, n_begin, n_end, out);
+  if (w.spec.mode == QuantMode::Mxfp8) {
+    gemv_rows<8, false>(x, m, w, out_dtype, n_begin, n_end, out);
+    return;
+  }
+  if (w.spec.mode == QuantMode::Nvfp4) {
+    gemv_rows<4, true>(x, m, w, out_dtype, n_begin, n_end, out);
+  } else {
+    gemv_rows<4, false>(x, m, w, out_dtype, n_begin, n_end, out);
+  }
 }
 
 }  // namespace nx_quant::microscaled::avx512

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "nx_quant/kernels.h"
 
@@ -59,9 +60,15 @@ void matmul(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, 
 
 }  // namespace portable
 
+// Rows of x for the 4-bit SIMD kernels: each full block of 32 columns reordered to its 16 even
+// then 16 odd columns (byte j of a block holds columns 2j and 2j+1); a tail of 16 (nvfp4,
+// K % 32 == 16) stays as it is.
+std::vector<float> deinterleave_blocks(const float* x, size_t m, size_t k);
+
 #if defined(__x86_64__)
 // transpose = true (w is [N, K]), output rows [n_begin, n_end), any m; E2M1 decoded by
-// vpermps (AVX-512) / vpshufb (AVX2) table lookups, E4M3 through the f16 converter.
+// vpermps (AVX-512) / vpshufb (AVX2) table lookups, E4M3 through the f16 converter. For 4-bit
+// modes x comes from deinterleave_blocks.
 namespace avx512 {
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out);
