@@ -246,7 +246,10 @@ if Code.ensure_loaded?(Nx) do
         part(scales, if(affine, do: dtype, else: {:u, 8}), "scales", fun, shape),
         if(affine or biases != nil, do: part(biases, dtype, "biases", fun, shape)),
         shape,
-        if(affine or dtype == nil, do: Keyword.delete(opts, :dtype), else: opts)
+        if(affine or dtype == nil,
+          do: Keyword.delete(opts, :dtype),
+          else: Keyword.put(opts, :dtype, dtype)
+        )
       )
       |> Backend.quantized_nx(backend)
     end

@@ -327,7 +327,8 @@ defmodule NxQuant.Core do
   defp quantized!(%QuantizedTensor{ref: ref} = qt, fun) when is_reference(ref) do
     info =
       try do
-        Tuple.append(NIF.info(ref), Atom.to_string(NIF.mode(ref)))
+        info = NIF.info(ref)
+        Tuple.insert_at(info, tuple_size(info), Atom.to_string(NIF.mode(ref)))
       rescue
         ArgumentError ->
           reraise ArgumentError,
