@@ -17,49 +17,59 @@ namespace {
 
 constexpr size_t kBlock = 32;  // columns per step: one mxfp group, two nvfp4 groups
 
+// One block of 32 columns into acc (one accumulator per row of x).
+template <int MR, int Bits, bool Nv>
+inline __attribute__((always_inline)) void block(const float* x, size_t k, const uint8_t* bytes,
+                                                 const uint8_t* scales, size_t b, const Tables& t,
+                                                 __m512 (&acc)[MR]) {
+  const __m512 lut = _mm512_loadu_ps(kE2m1Values);  // hoisted by the compiler
+  __m512 v0, v1, scale;
+  if constexpr (Bits == 4) {
+    const __m512i codes =
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 16 * b)));
+    v0 = _mm512_permutexvar_ps(codes, lut);  // vpermps reads the low 4 bits: the low nibble
+    v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), lut);
+    if constexpr (Nv) {
+      scale = _mm512_insertf32x8(_mm512_set1_ps(t.e4m3[scales[2 * b]]),
+                                 _mm256_set1_ps(t.e4m3[scales[2 * b + 1]]), 1);
+    } else {
+      scale = _mm512_set1_ps(t.e8m0[scales[b]]);
+    }
+  } else {
+    const __m512i w16 =
+        _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32 * b)));
+    // f16 bits: sign at bit 15, exponent and mantissa at bits 7..13 (value / 256).
+    const __m512i h =
+        _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi16(w16, 8), _mm512_set1_epi16(-32768)),
+                        _mm512_and_si512(_mm512_slli_epi16(w16, 7), _mm512_set1_epi16(0x3F80)));
+    v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+    scale = _mm512_set1_ps(t.e8m0[scales[b]]);
+  }
+  for (int i = 0; i < MR; ++i) {
+    const float* xb = x + i * k + kBlock * b;
+    const __m512 s =
+        _mm512_fmadd_ps(v1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(v0, _mm512_loadu_ps(xb)));
+    acc[i] = _mm512_fmadd_ps(s, scale, acc[i]);
+  }
+}
+
 template <int MR, int Bits, bool Nv>
 void rows_dot(const float* x, size_t k, const uint8_t* bytes, const uint8_t* scales, float global,
               float* sums) {
   const Tables& t = tables();
-  const __m512 lut = _mm512_loadu_ps(kE2m1Values);
-  __m512 acc[2][MR];
-  for (int p = 0; p < 2; ++p)
-    for (int i = 0; i < MR; ++i) acc[p][i] = _mm512_setzero_ps();
+  // Two accumulator sets (even and odd blocks): two independent FMA chains per row.
+  __m512 acc0[MR], acc1[MR];
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   const size_t blocks = k / kBlock;
-  for (size_t b = 0; b < blocks; ++b) {
-    const int p = static_cast<int>(b & 1);
-    __m512 v0, v1, scale;
-    if constexpr (Bits == 4) {
-      const __m512i codes =
-          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 16 * b)));
-      v0 = _mm512_permutexvar_ps(codes, lut);  // vpermps reads the low 4 bits: the low nibble
-      v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), lut);
-      if constexpr (Nv) {
-        scale = _mm512_insertf32x8(_mm512_set1_ps(t.e4m3[scales[2 * b]]),
-                                   _mm256_set1_ps(t.e4m3[scales[2 * b + 1]]), 1);
-      } else {
-        scale = _mm512_set1_ps(t.e8m0[scales[b]]);
-      }
-    } else {
-      const __m512i w16 = _mm512_cvtepu8_epi16(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32 * b)));
-      // f16 bits: sign at bit 15, exponent and mantissa at bits 7..13 (value / 256).
-      const __m512i h =
-          _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi16(w16, 8), _mm512_set1_epi16(-32768)),
-                          _mm512_and_si512(_mm512_slli_epi16(w16, 7), _mm512_set1_epi16(0x3F80)));
-      v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-      v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
-      scale = _mm512_set1_ps(t.e8m0[scales[b]]);
-    }
-    for (int i = 0; i < MR; ++i) {
-      const float* xb = x + i * k + kBlock * b;
-      const __m512 s =
-          _mm512_fmadd_ps(v1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(v0, _mm512_loadu_ps(xb)));
-      acc[p][i] = _mm512_fmadd_ps(s, scale, acc[p][i]);
-    }
+  size_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    block<MR, Bits, Nv>(x, k, bytes, scales, b, t, acc0);
+    block<MR, Bits, Nv>(x, k, bytes, scales, b + 1, t, acc1);
   }
+  if (b < blocks) block<MR, Bits, Nv>(x, k, bytes, scales, b, t, acc0);
   for (int i = 0; i < MR; ++i) {
-    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][i], acc[1][i]));
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));
     if constexpr (Bits == 8) sum *= 256.0f;
     // An nvfp4 tail group of 16 columns (K % 32 == 16), in natural order.
     for (size_t c = blocks * kBlock; c < k; ++c) {
