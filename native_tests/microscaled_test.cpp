@@ -405,3 +405,30 @@ TEST(Microscaled, Nvfp4TailGroupOnEveryKernel) {
     }
   }
 }
+
+TEST(Microscaled, SimdStepTailsOnEveryKernel) {
+  // K not a multiple of 128 (the AVX-512 4-bit step) nor, for nvfp4, of 32: the tails run
+  // separately.
+  for (QuantSpec spec : {kMxfp4, kMxfp8, kNvfp4}) {
+    for (size_t k : {32, 96, 160, 208}) {
+      if (k % spec.group_size != 0) continue;
+      const size_t n = 11, m = 5;
+      auto q = quantize_values(random_values(n * k, 9 + k, k), n, spec, DType::BF16);
+      TypedBuffer x(DType::F32, random_values(m * k, 10 + k));
+      TypedBuffer expected(DType::F32, m * n);
+      ExecOptions ref;
+      ref.kernel = KernelChoice::Reference;
+      quantized_matmul(x.cbuf(), DType::F32, m, q.matrix, true, DType::F32, expected.mbuf(), ref);
+      for (KernelChoice kernel : runnable_kernels()) {
+        ExecOptions options;
+        options.kernel = kernel;
+        TypedBuffer out(DType::F32, m * n);
+        quantized_matmul(x.cbuf(), DType::F32, m, q.matrix, true, DType::F32, out.mbuf(), options);
+        for (size_t i = 0; i < m * n; ++i) {
+          ASSERT_NEAR(out.at(i), expected.at(i), 1e-4f * (1.0f + std::fabs(expected.at(i))))
+              << mode_name(spec.mode) << " k " << k << " i " << i;
+        }
+      }
+    }
+  }
+}

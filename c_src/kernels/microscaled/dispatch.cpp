@@ -40,7 +40,10 @@ void quantized_matmul(const void* x, DType x_dtype, size_t m, const QuantizedMat
   for (size_t i = 0; i < xf.size(); ++i) xf[i] = load_as_f32(x, x_dtype, i);
 #if defined(__x86_64__)
   if (transpose && (kernel == KernelChoice::Avx512 || kernel == KernelChoice::Avx2)) {
-    if (w.spec.bits == 4) xf = deinterleave_blocks(xf.data(), m, k_dim);
+    if (w.spec.bits == 4) {
+      xf = kernel == KernelChoice::Avx512 ? avx512::prepare_x4(xf.data(), m, k_dim)
+                                          : deinterleave_blocks(xf.data(), m, k_dim);
+    }
     detail::parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
       if (kernel == KernelChoice::Avx512) {
         avx512::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);

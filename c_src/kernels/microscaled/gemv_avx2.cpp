@@ -27,6 +27,8 @@ inline __attribute__((always_inline)) void block(const float* x, size_t k, const
   // de-interleaved x (bytes 0-7, 8-15), v[2], v[3] the odd ones; scale per half block.
   __m256 v[4];
   __m256 scale_a, scale_b;
+  // Two KB ahead (prefetches never fault; past the matrix they are wasted, not wrong).
+  _mm_prefetch(reinterpret_cast<const char*>(bytes + Bits * 4 * b + 2048), _MM_HINT_T0);
   if constexpr (Bits == 4) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 16 * b));
     const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, nibble));

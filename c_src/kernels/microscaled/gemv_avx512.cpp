@@ -6,6 +6,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "microscaled/codec.h"
 #include "microscaled/microscaled.h"
@@ -24,6 +26,8 @@ inline __attribute__((always_inline)) void block(const float* x, size_t k, const
                                                  __m512 (&acc)[MR]) {
   const __m512 lut = _mm512_loadu_ps(kE2m1Values);  // hoisted by the compiler
   __m512 v0, v1, scale;
+  // Two KB ahead (prefetches never fault; past the matrix they are wasted, not wrong).
+  _mm_prefetch(reinterpret_cast<const char*>(bytes + Bits * 4 * b + 2048), _MM_HINT_T0);
   if constexpr (Bits == 4) {
     const __m512i codes =
         _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 16 * b)));
@@ -80,6 +84,88 @@ void rows_dot(const float* x, size_t k, const uint8_t* bytes, const uint8_t* sca
   }
 }
 
+// 4-bit rows, 128 columns (16 words) per step: lane w of a 16-word vector holds columns 8w..8w+7
+// of the step, and `vpermps` of the words shifted right by 4j looks up nibble j of every lane
+// at once (it reads 4 index bits); x comes rearranged to match (prepare_x4). Each lane's sum is
+// scaled by its group's scale (mxfp4: lanes 4g..4g+3 are group g; nvfp4: lanes 2g, 2g+1).
+template <int MR, bool Nv>
+void rows_dot4(const float* x, size_t k, const uint8_t* bytes, const uint8_t* scales, float global,
+               float* sums) {
+  const Tables& t = tables();
+  const __m512 lut = _mm512_loadu_ps(kE2m1Values);
+  const __m128i spread = Nv ? _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7)
+                            : _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  const size_t steps = k / 128;
+  for (size_t c = 0; c < steps; ++c) {
+    // Two KB ahead (prefetches never fault; past the matrix they are wasted, not wrong).
+    _mm_prefetch(reinterpret_cast<const char*>(bytes + 64 * c + 2048), _MM_HINT_T0);
+    const __m512i words = _mm512_loadu_si512(bytes + 64 * c);
+    __m512 scale;
+    if constexpr (Nv) {
+      const __m128i sb = _mm_shuffle_epi8(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + 8 * c)), spread);
+      const __m256i w16 = _mm256_cvtepu8_epi16(sb);
+      // E4M3 as f16 bits (value / 256; the 256 is applied to the sum).
+      const __m256i h =
+          _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(w16, 8), _mm256_set1_epi16(-32768)),
+                          _mm256_and_si256(_mm256_slli_epi16(w16, 7), _mm256_set1_epi16(0x3F80)));
+      scale = _mm512_cvtph_ps(h);
+    } else {
+      uint32_t four;
+      std::memcpy(&four, scales + 4 * c, 4);
+      const __m512i e =
+          _mm512_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(four)), spread));
+      // 2^(e - 127) is the float with exponent field e; e = 0 is the subnormal 2^-127.
+      scale = _mm512_mask_mov_ps(_mm512_castsi512_ps(_mm512_slli_epi32(e, 23)),
+                                 _mm512_testn_epi32_mask(e, e),
+                                 _mm512_castsi512_ps(_mm512_set1_epi32(0x00400000)));
+    }
+    __m512 even[MR], odd[MR];
+    const float* xc = x + 128 * c;
+    {
+      const __m512 v0 = _mm512_permutexvar_ps(words, lut);
+      const __m512 v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(words, 4), lut);
+      for (int i = 0; i < MR; ++i) {
+        even[i] = _mm512_mul_ps(v0, _mm512_loadu_ps(xc + i * k));
+        odd[i] = _mm512_mul_ps(v1, _mm512_loadu_ps(xc + i * k + 16));
+      }
+    }
+    for (int j = 2; j < 8; j += 2) {
+      const __m512 v0 = _mm512_permutexvar_ps(_mm512_srli_epi32(words, 4 * j), lut);
+      const __m512 v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(words, 4 * j + 4), lut);
+      for (int i = 0; i < MR; ++i) {
+        even[i] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xc + i * k + 16 * j), even[i]);
+        odd[i] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xc + i * k + 16 * j + 16), odd[i]);
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      acc[i] = _mm512_fmadd_ps(_mm512_add_ps(even[i], odd[i]), scale, acc[i]);
+  }
+  for (int i = 0; i < MR; ++i) {
+    float sum = _mm512_reduce_add_ps(acc[i]);
+    if constexpr (Nv) sum *= 256.0f;
+    // Columns past the last full step (K % 128), in natural order.
+    for (size_t col = steps * 128; col < k; ++col) {
+      const float element = kE2m1Values[(bytes[col / 2] >> (4 * (col % 2))) & 0xF];
+      const uint8_t sb = scales[col / (Nv ? 16 : 32)];
+      sum += x[i * k + col] * element * (Nv ? t.e4m3[sb] : t.e8m0[sb]);
+    }
+    sums[i] = sum * global;
+  }
+}
+
+template <int MR, int Bits, bool Nv>
+void row_dot(const float* x, size_t k, const uint8_t* bytes, const uint8_t* scales, float global,
+             float* sums) {
+  if constexpr (Bits == 4) {
+    rows_dot4<MR, Nv>(x, k, bytes, scales, global, sums);
+  } else {
+    rows_dot<MR, Bits, Nv>(x, k, bytes, scales, global, sums);
+  }
+}
+
 template <int Bits, bool Nv>
 void gemv_rows(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
                size_t n_end, void* out) {
@@ -98,16 +184,16 @@ void gemv_rows(const float* x, size_t m, const QuantizedMatrix& w, DType out_dty
       const uint8_t* rs = scales + n * groups;
       switch (mr) {
         case 1:
-          rows_dot<1, Bits, Nv>(xi, k, rb, rs, global, sums);
+          row_dot<1, Bits, Nv>(xi, k, rb, rs, global, sums);
           break;
         case 2:
-          rows_dot<2, Bits, Nv>(xi, k, rb, rs, global, sums);
+          row_dot<2, Bits, Nv>(xi, k, rb, rs, global, sums);
           break;
         case 3:
-          rows_dot<3, Bits, Nv>(xi, k, rb, rs, global, sums);
+          row_dot<3, Bits, Nv>(xi, k, rb, rs, global, sums);
           break;
         default:
-          rows_dot<4, Bits, Nv>(xi, k, rb, rs, global, sums);
+          row_dot<4, Bits, Nv>(xi, k, rb, rs, global, sums);
           break;
       }
       for (size_t i = 0; i < mr; ++i) {
@@ -118,6 +204,18 @@ void gemv_rows(const float* x, size_t m, const QuantizedMatrix& w, DType out_dty
 }
 
 }  // namespace
+
+std::vector<float> prepare_x4(const float* x, size_t m, size_t k) {
+  std::vector<float> out(x, x + m * k);
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t c = 0; c + 128 <= k; c += 128) {
+      for (size_t j = 0; j < 8; ++j) {
+        for (size_t w = 0; w < 16; ++w) out[i * k + c + 16 * j + w] = x[i * k + c + 8 * w + j];
+      }
+    }
+  }
+  return out;
+}
 
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out) {

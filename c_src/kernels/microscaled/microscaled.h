@@ -68,11 +68,14 @@ std::vector<float> deinterleave_blocks(const float* x, size_t m, size_t k);
 #if defined(__x86_64__)
 // transpose = true (w is [N, K]), output rows [n_begin, n_end), any m; E2M1 decoded by
 // vpermps (AVX-512) / vpshufb (AVX2) table lookups, E4M3 through the f16 converter. For 4-bit
-// modes x comes from deinterleave_blocks.
+// modes x comes from avx512::prepare_x4 / deinterleave_blocks (AVX2).
 namespace avx512 {
+// x for the AVX-512 4-bit kernel: each full step of 128 columns as 8 vectors of 16, vector j
+// holding columns 8w + j (w = 0..15); columns past the last step stay in place.
+std::vector<float> prepare_x4(const float* x, size_t m, size_t k);
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out);
-}
+}  // namespace avx512
 namespace avx2 {
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out);
