@@ -113,6 +113,11 @@ const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits_arg, bool r
            {micro ? nullptr : set->biases.data(), micro ? 0 : groups * 2});
   for (size_t c = 1; c < set->copies; ++c) {
     std::memcpy(set->packed.data() + c * words, set->packed.data(), words * 4);
+    if (micro) {  // uint8 scales: matrix(c) reads them at byte offset c * groups
+      auto* bytes = reinterpret_cast<uint8_t*>(set->scales.data());
+      std::memcpy(bytes + c * groups, bytes, groups);
+      continue;
+    }
     std::memcpy(set->scales.data() + c * groups, set->scales.data(), groups * 2);
     std::memcpy(set->biases.data() + c * groups, set->biases.data(), groups * 2);
   }
