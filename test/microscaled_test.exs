@@ -198,6 +198,14 @@ defmodule NxQuant.MicroscaledTest do
     end
   end
 
+  test "saving a microscaled tensor to a checkpoint is refused clearly (not supported yet)" do
+    qt = Core.quantize(dense(List.duplicate(1.0, 32), {1, 32}), mode: :nvfp4)
+
+    assert_raise ArgumentError, ~r/cannot write 'w': checkpoints of mode "nvfp4"/, fn ->
+      NxQuant.Safetensors.pieces("w", qt)
+    end
+  end
+
   test "describe (inspect) names the mode" do
     qt = Core.quantize(dense(List.duplicate(1.0, 32), {1, 32}, {:bf, 16}), mode: :mxfp8)
 

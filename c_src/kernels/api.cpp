@@ -372,7 +372,9 @@ double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
   if (kernel == KernelChoice::Avx2) slowdown = 2.0;
   if (kernel == KernelChoice::Portable || kernel == KernelChoice::Reference) slowdown = 40.0;
   double ns;
-  if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit) {
+  if (is_microscaled(w.spec.mode) && !transpose) {
+    ns = weights * 3.0 + macs * 0.5;  // portable C++ decode and axpy, for every kernel choice
+  } else if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit) {
     ns = macs * 0.05;
   } else if (transpose && m < kGemvMaxRows) {
     ns = macs * 0.1;
