@@ -17,39 +17,24 @@ namespace nx_quant::microscaled::avx512 {
 
 namespace {
 
-constexpr size_t kBlock = 32;  // columns per step: one mxfp group, two nvfp4 groups
+constexpr size_t kBlock = 32;  // mxfp8 columns per step: one group
 
-// One block of 32 columns into acc (one accumulator per row of x).
-template <int MR, int Bits, bool Nv>
-inline __attribute__((always_inline)) void block(const float* x, size_t k, const uint8_t* bytes,
-                                                 const uint8_t* scales, size_t b, const Tables& t,
-                                                 __m512 (&acc)[MR]) {
-  const __m512 lut = _mm512_loadu_ps(kE2m1Values);  // hoisted by the compiler
-  __m512 v0, v1, scale;
+// mxfp8: one block of 32 columns (32 E4M3 bytes) into acc (one accumulator per row of x).
+template <int MR>
+inline __attribute__((always_inline)) void block8(const float* x, size_t k, const uint8_t* bytes,
+                                                  const uint8_t* scales, size_t b, const Tables& t,
+                                                  __m512 (&acc)[MR]) {
   // Two KB ahead (prefetches never fault; past the matrix they are wasted, not wrong).
-  _mm_prefetch(reinterpret_cast<const char*>(bytes + Bits * 4 * b + 2048), _MM_HINT_T0);
-  if constexpr (Bits == 4) {
-    const __m512i codes =
-        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 16 * b)));
-    v0 = _mm512_permutexvar_ps(codes, lut);  // vpermps reads the low 4 bits: the low nibble
-    v1 = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), lut);
-    if constexpr (Nv) {
-      scale = _mm512_insertf32x8(_mm512_set1_ps(t.e4m3[scales[2 * b]]),
-                                 _mm256_set1_ps(t.e4m3[scales[2 * b + 1]]), 1);
-    } else {
-      scale = _mm512_set1_ps(t.e8m0[scales[b]]);
-    }
-  } else {
-    const __m512i w16 =
-        _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32 * b)));
-    // f16 bits: sign at bit 15, exponent and mantissa at bits 7..13 (value / 256).
-    const __m512i h =
-        _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi16(w16, 8), _mm512_set1_epi16(-32768)),
-                        _mm512_and_si512(_mm512_slli_epi16(w16, 7), _mm512_set1_epi16(0x3F80)));
-    v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-    v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
-    scale = _mm512_set1_ps(t.e8m0[scales[b]]);
-  }
+  _mm_prefetch(reinterpret_cast<const char*>(bytes + 32 * b + 2048), _MM_HINT_T0);
+  const __m512i w16 =
+      _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + 32 * b)));
+  // f16 bits: sign at bit 15, exponent and mantissa at bits 7..13 (value / 256).
+  const __m512i h =
+      _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi16(w16, 8), _mm512_set1_epi16(-32768)),
+                      _mm512_and_si512(_mm512_slli_epi16(w16, 7), _mm512_set1_epi16(0x3F80)));
+  const __m512 v0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+  const __m512 v1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+  const __m512 scale = _mm512_set1_ps(t.e8m0[scales[b]]);
   for (int i = 0; i < MR; ++i) {
     const float* xb = x + i * k + kBlock * b;
     const __m512 s =
@@ -58,29 +43,21 @@ inline __attribute__((always_inline)) void block(const float* x, size_t k, const
   }
 }
 
-template <int MR, int Bits, bool Nv>
-void rows_dot(const float* x, size_t k, const uint8_t* bytes, const uint8_t* scales, float global,
-              float* sums) {
+// mxfp8 rows: two accumulator sets (even and odd blocks), two independent FMA chains per row.
+template <int MR>
+void rows_dot8(const float* x, size_t k, const uint8_t* bytes, const uint8_t* scales, float* sums) {
   const Tables& t = tables();
-  // Two accumulator sets (even and odd blocks): two independent FMA chains per row.
   __m512 acc0[MR], acc1[MR];
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   const size_t blocks = k / kBlock;
   size_t b = 0;
   for (; b + 2 <= blocks; b += 2) {
-    block<MR, Bits, Nv>(x, k, bytes, scales, b, t, acc0);
-    block<MR, Bits, Nv>(x, k, bytes, scales, b + 1, t, acc1);
+    block8<MR>(x, k, bytes, scales, b, t, acc0);
+    block8<MR>(x, k, bytes, scales, b + 1, t, acc1);
   }
-  if (b < blocks) block<MR, Bits, Nv>(x, k, bytes, scales, b, t, acc0);
+  if (b < blocks) block8<MR>(x, k, bytes, scales, b, t, acc0);
   for (int i = 0; i < MR; ++i) {
-    float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));
-    if constexpr (Bits == 8) sum *= 256.0f;
-    // An nvfp4 tail group of 16 columns (K % 32 == 16), in natural order.
-    for (size_t c = blocks * kBlock; c < k; ++c) {
-      const float element = kE2m1Values[(bytes[c / 2] >> (4 * (c % 2))) & 0xF];
-      sum += x[i * k + c] * element * t.e4m3[scales[c / 16]];
-    }
-    sums[i] = sum * global;
+    sums[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i])) * 256.0f;
   }
 }
 
@@ -162,7 +139,7 @@ void row_dot(const float* x, size_t k, const uint8_t* bytes, const uint8_t* scal
   if constexpr (Bits == 4) {
     rows_dot4<MR, Nv>(x, k, bytes, scales, global, sums);
   } else {
-    rows_dot<MR, Bits, Nv>(x, k, bytes, scales, global, sums);
+    rows_dot8<MR>(x, k, bytes, scales, sums);
   }
 }
 
