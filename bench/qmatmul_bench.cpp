@@ -48,8 +48,12 @@ struct QuantizedSet {  // `copies` identical quantized matrices stored one after
     const size_t words = rows * cols * spec.bits / 32, groups = rows * cols / spec.group_size;
     QuantizedMatrix w;
     w.packed = {packed.data() + i * words, words * 4};
-    w.scales = {scales.data() + i * groups, groups * 2};
-    w.biases = {biases.data() + i * groups, groups * 2};
+    if (is_microscaled(spec.mode)) {  // uint8 scales (in the same storage), no biases
+      w.scales = {reinterpret_cast<const uint8_t*>(scales.data()) + i * groups, groups};
+    } else {
+      w.scales = {scales.data() + i * groups, groups * 2};
+      w.biases = {biases.data() + i * groups, groups * 2};
+    }
     w.dtype = DType::BF16;
     w.rows = rows;
     w.cols = cols;
@@ -57,6 +61,8 @@ struct QuantizedSet {  // `copies` identical quantized matrices stored one after
     return w;
   }
   size_t bytes_per_matrix() const {
+    if (is_microscaled(spec.mode))
+      return rows * cols * spec.bits / 8 + rows * cols / spec.group_size;
     return rows * cols * spec.bits / 8 + 2 * (rows * cols / spec.group_size) * 2;
   }
 };
@@ -78,28 +84,40 @@ bool kernel_available(benchmark::State& state, KernelChoice kernel) {
   return ok;
 }
 
-const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits, bool rotate) {
+// bits >= 100 selects a microscaled mode: 100 + QuantMode (101 mxfp4, 102 mxfp8, 103 nvfp4).
+const QuantizedSet& quantized_set(size_t rows, size_t cols, int bits_arg, bool rotate) {
+  const QuantMode mode =
+      bits_arg >= 100 ? static_cast<QuantMode>(bits_arg - 100) : QuantMode::Affine;
+  const int bits = mode == QuantMode::Affine ? bits_arg : (mode == QuantMode::Mxfp8 ? 8 : 4);
+  const int group = mode == QuantMode::Affine ? 64 : (mode == QuantMode::Nvfp4 ? 16 : 32);
   static std::vector<std::unique_ptr<QuantizedSet>> cache;
   for (auto& s : cache) {
-    if (s->rows == rows && s->cols == cols && s->spec.bits == bits && (s->copies > 1) == rotate)
+    if (s->rows == rows && s->cols == cols && s->spec.bits == bits && s->spec.mode == mode &&
+        (s->copies > 1) == rotate)
       return *s;
   }
   auto set = std::make_unique<QuantizedSet>();
   set->rows = rows;
   set->cols = cols;
-  set->spec = {bits, 64};
-  const size_t words = rows * cols * bits / 32, groups = rows * cols / 64;
+  set->spec = {bits, group, mode};
+  const size_t words = rows * cols * bits / 32, groups = rows * cols / group;
   const size_t one = words * 4 + groups * 4;
   set->copies = rotate ? (kRotationBytes + one - 1) / one : 1;
   set->packed.resize(words * set->copies);
   set->scales.resize(groups * set->copies);
   set->biases.resize(groups * set->copies);
   const auto dense = random_bf16(rows * cols, 1);
+  const bool micro = is_microscaled(mode);
   quantize({dense.data(), dense.size() * 2}, DType::BF16, rows, cols, set->spec,
-           {set->packed.data(), words * 4}, {set->scales.data(), groups * 2},
-           {set->biases.data(), groups * 2});
+           {set->packed.data(), words * 4}, {set->scales.data(), micro ? groups : groups * 2},
+           {micro ? nullptr : set->biases.data(), micro ? 0 : groups * 2});
   for (size_t c = 1; c < set->copies; ++c) {
     std::memcpy(set->packed.data() + c * words, set->packed.data(), words * 4);
+    if (micro) {  // uint8 scales: matrix(c) reads them at byte offset c * groups
+      auto* bytes = reinterpret_cast<uint8_t*>(set->scales.data());
+      std::memcpy(bytes + c * groups, bytes, groups);
+      continue;
+    }
     std::memcpy(set->scales.data() + c * groups, set->scales.data(), groups * 2);
     std::memcpy(set->biases.data() + c * groups, set->biases.data(), groups * 2);
   }
@@ -678,6 +696,18 @@ void PairedShapes(benchmark::internal::Benchmark* b) {
   }
 }
 
+// The microscaled modes' decode GEMV (bits argument 100 + QuantMode), bf16 and f32
+// activations, 2 threads, pool awake, against the read bandwidth measured alongside.
+void PairedMicroscaledShapes(benchmark::internal::Benchmark* b) {
+  for (int mode : {101, 102, 103}) {
+    for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}}) {
+      b->Args({n, k, 1, mode, 2, kAuto, kExact, kBF16, 1});
+      b->Args({n, k, 1, mode, 2, kAuto, kExact, kF32, 1});
+      b->Args({n, k, 1, mode, 2, kAvx2, kExact, kBF16, 1});
+    }
+  }
+}
+
 // f32 activations (Nx's default; f16 ones too) at M = 1 .. 8, 4-bit g64, 2 threads, pool
 // awake: the exact GEMV against the read bandwidth measured alongside.
 void PairedF32Shapes(benchmark::internal::Benchmark* b) {
@@ -751,6 +781,11 @@ BENCHMARK(BM_GemvVsRead)->Apply(PairedShapes)->UseManualTime()->Unit(benchmark::
 BENCHMARK(BM_GemvVsRead)
     ->Name("BM_GemvVsReadF32")
     ->Apply(PairedF32Shapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvVsRead)
+    ->Name("BM_MicroscaledGemvVsRead")
+    ->Apply(PairedMicroscaledShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);

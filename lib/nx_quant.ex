@@ -54,12 +54,14 @@ if Code.ensure_loaded?(Nx) do
     quantized `%Nx.Tensor{}` of the same logical shape and type `{:s, bits}`.
 
     Options: `:type` (`{:s, 2 | 3 | 4 | 5 | 6 | 8}`, default `{:s, 4}`), `:group_size`
-    (32, 64 or 128, default 64; must divide the last axis), `:threads`.
+    (32, 64 or 128, default 64; must divide the last axis), `:threads`, `:mode` (MLX's
+    `:affine` (default), `:mxfp4`, `:mxfp8`, `:nvfp4`: see `NxQuant.Core.quantize/2`).
     """
     deftransform quantize(tensor, opts \\ []) do
       tensor = Nx.to_tensor(tensor)
-      opts = Validate.keyword!(opts, [:type, :group_size, :threads], "NxQuant.quantize/2")
-      {bits, _group_size} = Validate.quant_spec!(opts, "NxQuant.quantize/2")
+      fun = "NxQuant.quantize/2"
+      opts = Validate.keyword!(opts, [:type, :group_size, :threads, :mode], fun)
+      {bits, _group_size} = Validate.quant_spec!(opts, fun, Validate.mode!(opts, fun))
 
       call(
         template(tensor.shape, {:s, bits}, tensor.names),
@@ -75,7 +77,9 @@ if Code.ensure_loaded?(Nx) do
     """
     @spec from_dense(Nx.Tensor.t(), keyword()) :: Nx.Tensor.t()
     def from_dense(tensor, opts \\ []) do
-      opts = Validate.keyword!(opts, [:type, :group_size, :threads], "NxQuant.from_dense/2")
+      opts =
+        Validate.keyword!(opts, [:type, :group_size, :threads, :mode], "NxQuant.from_dense/2")
+
       __quantize__(Nx.to_tensor(tensor), opts)
     end
 
@@ -216,13 +220,16 @@ if Code.ensure_loaded?(Nx) do
     binaries, with the `:dtype` option), `shape` the logical dense shape `{..., cols}`.
     Every size is validated; the parts are copied once into the native resource.
 
-    Options: `:type` (`{:s, bits}`, default `{:s, 4}`), `:group_size` (default 64), `:dtype`.
+    Options: `:type` (`{:s, bits}`, default `{:s, 4}`), `:group_size` (default 64), `:dtype`,
+    `:mode`: with `mode: :mxfp4 | :mxfp8 | :nvfp4` scales are uint8, `biases` is `nil` and
+    `:dtype` (default `:bf16`) is the dequantized type.
     """
     @spec quantized_tensor(term(), term(), term(), tuple(), keyword()) :: Nx.Tensor.t()
     def quantized_tensor(packed, scales, biases, shape, opts \\ []) do
       fun = "NxQuant.quantized_tensor/5"
-      opts = Validate.keyword!(opts, [:type, :group_size, :dtype], fun)
+      opts = Validate.keyword!(opts, [:type, :group_size, :dtype, :mode], fun)
       dtype = opts[:dtype] && Nx.Type.normalize!(opts[:dtype])
+      affine = Validate.mode!(opts, fun) == :affine
 
       backend =
         Enum.find_value([packed, scales, biases], {NxQuant.NativeBackend, []}, &nx_backend/1)
@@ -233,12 +240,16 @@ if Code.ensure_loaded?(Nx) do
         raise ArgumentError, "#{fun} shape must have rank >= 1, got {}"
       end
 
+      # Microscaled modes: uint8 scales, no biases, :dtype the dequantized type.
       Core.quantized_tensor(
         part(packed, {:u, 32}, "packed", fun, shape),
-        part(scales, dtype, "scales", fun, shape),
-        part(biases, dtype, "biases", fun, shape),
+        part(scales, if(affine, do: dtype, else: {:u, 8}), "scales", fun, shape),
+        if(affine or biases != nil, do: part(biases, dtype, "biases", fun, shape)),
         shape,
-        Keyword.delete(opts, :dtype)
+        if(affine or dtype == nil,
+          do: Keyword.delete(opts, :dtype),
+          else: Keyword.put(opts, :dtype, dtype)
+        )
       )
       |> Backend.quantized_nx(backend)
     end
@@ -285,7 +296,11 @@ if Code.ensure_loaded?(Nx) do
     def parts(tensor) do
       qt = quantized!(tensor, "NxQuant.parts/1")
       backend = tensor.data.backend
-      Map.new(Core.parts(qt), fn {key, dense} -> {key, Backend.from_dense(dense, backend)} end)
+
+      Map.new(Core.parts(qt), fn
+        {key, nil} -> {key, nil}
+        {key, dense} -> {key, Backend.from_dense(dense, backend)}
+      end)
     end
 
     @doc "The quantization config (`NxQuant.Config`), scales and biases as Nx tensors."

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "microscaled/microscaled.h"
 #include "nx_quant/kernels.h"
 #include "nx_quant/reference.h"
 #include "parallel.h"
@@ -133,6 +134,11 @@ void validate_quantized_matrix(const QuantizedMatrix& w, const char* name) {
   validate_buffer(w.scales.data, w.scales.bytes, layout.scales_bytes,
                   (std::string(name) + ".scales").c_str(),
                   desc + " with " + dtype_name(w.dtype) + " scales");
+  if (is_microscaled(w.spec.mode)) {
+    validate_buffer(w.biases.data, w.biases.bytes, 0, (std::string(name) + ".biases").c_str(),
+                    desc + std::string(" in mode ") + mode_name(w.spec.mode) + " (no biases)");
+    return;
+  }
   validate_buffer(w.biases.data, w.biases.bytes, layout.scales_bytes,
                   (std::string(name) + ".biases").c_str(),
                   desc + " with " + dtype_name(w.dtype) + " biases");
@@ -150,8 +156,14 @@ void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const Qu
   validate_buffer(dense.data, dense.bytes, dense_bytes, "dense", desc + " of " + dtype_name(dtype));
   validate_buffer(packed.data, packed.bytes, layout.packed_bytes, "packed", desc);
   validate_buffer(scales.data, scales.bytes, layout.scales_bytes, "scales", desc);
-  validate_buffer(biases.data, biases.bytes, layout.scales_bytes, "biases", desc);
+  validate_buffer(biases.data, biases.bytes, layout.biases_bytes, "biases", desc);
   auto* words = static_cast<uint32_t*>(packed.data);
+  if (is_microscaled(spec.mode)) {
+    if (options.kernel != KernelChoice::Reference) resolve_kernel(options.kernel);
+    microscaled::quantize(dense.data, dtype, rows, cols, spec, words,
+                          static_cast<uint8_t*>(scales.data), options.threads);
+    return;
+  }
   if (options.kernel == KernelChoice::Reference) {
     reference::quantize(dense.data, dtype, rows, cols, spec, words, scales.data, biases.data);
     return;
@@ -194,6 +206,13 @@ void dequantize(const QuantizedMatrix& w, MutableBuffer out, bool transpose_out,
   validate_buffer(out.data, out.bytes, out_bytes, "out",
                   "the dequantized " + std::to_string(w.rows) + " x " + std::to_string(w.cols) +
                       " " + dtype_name(w.dtype) + " matrix");
+  if (is_microscaled(w.spec.mode)) {
+    const KernelChoice kernel = options.kernel == KernelChoice::Reference
+                                    ? KernelChoice::Reference
+                                    : resolve_kernel(options.kernel);
+    microscaled::dequantize(w, out.data, transpose_out, kernel, options.threads);
+    return;
+  }
   if (options.kernel == KernelChoice::Reference) {
     reference::dequantize(w, out.data, transpose_out);
     return;
@@ -247,6 +266,14 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
                       dtype_name(out_dtype));
   resolve_kernel(options.kernel);  // an unavailable explicit choice fails before any work
   if (m == 0 || n_dim == 0) return;
+  if (is_microscaled(w.spec.mode)) {  // Precision::Int8 has no microscaled path: exact
+    const KernelChoice kernel = options.kernel == KernelChoice::Reference
+                                    ? KernelChoice::Reference
+                                    : resolve_kernel(options.kernel);
+    microscaled::quantized_matmul(x.data, x_dtype, m, w, transpose, out_dtype, out.data, kernel,
+                                  options.threads);
+    return;
+  }
   if (options.kernel == KernelChoice::Reference) {
     reference::quantized_matmul(x.data, x_dtype, m, w, transpose, out_dtype, out.data);
     return;
@@ -378,7 +405,9 @@ double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
   if (kernel == KernelChoice::Neon) slowdown = 3.5;
   if (kernel == KernelChoice::Portable || kernel == KernelChoice::Reference) slowdown = 40.0;
   double ns;
-  if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit) {
+  if (is_microscaled(w.spec.mode) && !transpose) {
+    ns = weights * 3.0 + macs * 0.5;  // portable C++ decode and axpy, for every kernel choice
+  } else if (transpose && w.spec.bits == 4 && m < kGemvMaxRows4Bit) {
     ns = macs * 0.05;
   } else if (transpose && m < kGemvMaxRows) {
     ns = macs * 0.1;
@@ -409,6 +438,7 @@ double estimated_quantize_ns(size_t rows, size_t cols, const QuantSpec& spec, DT
                              const ExecOptions& options) {
   // Measured (bench machine, loaded): ~1.1 ns per value with AVX2/AVX-512, ~7 portable.
   const double values = static_cast<double>(rows) * static_cast<double>(cols);
+  if (is_microscaled(spec.mode)) return values * 80.0;  // the scalar quantizer: ~30-60 ns/value
   const double out_bytes_per_value =
       spec.bits / 8.0 + 2.0 * static_cast<double>(dtype_size(dtype)) / spec.group_size;
   return values * (2.0 * simd_slowdown(options, 5.0) + out_bytes_per_value * kFreshOutputNsPerByte);

@@ -59,7 +59,7 @@ OwnedQTensor allocate_owned_qtensor(size_t rows, size_t cols, const QuantSpec& s
   auto blocks = std::make_shared<OwnedBlocks>();
   blocks->blocks[0] = aligned_block(layout.packed_bytes);
   blocks->blocks[1] = aligned_block(layout.scales_bytes);
-  blocks->blocks[2] = aligned_block(layout.scales_bytes);
+  blocks->blocks[2] = aligned_block(layout.biases_bytes);
 
   OwnedQTensor owned;
   owned.packed = blocks->blocks[0];
@@ -67,7 +67,7 @@ OwnedQTensor allocate_owned_qtensor(size_t rows, size_t cols, const QuantSpec& s
   owned.biases = blocks->blocks[2];
   owned.matrix.packed = {owned.packed, layout.packed_bytes};
   owned.matrix.scales = {owned.scales, layout.scales_bytes};
-  owned.matrix.biases = {owned.biases, layout.scales_bytes};
+  owned.matrix.biases = {owned.biases, layout.biases_bytes};
   owned.matrix.dtype = dtype;
   owned.matrix.rows = rows;
   owned.matrix.cols = cols;

@@ -64,15 +64,28 @@ ConstBuffer aligned_view(const ErlNifBinary& bin, size_t alignment, std::vector<
 
 }  // namespace
 
-// quantize(dense, rows, cols, dtype, bits, group_size, threads) -> ref
+// The spec from arguments bits (i), group_size (i + 1) and, when present, mode (mode_i): the
+// microscaled modes' fixed group_size and bits are checked by the kernel library's spec
+// validation (an InvalidArgument naming the mode).
+static QuantSpec spec_arg(const Args& args, int i, int argc, int mode_i) {
+  const QuantMode mode = argc > mode_i ? args.mode(mode_i, "mode") : QuantMode::Affine;
+  if (mode == QuantMode::Affine)
+    return {args.bits(i, "bits"), args.group_size(i + 1, "group_size")};
+  QuantSpec spec{args.integer(i, "bits", 0, 64), args.integer(i + 1, "group_size", 0, 1024), mode};
+  validate_spec(spec);
+  return spec;
+}
+
+// quantize(dense, rows, cols, dtype, bits, group_size, threads[, mode]) -> ref
 ERL_NIF_TERM quantize_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
-  return guarded(env, "quantize/7", [&] {
-    const Args args(env, "quantize/7", argv);
+  const char* fun = argc == 8 ? "quantize/8" : "quantize/7";
+  return guarded(env, fun, [&] {
+    const Args args(env, fun, argv);
     const ErlNifBinary dense = args.binary(0, "dense");
     const size_t rows = args.size(1, "rows");
     const size_t cols = args.size(2, "cols");
     const DType dtype = args.dtype(3, "dtype");
-    const QuantSpec spec{args.bits(4, "bits"), args.group_size(5, "group_size")};
+    const QuantSpec spec = spec_arg(args, 4, argc, 7);
     const int threads = args.integer(6, "threads", 0, kMaxThreads);
 
     const size_t values = mul_or_fail(rows, cols, "rows * cols");
@@ -90,7 +103,7 @@ ERL_NIF_TERM quantize_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
                            nx_quant::quantize(input, dtype, rows, cols, spec,
                                               {out.packed, layout.packed_bytes},
                                               {out.scales, layout.scales_bytes},
-                                              {out.biases, layout.scales_bytes}, options);
+                                              {out.biases, layout.biases_bytes}, options);
                            return make_qtensor_term(env, out.matrix, std::move(out.keeper));
                          });
   });
@@ -190,35 +203,45 @@ ERL_NIF_TERM quantized_matmul_timed_nif(ErlNifEnv* env, int argc, const ERL_NIF_
 // sub-binaries of a whole file read would pin the whole file and may be misaligned for the
 // kernels. The copy costs one memcpy of the packed size; the zero-copy checkpoint path is the
 // safetensors loader, which builds resources over mmap'd memory directly.
+// With a ninth argument, the mode (microscaled modes: uint8 scales, an empty biases binary).
 ERL_NIF_TERM quantized_tensor_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
-  return guarded(env, "quantized_tensor/8", [&] {
-    const Args args(env, "quantized_tensor/8", argv);
+  const char* fun = argc == 9 ? "quantized_tensor/9" : "quantized_tensor/8";
+  return guarded(env, fun, [&] {
+    const Args args(env, fun, argv);
     const ErlNifBinary packed = args.binary(0, "packed");
     const ErlNifBinary scales = args.binary(1, "scales");
     const ErlNifBinary biases = args.binary(2, "biases");
     const size_t rows = args.size(3, "rows");
     const size_t cols = args.size(4, "cols");
     const DType dtype = args.dtype(5, "dtype");
-    const QuantSpec spec{args.bits(6, "bits"), args.group_size(7, "group_size")};
+    const QuantSpec spec = spec_arg(args, 6, argc, 8);
 
     const QuantizedLayout layout(rows, cols, spec, dtype);
+    const bool micro = is_microscaled(spec.mode);
     const std::string shape = "rows " + std::to_string(rows) + ", cols " + std::to_string(cols) +
                               ", bits " + std::to_string(spec.bits) + ", group_size " +
-                              std::to_string(spec.group_size);
+                              std::to_string(spec.group_size) +
+                              (micro ? std::string(", mode ") + mode_name(spec.mode) : "");
     if (packed.size != layout.packed_bytes) {
       args.fail(0, "packed",
                 bytes_message(packed.size, layout.packed_bytes,
                               std::to_string(rows) + " x " + std::to_string(layout.words_per_row) +
                                   " uint32 words for " + shape));
     }
-    const std::string groups = dims(rows, layout.groups_per_row, dtype) + " for " + shape;
+    const std::string groups =
+        (micro ? std::to_string(rows) + " x " + std::to_string(layout.groups_per_row) + " uint8"
+               : dims(rows, layout.groups_per_row, dtype)) +
+        " for " + shape;
     if (scales.size != layout.scales_bytes) {
       args.fail(1, "scales", bytes_message(scales.size, layout.scales_bytes, groups));
     }
-    if (biases.size != layout.scales_bytes) {
-      args.fail(2, "biases", bytes_message(biases.size, layout.scales_bytes, groups));
+    if (biases.size != layout.biases_bytes) {
+      args.fail(2, "biases",
+                micro ? "must be empty (the microscaled modes have no biases), got " +
+                            std::to_string(biases.size) + " bytes"
+                      : bytes_message(biases.size, layout.biases_bytes, groups));
     }
-    const size_t bytes = layout.packed_bytes + 2 * layout.scales_bytes;
+    const size_t bytes = layout.packed_bytes + layout.scales_bytes + layout.biases_bytes;
     // A copy into fresh memory: ~0.6 ns per byte measured (page faults included), so copies
     // above ~125 KB go to a dirty scheduler.
     return run_scheduled(env, static_cast<double>(bytes) * kCopyNsPerByte, kConversionBudgetNs,
@@ -253,6 +276,14 @@ ERL_NIF_TERM info_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
                              make_dtype_atom(env, w.dtype), enif_make_int(env, w.spec.bits),
                              enif_make_int(env, w.spec.group_size)};
     return enif_make_tuple_from_array(env, items, 5);
+  });
+}
+
+// mode(ref) -> :affine | :mxfp4 | :mxfp8 | :nvfp4
+ERL_NIF_TERM mode_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
+  return guarded(env, "mode/1", [&] {
+    const Args args(env, "mode/1", argv);
+    return enif_make_atom(env, mode_name(get_qtensor(args, 0, "tensor").matrix.spec.mode));
   });
 }
 

@@ -212,6 +212,17 @@ DType Args::dtype(int i, const char* name) const {
   expected(i, name, "one of :f32, :f16, :bf16");
 }
 
+nx_quant::QuantMode Args::mode(int i, const char* name) const {
+  char atom[8];
+  if (enif_get_atom(env_, argv_[i], atom, sizeof atom, ERL_NIF_LATIN1) > 0) {
+    for (auto mode : {nx_quant::QuantMode::Affine, nx_quant::QuantMode::Mxfp4,
+                      nx_quant::QuantMode::Mxfp8, nx_quant::QuantMode::Nvfp4}) {
+      if (std::strcmp(atom, nx_quant::mode_name(mode)) == 0) return mode;
+    }
+  }
+  expected(i, name, "one of :affine, :mxfp4, :mxfp8, :nvfp4");
+}
+
 nx_quant::Precision Args::precision(int i, const char* name) const {
   char atom[8];
   if (enif_get_atom(env_, argv_[i], atom, sizeof atom, ERL_NIF_LATIN1) > 0) {

@@ -62,6 +62,8 @@ class Args {
   bool boolean(int i, const char* name) const;
   // The atom f32, f16 or bf16.
   DType dtype(int i, const char* name) const;
+  // The atom affine, mxfp4, mxfp8 or nvfp4.
+  nx_quant::QuantMode mode(int i, const char* name) const;
   // The atom exact or int8.
   nx_quant::Precision precision(int i, const char* name) const;
   // A binary (no copy: the bytes stay owned by the term, valid for the whole call).

@@ -14,7 +14,12 @@ defmodule NxQuant.Core do
   flattened into rows).
 
   Options: `:type` (`{:s, 2 | 3 | 4 | 5 | 6 | 8}`, default `{:s, 4}`) or `:bits`,
-  `:group_size` (32, 64 or 128, default 64), `:threads` (0: the library default).
+  `:group_size` (32, 64 or 128, default 64), `:threads` (0: the library default), `:mode`
+  (MLX's `:affine` (default), `:mxfp4`, `:mxfp8` or `:nvfp4`; the microscaled modes fix bits
+  and group size (4/32, 8/32, 4/16) and options that disagree raise).
+
+  A microscaled tensor's config has `{:u, 8}` scales (E8M0 exponents for mxfp4/mxfp8, E4M3
+  for nvfp4) and `biases: nil`; its `dtype` is the input's type (dequantize's result type).
 
   The result has the input's shape, type `{:s, bits}` and `dtype` the input's type; its
   config's scales and biases are `{rows, cols / group_size}` dense tensors whose binaries
@@ -25,14 +30,19 @@ defmodule NxQuant.Core do
     fun = "quantize/2"
     %Dense{data: data, shape: shape, type: type} = Validate.float_dense!(tensor, "#{fun} tensor")
     Validate.dense!(data, shape, type, "#{fun} tensor")
-    opts = Validate.keyword!(opts, [:type, :bits, :group_size, :threads], fun)
-    {bits, group_size} = Validate.quant_spec!(opts, fun)
+    opts = Validate.keyword!(opts, [:type, :bits, :group_size, :threads, :mode], fun)
+    mode = Validate.mode!(opts, fun)
+    {bits, group_size} = Validate.quant_spec!(opts, fun, mode)
     threads = Validate.threads!(opts, fun)
     {rows, cols} = rows_cols!(shape, group_size, fun, "tensor")
+    dtype = Validate.dtype_atom(type)
 
-    data
-    |> NIF.quantize(rows, cols, Validate.dtype_atom(type), bits, group_size, threads)
-    |> wrap(shape, type, bits, group_size, rows, cols)
+    ref =
+      if mode == :affine,
+        do: NIF.quantize(data, rows, cols, dtype, bits, group_size, threads),
+        else: NIF.quantize(data, rows, cols, dtype, bits, group_size, threads, mode)
+
+    wrap(ref, shape, type, bits, group_size, rows, cols, mode)
   end
 
   @doc """
@@ -135,14 +145,82 @@ defmodule NxQuant.Core do
     * `shape`: the logical dense shape, quantized along its last axis.
 
   Parts may have the stored 2-D shape `{rows, n}` or the logical shape's leading axes
-  followed by `n`. Options: `:type` / `:bits`, `:group_size` (defaults `{:s, 4}` / 64).
-  The parts are copied once into the native resource.
+  followed by `n`. Options: `:type` / `:bits`, `:group_size` (defaults `{:s, 4}` / 64), `:mode`
+  (see `quantize/2`). The parts are copied once into the native resource.
+
+  Microscaled modes (`mode: :mxfp4 | :mxfp8 | :nvfp4`): `scales` is `{:u, 8}`, `biases` must
+  be `nil`, and option `:dtype` (default `{:bf, 16}`, MLX's) is the dequantized type.
   """
   @spec quantized_tensor(Dense.t() | binary(), Dense.t(), Dense.t(), tuple(), keyword()) ::
           QuantizedTensor.t()
   def quantized_tensor(packed, scales, biases, shape, opts \\ []) do
     fun = "quantized_tensor/5"
-    opts = Validate.keyword!(opts, [:type, :bits, :group_size], fun)
+    opts = Validate.keyword!(opts, [:type, :bits, :group_size, :mode, :dtype], fun)
+    mode = Validate.mode!(opts, fun)
+
+    if mode != :affine do
+      microscaled_tensor(packed, scales, biases, shape, mode, opts, fun)
+    else
+      affine_tensor(packed, scales, biases, shape, opts, fun)
+    end
+  end
+
+  defp microscaled_tensor(packed, scales, biases, shape, mode, opts, fun) do
+    {bits, group_size} = Validate.quant_spec!(opts, fun, mode)
+    dtype = Validate.float_type_opt!(opts, :dtype, {:bf, 16}, fun)
+
+    if biases != nil do
+      raise ArgumentError,
+            "#{fun} biases must be nil for mode #{inspect(mode)} (MLX's microscaled modes " <>
+              "have no biases), got: #{Validate.describe(biases)}"
+    end
+
+    Validate.shape!(shape, "#{fun} shape")
+    {rows, cols} = rows_cols!(shape, group_size, fun, "shape")
+    words = div(cols * bits, 32)
+    groups = div(cols, group_size)
+    packed_data = packed!(packed, shape, rows, words, bits, fun)
+
+    case scales do
+      %Dense{type: {:u, 8}, shape: s_shape, data: data} ->
+        Validate.shape!(s_shape, "#{fun} scales")
+
+        unless is_binary(data) and byte_size(data) == Validate.size(s_shape) do
+          raise ArgumentError,
+                "#{fun} scales data must be a binary of #{Validate.size(s_shape)} bytes " <>
+                  "for shape #{inspect(s_shape)} and type {:u, 8}, got: #{Validate.describe(data)}"
+        end
+
+        unless s_shape in part_shapes(shape, rows, groups) do
+          shape_error!("scales", s_shape, shape, rows, groups, "mode #{inspect(mode)}", fun)
+        end
+
+      other ->
+        raise ArgumentError,
+              "#{fun} scales must be an %NxQuant.Dense{type: {:u, 8}} for mode " <>
+                "#{inspect(mode)}, got: #{Validate.describe(other)}"
+    end
+
+    packed_data
+    |> NIF.quantized_tensor(
+      scales.data,
+      <<>>,
+      rows,
+      cols,
+      Validate.dtype_atom(dtype),
+      bits,
+      group_size,
+      mode
+    )
+    |> wrap(shape, dtype, bits, group_size, rows, cols, mode)
+  end
+
+  defp affine_tensor(packed, scales, biases, shape, opts, fun) do
+    if Keyword.has_key?(opts, :dtype) do
+      raise ArgumentError,
+            "#{fun} option :dtype is for the microscaled modes (affine takes the scales' type)"
+    end
+
     {bits, group_size} = Validate.quant_spec!(opts, fun)
     Validate.shape!(shape, "#{fun} shape")
     {rows, cols} = rows_cols!(shape, group_size, fun, "shape")
@@ -177,18 +255,30 @@ defmodule NxQuant.Core do
   The stored parts, as dense tensors whose binaries point into the native resource (no copy):
   packed `{rows, cols * bits / 32}` u32, scales and biases `{rows, cols / group_size}`.
   """
-  @spec parts(QuantizedTensor.t()) :: %{packed: Dense.t(), scales: Dense.t(), biases: Dense.t()}
+  @spec parts(QuantizedTensor.t()) :: %{
+          packed: Dense.t(),
+          scales: Dense.t(),
+          biases: Dense.t() | nil
+        }
   def parts(qt) do
-    %QuantizedTensor{ref: ref, dtype: dtype, config: %Config{bits: bits, group_size: gs}} =
-      qt = quantized!(qt, "parts/1")
+    %QuantizedTensor{
+      ref: ref,
+      dtype: dtype,
+      config: %Config{bits: bits, group_size: gs, mode: mode}
+    } = qt = quantized!(qt, "parts/1")
 
     {rows, cols} = QuantizedTensor.stored_shape(qt)
     {packed, scales, biases} = NIF.parts(ref)
+    affine = mode == "affine"
 
     %{
       packed: %Dense{data: packed, shape: {rows, div(cols * bits, 32)}, type: {:u, 32}},
-      scales: %Dense{data: scales, shape: {rows, div(cols, gs)}, type: dtype},
-      biases: %Dense{data: biases, shape: {rows, div(cols, gs)}, type: dtype}
+      scales: %Dense{
+        data: scales,
+        shape: {rows, div(cols, gs)},
+        type: if(affine, do: dtype, else: {:u, 8})
+      },
+      biases: if(affine, do: %Dense{data: biases, shape: {rows, div(cols, gs)}, type: dtype})
     }
   end
 
@@ -207,9 +297,10 @@ defmodule NxQuant.Core do
 
   # ---- helpers ---------------------------------------------------------------------------
 
-  defp wrap(ref, shape, dtype, bits, group_size, rows, cols) do
+  defp wrap(ref, shape, dtype, bits, group_size, rows, cols, mode \\ :affine) do
     {_packed, scales, biases} = NIF.parts(ref)
     groups_shape = {rows, div(cols, group_size)}
+    affine = mode == :affine
 
     %QuantizedTensor{
       ref: ref,
@@ -217,20 +308,27 @@ defmodule NxQuant.Core do
       type: {:s, bits},
       dtype: dtype,
       config: %Config{
-        scales: %Dense{data: scales, shape: groups_shape, type: dtype},
-        biases: %Dense{data: biases, shape: groups_shape, type: dtype},
+        scales: %Dense{
+          data: scales,
+          shape: groups_shape,
+          type: if(affine, do: dtype, else: {:u, 8})
+        },
+        biases: if(affine, do: %Dense{data: biases, shape: groups_shape, type: dtype}),
         bits: bits,
-        group_size: group_size
+        group_size: group_size,
+        mode: Atom.to_string(mode)
       }
     }
   end
 
   # Every function reading a quantized tensor's data comes through here: the struct's fields
-  # must agree with the resource (QuantizedTensor.check/2), one NIF.info/1 call (~0.2 us).
+  # must agree with the resource (QuantizedTensor.check/2): NIF.info/1 and NIF.mode/1 calls
+  # (~0.2 us each).
   defp quantized!(%QuantizedTensor{ref: ref} = qt, fun) when is_reference(ref) do
     info =
       try do
-        NIF.info(ref)
+        info = NIF.info(ref)
+        Tuple.insert_at(info, tuple_size(info), Atom.to_string(NIF.mode(ref)))
       rescue
         ArgumentError ->
           reraise ArgumentError,

@@ -40,6 +40,11 @@ defmodule NxQuant.NIF do
   @doc false
   def quantize(_dense, _rows, _cols, _dtype, _bits, _group_size, _threads), do: not_loaded!()
 
+  # quantize/7 with a mode (:affine, :mxfp4, :mxfp8, :nvfp4) as the 8th argument.
+  @doc false
+  def quantize(_dense, _rows, _cols, _dtype, _bits, _group_size, _threads, _mode),
+    do: not_loaded!()
+
   @doc false
   def dequantize(_ref, _transpose_out), do: not_loaded!()
 
@@ -65,11 +70,30 @@ defmodule NxQuant.NIF do
   def quantized_tensor(_packed, _scales, _biases, _rows, _cols, _dtype, _bits, _group_size),
     do: not_loaded!()
 
+  # quantized_tensor/8 with a mode as the 9th argument (microscaled: uint8 scales, biases <<>>).
+  @doc false
+  def quantized_tensor(
+        _packed,
+        _scales,
+        _biases,
+        _rows,
+        _cols,
+        _dtype,
+        _bits,
+        _group_size,
+        _mode
+      ),
+      do: not_loaded!()
+
   @doc false
   def parts(_ref), do: not_loaded!()
 
   @doc false
   def info(_ref), do: not_loaded!()
+
+  # The resource's mode atom.
+  @doc false
+  def mode(_ref), do: not_loaded!()
 
   # The CPU features kernel dispatch uses and the NX_QUANT_MAX_ISA cap (c_src/nif/cpu_nif.cpp).
   @doc false

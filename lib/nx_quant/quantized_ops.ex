@@ -66,7 +66,10 @@ defmodule NxQuant.QuantizedOps do
   (the Nx tensor's, default `qt.shape`) names a broadcast view.
   """
   @spec describe(QuantizedTensor.t(), tuple()) :: String.t()
-  def describe(%QuantizedTensor{config: %Config{bits: bits, group_size: gs}} = qt, shape \\ nil) do
+  def describe(
+        %QuantizedTensor{config: %Config{bits: bits, group_size: gs, mode: mode}} = qt,
+        shape \\ nil
+      ) do
     {rows, cols} = QuantizedTensor.stored_shape(qt)
     view = if qt.transposed, do: ", transposed view", else: ""
 
@@ -75,8 +78,13 @@ defmodule NxQuant.QuantizedOps do
         do: "",
         else: ", broadcast to #{inspect(shape)}"
 
-    "quantized affine #{bits}-bit, group_size #{gs}, #{type_name(qt.dtype)} scales/biases, " <>
-      "stored #{rows}x#{cols}#{view}#{broadcast}"
+    format =
+      if mode == "affine",
+        do: "affine #{bits}-bit, group_size #{gs}, #{type_name(qt.dtype)} scales/biases",
+        else:
+          "#{mode} (#{bits}-bit, group_size #{gs}, uint8 scales), #{type_name(qt.dtype)} values"
+
+    "quantized #{format}, stored #{rows}x#{cols}#{view}#{broadcast}"
   end
 
   @doc """
@@ -221,19 +229,22 @@ defmodule NxQuant.QuantizedOps do
     %{packed: packed, scales: scales, biases: biases} = Core.parts(qt)
     {_rows, cols} = QuantizedTensor.stored_shape(qt)
     n = length(rows)
-    %Config{bits: bits, group_size: gs} = qt.config
 
-    pick = fn %NxQuant.Dense{data: data, shape: {_, width}, type: type} ->
-      row_bytes = width * div(elem(type, 1), 8)
-      data = IO.iodata_to_binary(for r <- rows, do: binary_part(data, r * row_bytes, row_bytes))
-      %NxQuant.Dense{data: data, shape: {n, width}, type: type}
+    pick = fn
+      nil ->
+        nil
+
+      %NxQuant.Dense{data: data, shape: {_, width}, type: type} ->
+        row_bytes = width * div(elem(type, 1), 8)
+        data = IO.iodata_to_binary(for r <- rows, do: binary_part(data, r * row_bytes, row_bytes))
+        %NxQuant.Dense{data: data, shape: {n, width}, type: type}
     end
 
     if n == 0 do
       %NxQuant.Dense{data: <<>>, shape: {0, cols}, type: qt.dtype}
     else
       pick.(packed)
-      |> Core.quantized_tensor(pick.(scales), pick.(biases), {n, cols}, bits: bits, group_size: gs)
+      |> Core.quantized_tensor(pick.(scales), pick.(biases), {n, cols}, spec_opts(qt))
       |> Core.dequantize()
     end
   end
@@ -247,6 +258,14 @@ defmodule NxQuant.QuantizedOps do
   """
   @spec dequantize_f32(QuantizedTensor.t()) :: NxQuant.Dense.t()
   def dequantize_f32(%QuantizedTensor{dtype: {:f, 32}} = qt), do: Core.dequantize(qt)
+
+  # Microscaled: the same parts dequantized as f32 (element times scale, exact in f32).
+  def dequantize_f32(%QuantizedTensor{config: %Config{mode: mode}} = qt) when mode != "affine" do
+    %{packed: packed, scales: scales} = Core.parts(qt)
+    opts = Keyword.put(spec_opts(qt), :dtype, {:f, 32})
+    wide = Core.quantized_tensor(packed, scales, nil, QuantizedTensor.stored_shape(qt), opts)
+    Core.dequantize(%{wide | shape: qt.shape, transposed: qt.transposed})
+  end
 
   def dequantize_f32(%QuantizedTensor{dtype: dtype} = qt) do
     %{packed: packed, scales: scales, biases: biases} = Core.parts(qt)
@@ -302,6 +321,13 @@ defmodule NxQuant.QuantizedOps do
 
   defp top_bit(m, p) when m >>> p == 1, do: p
   defp top_bit(m, p), do: top_bit(m, p - 1)
+
+  # Options rebuilding a quantized tensor of qt's format from its parts.
+  defp spec_opts(%QuantizedTensor{config: %Config{bits: bits, group_size: gs, mode: "affine"}}),
+    do: [bits: bits, group_size: gs]
+
+  defp spec_opts(%QuantizedTensor{config: %Config{mode: mode}, dtype: dtype}),
+    do: [mode: String.to_existing_atom(mode), dtype: dtype]
 
   defp type_name({:bf, 16}), do: "bf16"
   defp type_name({kind, size}), do: "#{kind}#{size}"

@@ -28,7 +28,8 @@ defmodule NxQuant.QuantizedTensor do
   @doc """
   Checks every field `NxQuant.Core` reads (`:shape`, `:type`, `:dtype`, `:transposed`,
   `:config`'s bits, group size and mode) against `info`, what the native resource itself holds
-  (`{rows, cols, dtype_atom, bits, group_size}`, as `NxQuant.NIF.info/1` returns it): `:ok`,
+  (`{rows, cols, dtype_atom, bits, group_size}`, as `NxQuant.NIF.info/1` returns it, with the
+  resource's mode string appended; a 5-tuple means `"affine"`): `:ok`,
   or `{:error, message}` naming the first field that disagrees. A struct edited by hand (e.g.
   `%{qt | shape: {32, 128}}` over a 64x128 resource) would otherwise make the core compute
   with the resource's real matrix and label the result with the struct's fields.
@@ -37,42 +38,47 @@ defmodule NxQuant.QuantizedTensor do
   only knows the 2-D matrix). `config.scales`/`config.biases` are not read by the core (it
   takes the parts from the resource) and are not checked.
   """
-  @spec check(t(), {non_neg_integer(), pos_integer(), atom(), pos_integer(), pos_integer()}) ::
-          :ok | {:error, String.t()}
+  @spec check(t(), tuple()) :: :ok | {:error, String.t()}
+  def check(qt, {rows, cols, dtype_atom, bits, gs}),
+    do: check(qt, {rows, cols, dtype_atom, bits, gs, "affine"})
+
   def check(
         %__MODULE__{
           shape: shape,
           type: {:s, bits},
           transposed: transposed,
-          config: %NxQuant.Config{bits: bits, group_size: gs, mode: "affine"}
+          config: %NxQuant.Config{bits: bits, group_size: gs, mode: mode}
         } = qt,
-        {rows, cols, dtype_atom, bits, gs}
+        {rows, cols, dtype_atom, bits, gs, mode}
       )
       when is_boolean(transposed) and is_tuple(shape) and tuple_size(shape) >= 1 and
              (tuple_size(shape) == 2 or not transposed) do
     cond do
       not Enum.all?(Tuple.to_list(shape), &(is_integer(&1) and &1 >= 0)) ->
-        mismatch(qt, rows, cols, dtype_atom, bits, gs)
+        mismatch(qt, rows, cols, dtype_atom, bits, gs, mode)
 
       stored_shape(qt) == {rows, cols} and qt.dtype == NxQuant.Validate.dtype_type(dtype_atom) ->
         :ok
 
       true ->
-        mismatch(qt, rows, cols, dtype_atom, bits, gs)
+        mismatch(qt, rows, cols, dtype_atom, bits, gs, mode)
     end
   end
 
-  def check(%__MODULE__{} = qt, {rows, cols, dtype_atom, bits, gs}),
-    do: mismatch(qt, rows, cols, dtype_atom, bits, gs)
+  def check(%__MODULE__{} = qt, {rows, cols, dtype_atom, bits, gs, mode}),
+    do: mismatch(qt, rows, cols, dtype_atom, bits, gs, mode)
 
   # The slow path: which field disagrees (checked in the order a reader would look).
-  defp mismatch(qt, rows, cols, dtype_atom, bits, gs) do
+  defp mismatch(qt, rows, cols, dtype_atom, bits, gs, mode) do
     dtype = NxQuant.Validate.dtype_type(dtype_atom)
     config = qt.config
 
     real =
       "its native data is a #{rows}x#{cols} matrix, bits #{bits}, group_size #{gs}, " <>
-        "#{inspect(dtype)} scales"
+        if(mode == "affine",
+          do: "#{inspect(dtype)} scales",
+          else: "mode #{mode}, #{inspect(dtype)} values"
+        )
 
     problem =
       cond do
@@ -107,7 +113,7 @@ defmodule NxQuant.QuantizedTensor do
           ":config group_size #{inspect(config.group_size)} does not match"
 
         true ->
-          ":config mode #{inspect(config.mode)} does not match (only \"affine\" exists)"
+          ":config mode #{inspect(config.mode)} does not match"
       end
 
     {:error, "quantized tensor's #{problem}: #{real} (was the struct edited?)"}

@@ -214,6 +214,12 @@ defmodule NxQuant.Safetensors do
             "cannot write '#{Validate.printable(name)}': a transposed view (write the original)"
     end
 
+    if b == nil do
+      raise ArgumentError,
+            "cannot write '#{Validate.printable(name)}': checkpoints of mode " <>
+              "#{inspect(qt.config.mode)} (microscaled) are not supported yet"
+    end
+
     base = String.replace_suffix(name, ".weight", "")
     leading = Tuple.delete_at(qt.shape, tuple_size(qt.shape) - 1)
 

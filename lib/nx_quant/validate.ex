@@ -192,6 +192,66 @@ defmodule NxQuant.Validate do
     end
   end
 
+  @modes [:affine, :mxfp4, :mxfp8, :nvfp4]
+
+  @doc "MLX's quantization modes, as atoms."
+  def modes, do: @modes
+
+  @doc """
+  The `:mode` option (an atom or MLX's string spelling), default `:affine`.
+  """
+  def mode!(opts, fun) do
+    case Keyword.get(opts, :mode, :affine) do
+      mode when mode in @modes ->
+        mode
+
+      mode when mode in ["affine", "mxfp4", "mxfp8", "nvfp4"] ->
+        String.to_existing_atom(mode)
+
+      other ->
+        raise ArgumentError,
+              "#{fun} option :mode must be one of #{inspect(@modes)}, got: #{inspect(other)}"
+    end
+  end
+
+  @doc "The fixed `{bits, group_size}` of a microscaled mode (MLX's)."
+  def mode_spec(:mxfp4), do: {4, 32}
+  def mode_spec(:mxfp8), do: {8, 32}
+  def mode_spec(:nvfp4), do: {4, 16}
+
+  @doc """
+  `{bits, group_size}` for `mode`: `quant_spec!/2` for `:affine`; a microscaled mode fixes
+  both, and `:type` / `:bits` / `:group_size` options that disagree raise.
+  """
+  def quant_spec!(opts, fun, :affine), do: quant_spec!(opts, fun)
+
+  def quant_spec!(opts, fun, mode) do
+    {bits, group_size} = mode_spec(mode)
+
+    given_bits =
+      case {Keyword.get(opts, :type), Keyword.get(opts, :bits)} do
+        {nil, nil} -> bits
+        {{:s, b}, nil} -> b
+        {nil, b} -> b
+        {{:s, b}, b} -> b
+        {type, b} -> {type, b}
+      end
+
+    if given_bits != bits do
+      raise ArgumentError,
+            "#{fun} mode #{inspect(mode)} has #{bits} bits (type {:s, #{bits}}), got: " <>
+              "#{inspect(Keyword.take(opts, [:type, :bits]))}"
+    end
+
+    if Keyword.get(opts, :group_size, group_size) != group_size do
+      raise ArgumentError,
+            "#{fun} mode #{inspect(mode)} has group_size #{group_size}, got: " <>
+              inspect(Keyword.get(opts, :group_size))
+    end
+
+    {bits, group_size}
+  end
+
   @doc "A float type option (e.g. `:out_type`), `default` when absent."
   def float_type_opt!(opts, key, default, fun) do
     case Keyword.get(opts, key, default) do
