@@ -10,6 +10,7 @@
 #include "portable.h"
 #if defined(__x86_64__)
 #include "simd_kernels.h"
+#include "x86/avx2/gemv_avx2.h"
 #endif
 
 namespace nx_quant {
@@ -239,6 +240,15 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
       });
       return;
     }
+    if (kernel == KernelChoice::Avx2 && avx2::has_int8_path(w.spec.bits)) {
+      const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
+      const auto operand = avx2::prepare_int8(xa, w.spec.bits);
+      const bool vnni = detail::cpu_features().avx_vnni;
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        avx2::gemv_nk_int8(operand, w, out_dtype, begin, end, out.data, vnni);
+      });
+      return;
+    }
 #endif
     if (kernel == KernelChoice::Portable) {
       const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
@@ -306,9 +316,10 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
     return;
   }
   if (kernel == KernelChoice::Avx2) {
-    if (transpose && m < kGemvMaxRows) {
+    if (transpose && m <= avx2::kGemvMaxRows) {  // decode: W read once, never dequantized
+      const auto xs = avx2::prepare_lut(xf.data(), m, k_dim, w.spec.group_size, w.spec.bits);
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
-        avx2::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);
+        avx2::gemv_nk_lut(xs, w, out_dtype, begin, end, out.data);
       });
     } else {
       detail::parallel_for(n_dim, avx2::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
