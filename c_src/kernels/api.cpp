@@ -352,6 +352,14 @@ double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
   } catch (const InvalidArgument&) {
     kernel = KernelChoice::Portable;  // the call itself will fail; any estimate will do
   }
+#if defined(__x86_64__)
+  if (kernel == KernelChoice::Avx2 && transpose && m <= avx2::kGemvMaxRows) {
+    // The AVX2 decode GEMV, one thread (bench/RESULTS.md, run h19x, loaded Xeon): ~0.045 ns per
+    // multiply-add at m = 1 for 2 and 4 bits (estimated 0.055, not below AVX-512's estimate),
+    // up to 0.07 for the other widths, ~0.035 more per further row of x (FMA-bound).
+    return weights * (w.spec.bits == 2 || w.spec.bits == 4 ? 0.02 : 0.035) + macs * 0.035;
+  }
+#endif
   double slowdown = 1.0;  // relative to AVX-512
   if (kernel == KernelChoice::Avx2) slowdown = 2.0;
   if (kernel == KernelChoice::Portable || kernel == KernelChoice::Reference) slowdown = 40.0;

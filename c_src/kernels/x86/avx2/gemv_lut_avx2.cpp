@@ -220,8 +220,8 @@ void gemv_lut_impl(const LutOperand& x, const QuantizedMatrix& w, DType out_dtyp
                                  res + i0 * kMaxBlockRows, kMaxBlockRows);
     }
   };
-  // One x row: four W rows per block; more: two (the accumulators must fit 16 registers).
-  const size_t block = m == 1 ? 4 : 2;
+  // One or two x rows: four W rows per block; more: two (the accumulators must fit 16 registers).
+  const size_t block = m <= 2 ? 4 : 2;
   for (size_t n = n_begin; n < n_end; n += block) {
     const int count = static_cast<int>(std::min(block, n_end - n));
     detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * block, block);
