@@ -718,6 +718,20 @@ void PairedF32Shapes(benchmark::internal::Benchmark* b) {
   }
 }
 
+// The AVX2 decode GEMVs (KernelChoice::Avx2), 4096 x 14336, 2 threads, pool awake: every width,
+// M = 1 .. 8, f32 and bf16 activations (exact), and the int8 mode at 2, 4 and 8 bits.
+void PairedAvx2Shapes(benchmark::internal::Benchmark* b) {
+  for (int bits : {4, 2, 3, 8, 5, 6}) {
+    for (int m : {1, 2, 4, 8}) {
+      b->Args({4096, 14336, m, bits, 2, kAvx2, kExact, kF32, 1});
+      if (bits == 4 || bits == 2) b->Args({4096, 14336, m, bits, 2, kAvx2, kExact, kBF16, 1});
+    }
+  }
+  for (int bits : {4, 2, 8}) {
+    for (int m : {1, 4}) b->Args({4096, 14336, m, bits, 2, kAvx2, kInt8, kF32, 1});
+  }
+}
+
 // bf16 activations (what MLX-community models compute in), decode shapes.
 void Bf16ActivationShapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
@@ -786,6 +800,11 @@ BENCHMARK(BM_GemvVsRead)
 BENCHMARK(BM_GemvVsRead)
     ->Name("BM_MicroscaledGemvVsRead")
     ->Apply(PairedMicroscaledShapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvVsRead)
+    ->Name("BM_GemvVsReadAvx2")
+    ->Apply(PairedAvx2Shapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);

@@ -65,6 +65,18 @@ TEST(EstimatedMatmulNs, DecodeOfA4096SquareLayerFitsANormalSchedulerSlice) {
   EXPECT_GT(estimated_matmul_ns(1, shape_only(11008, 4096, 4), true), 1e6);
 }
 
+TEST(EstimatedMatmulNs, Avx2DecodeOfA4096SquareLayerFitsANormalSchedulerSlice) {
+  if (!detail::cpu_features().avx2_fma) GTEST_SKIP() << "no AVX2 on this CPU";
+  // The AVX2 decode GEMV (m <= 8) reads W once: a 4-bit 4096 x 4096 step (~0.8 ms on one
+  // loaded thread) stays on a normal scheduler; 8 rows, a prefill, or 8 bits do not.
+  const auto w = shape_only(4096, 4096, 4);
+  const ExecOptions avx2 = with_kernel(KernelChoice::Avx2);
+  EXPECT_LT(estimated_matmul_ns(1, w, true, avx2), 1e6);
+  EXPECT_GT(estimated_matmul_ns(8, w, true, avx2), 1e6);
+  EXPECT_GT(estimated_matmul_ns(512, w, true, avx2), estimated_matmul_ns(8, w, true, avx2));
+  EXPECT_GT(estimated_matmul_ns(1, shape_only(4096, 4096, 8), true, avx2), 1e6);
+}
+
 // estimated_quantize_ns / estimated_dequantize_ns: the NIF sends conversions estimated over
 // 0.1 ms to a dirty scheduler (c_src/nif/terms.h kConversionBudgetNs).
 TEST(EstimatedConversionNs, GrowWithTheWorkAndTheOutput) {

@@ -1,8 +1,8 @@
 // Precision::Int8 (the opt-in fast mode): the activation quantizer against hand-computed
 // values, every int8 kernel against an independent double-precision evaluation of the same
 // int8 formula, and the fast mode against the exact oracle within its documented error bound.
-// Where the kernel that runs has no int8 path (AVX2, AVX-512 without VNNI), the fast mode must
-// instead give exactly the exact mode's bits.
+// Where the kernel that runs has no int8 path (AVX-512 without VNNI; AVX2 for 3-, 5- and 6-bit
+// weights), the fast mode must instead give exactly the exact mode's bits.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -31,14 +31,20 @@ struct Int8Case {
   detail::CpuFeatures features;
 };
 
-// Every kernel this CPU can run: the portable loop, Auto, each SIMD kernel explicitly, and
-// AVX-512 without VNNI (which computes exactly); NEON with i8mm, with dotprod only, and
-// without either (which computes exactly).
+// Every kernel this CPU can run: the portable loop, Auto, each SIMD kernel explicitly, AVX2
+// without AVX-VNNI (vpmaddubsw instead of vpdpbusd: the same bits), AVX-512 without VNNI
+// (which computes exactly); NEON with i8mm, with dotprod only, and without either (which
+// computes exactly).
 std::vector<Int8Case> int8_cases() {
   const detail::CpuFeatures cpu = detail::cpu_features();
   std::vector<Int8Case> cases = {{"portable", KernelChoice::Portable, cpu},
                                  {"auto", KernelChoice::Auto, cpu}};
   if (cpu.avx2_fma) cases.push_back({"avx2", KernelChoice::Avx2, cpu});
+  if (cpu.avx_vnni) {
+    detail::CpuFeatures no_vnni = cpu;
+    no_vnni.avx_vnni = false;
+    cases.push_back({"avx2 without AVX-VNNI", KernelChoice::Avx2, no_vnni});
+  }
   if (cpu.avx512) cases.push_back({"avx512", KernelChoice::Avx512, cpu});
   if (cpu.avx512_vnni) {
     detail::CpuFeatures no_vnni = cpu;
@@ -59,11 +65,11 @@ std::vector<Int8Case> int8_cases() {
   return cases;
 }
 
-// Whether Precision::Int8 approximates with `kernel` on the CPU features in force, as
-// quantized_matmul dispatches it (c_src/kernels/api.cpp): the portable int8 loop, AVX-512
-// with VNNI, or NEON with dotprod; every other kernel computes exactly. (Decode shapes only:
-// transpose, m < 8.)
-bool int8_approximates(KernelChoice kernel) {
+// Whether Precision::Int8 approximates with `kernel` on the CPU features in force for `bits`-bit
+// weights, as quantized_matmul dispatches it (c_src/kernels/api.cpp): the portable int8 loop,
+// AVX-512 with VNNI, NEON with dotprod, AVX2 (with or without AVX-VNNI) for 2, 4 and 8 bits;
+// every other kernel computes exactly. (Decode shapes only: transpose, m < 8.)
+bool int8_approximates(KernelChoice kernel, int bits) {
   const auto& cpu = detail::cpu_features();
   if (kernel == KernelChoice::Auto) {
     kernel = cpu.neon       ? KernelChoice::Neon
@@ -72,7 +78,8 @@ bool int8_approximates(KernelChoice kernel) {
                             : KernelChoice::Portable;
   }
   return kernel == KernelChoice::Portable || (kernel == KernelChoice::Avx512 && cpu.avx512_vnni) ||
-         (kernel == KernelChoice::Neon && cpu.neon_dotprod);
+         (kernel == KernelChoice::Neon && cpu.neon_dotprod) ||
+         (kernel == KernelChoice::Avx2 && (bits == 2 || bits == 4 || bits == 8));
 }
 
 // out[m, n] in f32 from x [m, k] against w stored [n, k], fast mode (or `precision`).
@@ -168,8 +175,8 @@ TEST(Int8Activations, PaddingZeroAndNonFiniteBlocks) {
 TEST(Int8Matmul, EveryKernelMatchesTheInt8FormulaAllBitsGroupsDtypes) {
   for (const Int8Case& c : int8_cases()) {
     detail::ScopedCpuFeatures scope(c.features);
-    const bool approximates = int8_approximates(c.kernel);
     for (int bits : kAllBits) {
+      const bool approximates = int8_approximates(c.kernel, bits);
       for (int gs : kAllGroupSizes) {
         for (DType wt : kAllDtypes) {
           // K = 3 * 128 + gs: not a multiple of 64 when gs = 32 (a final half chunk).
@@ -205,8 +212,8 @@ TEST(Int8Matmul, WithinTheDocumentedBoundOfTheExactResult) {
   const size_t k = 1024, n = 64, m = 2;
   for (const Int8Case& c : int8_cases()) {
     detail::ScopedCpuFeatures scope(c.features);
-    const bool approximates = int8_approximates(c.kernel);
     for (int bits : {2, 4, 8}) {
+      const bool approximates = int8_approximates(c.kernel, bits);
       TypedBuffer dense(DType::BF16, random_values(n * k, 77 + bits, k));
       OwnedQuantized w(dense, n, k, {bits, 64});
       const auto x = random_values(m * k, 123);

@@ -11,6 +11,7 @@
 #include "portable.h"
 #if defined(__x86_64__)
 #include "simd_kernels.h"
+#include "x86/avx2/gemv_avx2.h"
 #endif
 #if defined(__aarch64__)
 #include "arm/neon/plan_neon.h"
@@ -296,6 +297,15 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
       });
       return;
     }
+    if (kernel == KernelChoice::Avx2 && avx2::has_int8_path(w.spec.bits)) {
+      const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
+      const auto operand = avx2::prepare_int8(xa, w.spec.bits);
+      const bool vnni = detail::cpu_features().avx_vnni;
+      detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
+        avx2::gemv_nk_int8(operand, w, out_dtype, begin, end, out.data, vnni);
+      });
+      return;
+    }
 #endif
     if (kernel == KernelChoice::Portable) {
       const auto xa = detail::quantize_activations(xf.data(), m, k_dim, gs);
@@ -363,9 +373,10 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
     return;
   }
   if (kernel == KernelChoice::Avx2) {
-    if (transpose && m < kGemvMaxRows) {
+    if (transpose && m <= avx2::kGemvMaxRows) {  // decode: W read once, never dequantized
+      const auto xs = avx2::prepare_lut(xf.data(), m, k_dim, w.spec.group_size, w.spec.bits);
       detail::parallel_for(n_dim, 8, options.threads, [&](size_t begin, size_t end) {
-        avx2::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out.data);
+        avx2::gemv_nk_lut(xs, w, out_dtype, begin, end, out.data);
       });
     } else {
       detail::parallel_for(n_dim, avx2::kGemmBlock, options.threads, [&](size_t begin, size_t end) {
@@ -398,6 +409,14 @@ double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
   } catch (const InvalidArgument&) {
     kernel = KernelChoice::Portable;  // the call itself will fail; any estimate will do
   }
+#if defined(__x86_64__)
+  if (kernel == KernelChoice::Avx2 && transpose && m <= avx2::kGemvMaxRows) {
+    // The AVX2 decode GEMV, one thread (bench/RESULTS.md, run h19x, loaded Xeon): ~0.045 ns per
+    // multiply-add at m = 1 for 2 and 4 bits (estimated 0.055, not below AVX-512's estimate),
+    // up to 0.07 for the other widths, ~0.035 more per further row of x (FMA-bound).
+    return weights * (w.spec.bits == 2 || w.spec.bits == 4 ? 0.02 : 0.035) + macs * 0.035;
+  }
+#endif
   double slowdown = 1.0;  // relative to AVX-512
   if (kernel == KernelChoice::Avx2) slowdown = 2.0;
   // NEON: not measured (no aarch64 machine; QEMU says nothing about speed). 128-bit vectors,

@@ -24,8 +24,11 @@ CpuFeatures detect() {
   __builtin_cpu_init();
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
-  const bool bf16 = __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0;
+  const bool leaf7_1 = __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx);
+  const bool bf16 = leaf7_1 && (eax & (1u << 5)) != 0;
+  const bool avx_vnni = leaf7_1 && (eax & (1u << 4)) != 0;
   f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  f.avx_vnni = f.avx2_fma && avx_vnni;
   f.avx512 = f.avx2_fma && __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vbmi");
@@ -109,7 +112,7 @@ const char* isa_level_name(IsaLevel level) {
 
 CpuFeatures capped(CpuFeatures f, IsaLevel cap) {
   if (cap < IsaLevel::Avx512) f.avx512 = f.avx512_vnni = f.avx512_bf16 = false;
-  if (cap < IsaLevel::Avx2) f.avx2_fma = false;
+  if (cap < IsaLevel::Avx2) f.avx2_fma = f.avx_vnni = false;
   if (cap <= IsaLevel::Neon) f.neon_dotprod = f.neon_i8mm = false;
   if (cap < IsaLevel::Neon) f.neon = false;
   return f;
@@ -118,6 +121,7 @@ CpuFeatures capped(CpuFeatures f, IsaLevel cap) {
 ScopedCpuFeatures::ScopedCpuFeatures(const CpuFeatures& allowed) : saved_(cpu_features()) {
   CpuFeatures& f = state().features;
   f.avx2_fma = f.avx2_fma && allowed.avx2_fma;
+  f.avx_vnni = f.avx_vnni && allowed.avx_vnni;
   f.avx512 = f.avx512 && allowed.avx512;
   f.avx512_vnni = f.avx512_vnni && allowed.avx512_vnni;
   f.avx512_bf16 = f.avx512_bf16 && allowed.avx512_bf16;

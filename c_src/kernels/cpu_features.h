@@ -15,6 +15,7 @@ namespace nx_quant::detail {
 
 struct CpuFeatures {
   bool avx2_fma = false;      // AVX2 + FMA + F16C
+  bool avx_vnni = false;      // avx2_fma plus AVX-VNNI (VEX int8 dot products, AVX2's int8 path)
   bool avx512 = false;        // AVX-512 F, BW, VL, DQ and VBMI (byte permutes unpack any bit width)
   bool avx512_vnni = false;   // avx512 plus VNNI (int8 dot products, the Precision::Int8 path)
   bool avx512_bf16 = false;   // avx512 plus BF16 (bf16 dot products, the exact 4-bit GEMV)

@@ -1,5 +1,6 @@
-// AVX2 + FMA (+ F16C) fused quantized matmul: the AVX-512 kernels (qmatmul_avx512.cpp) ported to
-// 256-bit registers and 16 architectural registers.
+// AVX2 + FMA (+ F16C) fused quantized matmul, the GEMM path (prefill, and transpose = false):
+// the AVX-512 kernels (qmatmul_avx512.cpp) ported to 256-bit registers and 16 architectural
+// registers. The decode GEMVs (transpose = true, m <= 8) are in x86/avx2/.
 //
 // Unpacking works on chunks of 16 consecutive values of a stored row, which span exactly 2*bits
 // bytes; a chunk yields two __m256 of 8 values each (lo: values 0..7, hi: values 8..15).
@@ -35,13 +36,6 @@ inline uint32_t load_u32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, sizeof(v));
   return v;
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 template <int Bits>
@@ -111,19 +105,6 @@ struct Unpacker {
   }
 };
 
-// 4 bits in the GEMV, where x can be stored in any order once per call: the chunk's 8 bytes
-// zero-extended to dwords give the even values (low nibbles, AND) and the odd values (high
-// nibbles, a shift) with no per-lane shifts or broadcasts; x is stored as [evens, odds].
-struct NibbleUnpacker {
-  __m256i low = _mm256_set1_epi32(0x0F);
-  // Values 0, 2, .., 14 and 1, 3, .., 15 of the chunk at p.
-  void operator()(const uint8_t* p, __m256& even, __m256& odd) const {
-    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    even = _mm256_cvtepi32_ps(_mm256_and_si256(b, low));
-    odd = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
-  }
-};
-
 // Where to unpack `bytes` bytes at p from: p itself, or (when the unpacker's over-read would leave
 // the packed buffer [base, base + total)) a copy in tmp, whose tail stays zero.
 template <int Bits>
@@ -170,136 +151,6 @@ struct Packed {
   size_t total;      // bytes of the whole packed buffer
   size_t row_bytes;  // bytes of one stored row
 };
-
-// ---- GEMV (transpose = true, small m) --------------------------------------------------------
-// Per output: for each group g, t = sum over the group of q * x (8 lanes; for MR = 1 split over
-// two partial sums, lo and hi halves of each chunk), acc += t * scale_g (8 lanes),
-// bias_sum += bias_g * sum(x_g) (scalar); result = hsum(acc) + bias_sum. The order depends only
-// on MR (fixed by the row of x, never by the column split), so a result never depends on how
-// columns are split over threads or blocked by NW.
-// W is prefetched into L2 this many NW-row blocks ahead (the same place in a later block; the
-// NW rows are contiguous), as the AVX-512 GEMVs do: a distance along the row with an L1 hint
-// read at under half the bandwidth.
-constexpr size_t kPrefetchBlocks = 2;
-constexpr int kBlockRows = 4;  // W rows per block (NW of the full blocks)
-
-template <int Bits, int MR, int NW>
-void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, const Packed& w,
-                size_t n, const Params& params, size_t group_size, const Unpacker<Bits>& unpack,
-                uint8_t (*tmp)[kTmpBytes], float* result /* [MR][NW] */) {
-  using U = Unpacker<Bits>;
-  constexpr int S = MR == 1 ? 2 : 1;  // partial sums per (row, column)
-  __m256 acc[MR][NW];
-  float bias_sum[MR][NW];
-  NXQ_UNROLL
-  for (int r = 0; r < MR; ++r) {
-    NXQ_UNROLL
-    for (int v = 0; v < NW; ++v) {
-      acc[r][v] = _mm256_setzero_ps();
-      bias_sum[r][v] = 0.0f;
-    }
-  }
-  const size_t chunks_per_group = group_size / 16;
-  const size_t group_bytes = chunks_per_group * U::kChunkBytes;
-  const uint8_t* rows = w.bytes + n * w.row_bytes;
-  for (size_t g = 0; g < groups; ++g) {
-    __m256 t[MR][NW][S];
-    NXQ_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      NXQ_UNROLL
-      for (int v = 0; v < NW; ++v) {
-        NXQ_UNROLL
-        for (int s = 0; s < S; ++s) t[r][v][s] = _mm256_setzero_ps();
-      }
-    }
-    const uint8_t* src[NW];
-    NXQ_UNROLL
-    for (int v = 0; v < NW; ++v) {
-      const uint8_t* p = rows + v * w.row_bytes + g * group_bytes;
-      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * kBlockRows * w.row_bytes),
-                   _MM_HINT_T1);
-      src[v] = guarded<Bits>(p, group_bytes, w.bytes, w.total, tmp[v]);
-    }
-    const float* xg = x + g * group_size;
-    for (size_t c = 0; c < chunks_per_group; ++c) {
-      NXQ_UNROLL
-      for (int v = 0; v < NW; ++v) {
-        const uint8_t* p = src[v] + c * U::kChunkBytes;
-        __m256 qlo, qhi;  // for 4 bits: even and odd values, x being stored in that order
-        if constexpr (Bits == 4) {
-          NibbleUnpacker{}(p, qlo, qhi);
-        } else {
-          qlo = unpack.lo(p);
-          qhi = unpack.hi(p);
-        }
-        NXQ_UNROLL
-        for (int r = 0; r < MR; ++r) {
-          const float* xr = xg + r * k_dim + c * 16;
-          t[r][v][0] = _mm256_fmadd_ps(qlo, _mm256_loadu_ps(xr), t[r][v][0]);
-          t[r][v][S - 1] = _mm256_fmadd_ps(qhi, _mm256_loadu_ps(xr + 8), t[r][v][S - 1]);
-        }
-      }
-    }
-    NXQ_UNROLL
-    for (int v = 0; v < NW; ++v) {
-      const size_t p = (n + v) * groups + g;
-      const __m256 scale = _mm256_set1_ps(params.scale(p));
-      const float bias = params.bias(p);
-      NXQ_UNROLL
-      for (int r = 0; r < MR; ++r) {
-        const __m256 tv = S == 2 ? _mm256_add_ps(t[r][v][0], t[r][v][S - 1]) : t[r][v][0];
-        acc[r][v] = _mm256_fmadd_ps(tv, scale, acc[r][v]);
-        bias_sum[r][v] += bias * xsum[r * groups + g];
-      }
-    }
-  }
-  NXQ_UNROLL
-  for (int r = 0; r < MR; ++r) {
-    NXQ_UNROLL
-    for (int v = 0; v < NW; ++v) result[r * NW + v] = hsum(acc[r][v]) + bias_sum[r][v];
-  }
-}
-
-template <int Bits>
-void gemv_nk_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype,
-                  size_t n_begin, size_t n_end, void* out) {
-  const Unpacker<Bits> unpack;
-  const Params params{w.scales.data, w.biases.data, w.dtype};
-  const size_t k_dim = w.cols, n_dim = w.rows;
-  const size_t gs = static_cast<size_t>(w.spec.group_size);
-  const size_t groups = k_dim / gs;
-  const Packed packed{static_cast<const uint8_t*>(w.packed.data), w.packed.bytes,
-                      k_dim * static_cast<size_t>(Bits) / 8};
-  alignas(32) uint8_t tmp[4][kTmpBytes] = {};
-
-  std::vector<float> xsum(m * groups);
-  for (size_t i = 0; i < m * groups; ++i) {
-    __m256 s = _mm256_setzero_ps();
-    for (size_t c = 0; c < gs; c += 8) s = _mm256_add_ps(s, _mm256_loadu_ps(x + i * gs + c));
-    xsum[i] = hsum(s);
-  }
-  std::vector<float> x_nibble_order;
-  if constexpr (Bits == 4) {  // each 16 values as [0, 2, .., 14, 1, 3, .., 15] (NibbleUnpacker)
-    x_nibble_order = detail::even_odd_order(x, m * k_dim, 16);
-    x = x_nibble_order.data();
-  }
-  // W rows outermost (detail::for_gemv_blocks): a block of 4 rows is read from memory once
-  // and stays in L1 while every pair of x rows uses it. The scales and biases of the rows two
-  // blocks on are prefetched with the block's packed words.
-  float result[8];
-  auto load_rows = [&](auto, size_t n) {
-    detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * kBlockRows, kBlockRows);
-  };
-  auto run = [&](auto mr, auto nw, size_t n, size_t i0) {
-    constexpr int MR = decltype(mr)::value, NW = decltype(nw)::value;
-    gemv_block<Bits, MR, NW>(x + i0 * k_dim, k_dim, xsum.data() + i0 * groups, groups, packed, n,
-                             params, gs, unpack, tmp, result);
-    for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < NW; ++v)
-        store_from_f32(out, out_dtype, (i0 + r) * n_dim + n + v, result[r * NW + v]);
-  };
-  detail::for_gemv_blocks<kBlockRows>(m, n_begin, n_end, load_rows, run);
-}
 
 // ---- GEMM ------------------------------------------------------------------------------------
 constexpr size_t kNR = 32;   // output columns per panel (two 16-column microkernel halves)
@@ -499,14 +350,6 @@ void gemm_impl(const float* x, size_t m, const QuantizedMatrix& w, bool transpos
 }
 
 }  // namespace
-
-void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
-             size_t n_end, void* out) {
-  if (m == 0 || n_begin >= n_end) return;
-  detail::with_bits(w.spec.bits, [&](auto bits) {
-    gemv_nk_impl<decltype(bits)::value>(x, m, w, out_dtype, n_begin, n_end, out);
-  });
-}
 
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
           size_t n_begin, size_t n_end, void* out) {

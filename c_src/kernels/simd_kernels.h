@@ -110,10 +110,8 @@ namespace nx_quant::avx2 {
 
 // Same contracts as the AVX-512 kernels above, for CPUs with AVX2 + FMA + F16C only.
 // kGemmBlock is a multiple of every group size so transpose=false splits stay inside groups.
+// The decode GEMVs (transpose = true, m <= 8) are in x86/avx2/gemv_avx2.h.
 constexpr size_t kGemmBlock = 128;
-
-void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
-             size_t n_end, void* out);
 
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
           size_t n_begin, size_t n_end, void* out);

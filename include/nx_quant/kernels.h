@@ -54,12 +54,13 @@ enum class KernelChoice : uint8_t {
 //   Int8:  opt-in fast mode for decode-shaped calls (transpose = true, m < 8), as llama.cpp's
 //          Q8 activations: each row of x is quantized in blocks of 32 values to int8
 //          (d = max|x| / 127, x_q = round(x / d)) and multiplied with the raw q values by
-//          integer dot products (AVX-512 VNNI, NEON dotprod or i8mm); each weight group then adds
+//          integer dot products (AVX-512 VNNI; AVX2 vpmaddubsw or AVX-VNNI for 2, 4 and 8
+//          bits; NEON dotprod or i8mm); each weight group then adds
 //          scale * sum_blocks(d * int_dot) + bias * sum(x), the last with x's exact f32 sum.
 //          The extra error per output is at most sum_k |scale_k * q_k| * d_k / 2 (see
 //          README); results stay deterministic. Other shapes, and kernels without an int8 path
-//          (AVX2, AVX-512 without VNNI, NEON without dotprod), compute exactly. Reference
-//          always computes exactly.
+//          (AVX-512 without VNNI; AVX2 at 3, 5 and 6 bits; NEON without dotprod), compute
+//          exactly. Reference always computes exactly.
 enum class Precision : uint8_t { Exact = 0, Int8 = 1 };
 
 struct ExecOptions {
