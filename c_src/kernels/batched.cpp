@@ -1,0 +1,328 @@
+// Batched quantized matmul and gather_qmm: index bookkeeping above the 2-D quantized_matmul.
+//
+// Both reduce to a list of (x matrix, weight matrix) pairs, one per output position. The pairs
+// are grouped by weight matrix (a counting sort), and each selected matrix runs ONE
+// quantized_matmul over all the rows that chose it, so its bytes are streamed once per call:
+// a mixture-of-experts decode step reads only the experts its tokens picked. Positions whose x
+// blocks and output blocks are consecutive run in place; others are gathered into a scratch
+// buffer and scattered back (byte copies, whatever the dtypes).
+#include "nx_quant/batched.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace nx_quant {
+
+namespace {
+
+std::string shape_text(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+// For every position of `out_shape` (row-major), the flat index of the element of an array of
+// shape `in_shape` that broadcasting maps there (in_shape is right-aligned, 1s stretch).
+std::vector<size_t> broadcast_map(const Shape& out_shape, const Shape& in_shape) {
+  const size_t total = shape_size(out_shape, "the broadcast shape");
+  std::vector<size_t> map(total, 0);
+  const size_t rank = out_shape.size();
+  const size_t offset = rank - in_shape.size();
+  // in-strides laid out on out's axes (0 for missing or stretched axes)
+  std::vector<size_t> strides(rank, 0);
+  size_t stride = 1;
+  for (size_t a = in_shape.size(); a-- > 0;) {
+    strides[a + offset] = in_shape[a] == 1 ? 0 : stride;
+    stride *= in_shape[a];
+  }
+  std::vector<size_t> index(rank, 0);
+  size_t flat = 0;
+  for (size_t p = 0; p < total; ++p) {
+    map[p] = flat;
+    for (size_t a = rank; a-- > 0;) {  // odometer increment
+      flat += strides[a];
+      if (++index[a] < out_shape[a]) break;
+      flat -= strides[a] * index[a];
+      index[a] = 0;
+    }
+  }
+  return map;
+}
+
+struct Pairs {
+  std::vector<size_t> x;  // x matrix of each output position
+  std::vector<size_t> w;  // weight matrix of each output position
+};
+
+// The pairs of gather_qmm, or InvalidArgument for an index out of range.
+Pairs gather_pairs(const Shape& out_batch, const Shape& x_batch, size_t x_count,
+                   const QuantizedBatch& w, size_t w_count, const IndexArray& lhs,
+                   const IndexArray& rhs, bool check) {
+  Pairs pairs;
+  auto side = [&](const IndexArray& idx, const Shape& batch, size_t count, const char* name,
+                  const char* operand) {
+    const Shape& shape = idx.present ? idx.shape : batch;
+    std::vector<size_t> map = broadcast_map(out_batch, shape);
+    if (!idx.present) return map;  // the arange: the flat position is the index
+    for (size_t& v : map) {
+      const int64_t value = idx.data[v];
+      if (value < 0 || static_cast<uint64_t>(value) >= count) {
+        if (!check) {
+          v = count;  // estimates skip it
+          continue;
+        }
+        throw InvalidArgument(std::string(name) + " holds " + std::to_string(value) +
+                              ", out of range for the " + std::to_string(count) + " " + operand +
+                              " (valid: 0.." + std::to_string(count == 0 ? 0 : count - 1) +
+                              (count == 0 ? ", none" : "") + ")");
+      }
+      v = static_cast<size_t>(value);
+    }
+    return map;
+  };
+  pairs.x = side(lhs, x_batch, x_count, "lhs_indices", "matrices of x");
+  pairs.w = side(rhs, w.batch, w_count, "rhs_indices", "matrices of w");
+  return pairs;
+}
+
+struct Dims {
+  size_t k = 0, n = 0;
+};
+
+Dims matmul_dims(const QuantizedBatch& w, bool transpose) {
+  const size_t rows = batch_matrix_rows(w);
+  return transpose ? Dims{w.stacked.cols, rows} : Dims{rows, w.stacked.cols};
+}
+
+void validate_sizes(ConstBuffer x, DType x_dtype, size_t x_count, size_t m, Dims d,
+                    size_t out_count, DType out_dtype, MutableBuffer out, const Shape& x_batch,
+                    const Shape& out_batch) {
+  const size_t x_bytes = checked_mul(checked_mul(checked_mul(x_count, m, "x size"), d.k, "x size"),
+                                     dtype_size(x_dtype), "x bytes");
+  if (x.bytes != x_bytes || (x.data == nullptr && x_bytes != 0)) {
+    throw InvalidArgument("x has " + std::to_string(x.bytes) + " bytes, expected " +
+                          std::to_string(x_bytes) + " for x of shape " + shape_text(x_batch) +
+                          " ++ [" + std::to_string(m) + ", " + std::to_string(d.k) + "] in " +
+                          dtype_name(x_dtype));
+  }
+  const size_t out_bytes =
+      checked_mul(checked_mul(checked_mul(out_count, m, "out size"), d.n, "out size"),
+                  dtype_size(out_dtype), "out bytes");
+  if (out.bytes != out_bytes || (out.data == nullptr && out_bytes != 0)) {
+    throw InvalidArgument("out has " + std::to_string(out.bytes) + " bytes, expected " +
+                          std::to_string(out_bytes) + " for out of shape " + shape_text(out_batch) +
+                          " ++ [" + std::to_string(m) + ", " + std::to_string(d.n) + "] in " +
+                          dtype_name(out_dtype));
+  }
+}
+
+// Positions grouped by weight matrix: order[start[e] .. start[e + 1]) chose matrix e.
+struct Groups {
+  std::vector<size_t> start;
+  std::vector<size_t> order;
+};
+
+Groups group_by_matrix(const std::vector<size_t>& w_of, size_t w_count) {
+  Groups g;
+  g.start.assign(w_count + 2, 0);
+  for (size_t e : w_of) ++g.start[std::min(e, w_count) + 1];  // w_count: skipped (estimates)
+  for (size_t e = 0; e <= w_count; ++e) g.start[e + 1] += g.start[e];
+  std::vector<size_t> next(g.start.begin(), g.start.end() - 1);
+  g.order.resize(w_of.size());
+  for (size_t p = 0; p < w_of.size(); ++p) g.order[next[std::min(w_of[p], w_count)]++] = p;
+  return g;
+}
+
+void run_pairs(ConstBuffer x, DType x_dtype, size_t m, const QuantizedBatch& w, size_t w_count,
+               const Pairs& pairs, bool transpose, DType out_dtype, MutableBuffer out,
+               const ExecOptions& options) {
+  const Dims d = matmul_dims(w, transpose);
+  const size_t x_block = m * d.k * dtype_size(x_dtype);
+  const size_t out_block = m * d.n * dtype_size(out_dtype);
+  const Groups groups = group_by_matrix(pairs.w, w_count);
+  const auto* xb = static_cast<const uint8_t*>(x.data);
+  auto* ob = static_cast<uint8_t*>(out.data);
+  std::vector<uint8_t> x_scratch, out_scratch;
+  for (size_t e = 0; e < w_count; ++e) {
+    const size_t begin = groups.start[e], count = groups.start[e + 1] - begin;
+    if (count == 0) continue;
+    const size_t* ps = groups.order.data() + begin;
+    bool in_place = true;
+    for (size_t j = 1; j < count && in_place; ++j) {
+      in_place = ps[j] == ps[0] + j && pairs.x[ps[j]] == pairs.x[ps[0]] + j;
+    }
+    const QuantizedMatrix matrix = batch_matrix(w, e);
+    const size_t rows = count * m;
+    if (in_place) {
+      quantized_matmul({xb + pairs.x[ps[0]] * x_block, count * x_block}, x_dtype, rows, matrix,
+                       transpose, out_dtype, {ob + ps[0] * out_block, count * out_block}, options);
+      continue;
+    }
+    x_scratch.resize(count * x_block);
+    out_scratch.resize(count * out_block);
+    for (size_t j = 0; j < count; ++j) {
+      std::memcpy(x_scratch.data() + j * x_block, xb + pairs.x[ps[j]] * x_block, x_block);
+    }
+    quantized_matmul({x_scratch.data(), count * x_block}, x_dtype, rows, matrix, transpose,
+                     out_dtype, {out_scratch.data(), count * out_block}, options);
+    for (size_t j = 0; j < count; ++j) {
+      std::memcpy(ob + ps[j] * out_block, out_scratch.data() + j * out_block, out_block);
+    }
+  }
+}
+
+// Validates options, dtypes and the stacked matrix through the 2-D API (an m = 0 call does
+// every check of quantized_matmul and no work).
+void probe_2d(DType x_dtype, const QuantizedBatch& w, bool transpose, DType out_dtype,
+              const ExecOptions& options) {
+  quantized_matmul({nullptr, 0}, x_dtype, 0, w.stacked, transpose, out_dtype, {nullptr, 0},
+                   options);
+}
+
+double estimate_pairs(size_t m, const QuantizedBatch& w, size_t w_count,
+                      const std::vector<size_t>& w_of, bool transpose, const ExecOptions& options) {
+  QuantizedMatrix shape_only = w.stacked;
+  shape_only.rows = w_count == 0 ? 0 : w.stacked.rows / w_count;
+  const Groups groups = group_by_matrix(w_of, w_count);
+  double ns = 0;
+  for (size_t e = 0; e < w_count; ++e) {
+    const size_t count = groups.start[e + 1] - groups.start[e];
+    if (count) ns += estimated_matmul_ns(count * m, shape_only, transpose, options);
+  }
+  return ns + static_cast<double>(w_of.size()) * 50.0;  // per-position bookkeeping
+}
+
+}  // namespace
+
+size_t shape_size(const Shape& shape, const char* what) {
+  size_t n = 1;
+  for (size_t d : shape) n = checked_mul(n, d, what);
+  return n;
+}
+
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* what) {
+  const size_t rank = std::max(a.size(), b.size());
+  Shape out(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    const size_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
+    const size_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
+    if (da != db && da != 1 && db != 1) {
+      throw InvalidArgument(std::string(what) + " " + shape_text(a) + " and " + shape_text(b) +
+                            " do not broadcast (axis " + std::to_string(i) + " of the result: " +
+                            std::to_string(da) + " vs " + std::to_string(db) + ")");
+    }
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+void validate_quantized_batch(const QuantizedBatch& w, const char* name) {
+  validate_quantized_matrix(w.stacked, name);
+  const size_t count = shape_size(w.batch, "the weight's batch size");
+  if (count == 0 ? w.stacked.rows != 0 : w.stacked.rows % count != 0) {
+    throw InvalidArgument(std::string(name) + ": its " + std::to_string(w.stacked.rows) +
+                          " stacked rows do not split into " + std::to_string(count) +
+                          " matrices (batch shape " + shape_text(w.batch) + ")");
+  }
+}
+
+size_t batch_matrix_rows(const QuantizedBatch& w) {
+  const size_t count = shape_size(w.batch, "the weight's batch size");
+  return count == 0 ? 0 : w.stacked.rows / count;
+}
+
+QuantizedMatrix batch_matrix(const QuantizedBatch& w, size_t i) {
+  const size_t count = shape_size(w.batch, "the weight's batch size");
+  if (i >= count) {
+    throw InvalidArgument("matrix " + std::to_string(i) + " of a batch of " +
+                          std::to_string(count));
+  }
+  QuantizedMatrix m = w.stacked;
+  m.rows = w.stacked.rows / count;
+  auto slice = [&](ConstBuffer b) {
+    const size_t bytes = b.bytes / count;
+    if (bytes == 0) return ConstBuffer{b.data, 0};
+    return ConstBuffer{static_cast<const uint8_t*>(b.data) + i * bytes, bytes};
+  };
+  m.packed = slice(w.stacked.packed);
+  m.scales = slice(w.stacked.scales);
+  m.biases = slice(w.stacked.biases);
+  return m;
+}
+
+void batched_quantized_matmul(ConstBuffer x, DType x_dtype, const Shape& x_batch, size_t m,
+                              const QuantizedBatch& w, bool transpose, DType out_dtype,
+                              MutableBuffer out, const ExecOptions& options) {
+  validate_quantized_batch(w, "w");
+  probe_2d(x_dtype, w, transpose, out_dtype, options);
+  const size_t x_count = shape_size(x_batch, "x's batch size");
+  if (w.batch.empty()) {  // one 2-D weight: x's leading axes are rows
+    quantized_matmul(x, x_dtype, checked_mul(x_count, m, "x rows"), w.stacked, transpose, out_dtype,
+                     out, options);
+    return;
+  }
+  const Shape out_batch = broadcast_shapes(x_batch, w.batch, "the batch shapes of x and w");
+  const size_t out_count = shape_size(out_batch, "the output's batch size");
+  validate_sizes(x, x_dtype, x_count, m, matmul_dims(w, transpose), out_count, out_dtype, out,
+                 x_batch, out_batch);
+  if (out_count == 0 || m == 0) return;
+  Pairs pairs{broadcast_map(out_batch, x_batch), broadcast_map(out_batch, w.batch)};
+  run_pairs(x, x_dtype, m, w, shape_size(w.batch, ""), pairs, transpose, out_dtype, out, options);
+}
+
+Shape gather_qmm_out_batch(const Shape& x_batch, const QuantizedBatch& w, const IndexArray& lhs,
+                           const IndexArray& rhs) {
+  return broadcast_shapes(lhs.present ? lhs.shape : x_batch, rhs.present ? rhs.shape : w.batch,
+                          "the index shapes (lhs_indices, rhs_indices)");
+}
+
+void gather_qmm(ConstBuffer x, DType x_dtype, const Shape& x_batch, size_t m,
+                const QuantizedBatch& w, const IndexArray& lhs, const IndexArray& rhs,
+                bool transpose, DType out_dtype, MutableBuffer out, const ExecOptions& options) {
+  validate_quantized_batch(w, "w");
+  probe_2d(x_dtype, w, transpose, out_dtype, options);
+  const size_t x_count = shape_size(x_batch, "x's batch size");
+  const size_t w_count = shape_size(w.batch, "w's batch size");
+  shape_size(lhs.shape, "lhs_indices size");
+  shape_size(rhs.shape, "rhs_indices size");
+  const Shape out_batch = gather_qmm_out_batch(x_batch, w, lhs, rhs);
+  const size_t out_count = shape_size(out_batch, "the output's batch size");
+  validate_sizes(x, x_dtype, x_count, m, matmul_dims(w, transpose), out_count, out_dtype, out,
+                 x_batch, out_batch);
+  const Pairs pairs = gather_pairs(out_batch, x_batch, x_count, w, w_count, lhs, rhs, true);
+  if (out_count == 0 || m == 0) return;
+  run_pairs(x, x_dtype, m, w, w_count, pairs, transpose, out_dtype, out, options);
+}
+
+double estimated_batched_matmul_ns(const Shape& x_batch, size_t m, const QuantizedBatch& w,
+                                   bool transpose, const ExecOptions& options) {
+  try {
+    const size_t x_count = shape_size(x_batch, "");
+    if (w.batch.empty()) return estimated_matmul_ns(x_count * m, w.stacked, transpose, options);
+    const Shape out_batch = broadcast_shapes(x_batch, w.batch, "");
+    return estimate_pairs(m, w, shape_size(w.batch, ""), broadcast_map(out_batch, w.batch),
+                          transpose, options);
+  } catch (const InvalidArgument&) {
+    return 0;  // the call itself will fail
+  }
+}
+
+double estimated_gather_qmm_ns(const Shape& x_batch, size_t m, const QuantizedBatch& w,
+                               const IndexArray& lhs, const IndexArray& rhs, bool transpose,
+                               const ExecOptions& options) {
+  try {
+    const size_t x_count = shape_size(x_batch, "");
+    const size_t w_count = shape_size(w.batch, "");
+    const Shape out_batch = gather_qmm_out_batch(x_batch, w, lhs, rhs);
+    const Pairs pairs = gather_pairs(out_batch, x_batch, x_count, w, w_count, lhs, rhs, false);
+    return estimate_pairs(m, w, w_count, pairs.w, transpose, options);
+  } catch (const InvalidArgument&) {
+    return 0;  // the call itself will fail
+  }
+}
+
+}  // namespace nx_quant
