@@ -8,6 +8,8 @@
 // buffer and scattered back (byte copies, whatever the dtypes).
 #include "nx_quant/batched.h"
 
+#include "parallel.h"
+
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -146,32 +148,48 @@ void run_pairs(ConstBuffer x, DType x_dtype, size_t m, const QuantizedBatch& w, 
   const Groups groups = group_by_matrix(pairs.w, w_count);
   const auto* xb = static_cast<const uint8_t*>(x.data);
   auto* ob = static_cast<uint8_t*>(out.data);
-  std::vector<uint8_t> x_scratch, out_scratch;
+  std::vector<size_t> selected;
   for (size_t e = 0; e < w_count; ++e) {
-    const size_t begin = groups.start[e], count = groups.start[e + 1] - begin;
-    if (count == 0) continue;
-    const size_t* ps = groups.order.data() + begin;
-    bool in_place = true;
-    for (size_t j = 1; j < count && in_place; ++j) {
-      in_place = ps[j] == ps[0] + j && pairs.x[ps[j]] == pairs.x[ps[0]] + j;
+    if (groups.start[e + 1] > groups.start[e]) selected.push_back(e);
+  }
+  // One matrix's rows on one thread each: with several matrices selected (a MoE step), the
+  // threads split the matrices instead of each small matmul splitting over the threads (which
+  // would pay a wake-up of the pool per matrix).
+  ExecOptions each = options;
+  if (selected.size() > 1) each.threads = 1;
+  auto run = [&](size_t begin_sel, size_t end_sel) {
+    std::vector<uint8_t> x_scratch, out_scratch;
+    for (size_t s = begin_sel; s < end_sel; ++s) {
+      const size_t e = selected[s];
+      const size_t begin = groups.start[e], count = groups.start[e + 1] - begin;
+      const size_t* ps = groups.order.data() + begin;
+      bool in_place = true;
+      for (size_t j = 1; j < count && in_place; ++j) {
+        in_place = ps[j] == ps[0] + j && pairs.x[ps[j]] == pairs.x[ps[0]] + j;
+      }
+      const QuantizedMatrix matrix = batch_matrix(w, e);
+      const size_t rows = count * m;
+      if (in_place) {
+        quantized_matmul({xb + pairs.x[ps[0]] * x_block, count * x_block}, x_dtype, rows, matrix,
+                         transpose, out_dtype, {ob + ps[0] * out_block, count * out_block}, each);
+        continue;
+      }
+      x_scratch.resize(count * x_block);
+      out_scratch.resize(count * out_block);
+      for (size_t j = 0; j < count; ++j) {
+        std::memcpy(x_scratch.data() + j * x_block, xb + pairs.x[ps[j]] * x_block, x_block);
+      }
+      quantized_matmul({x_scratch.data(), count * x_block}, x_dtype, rows, matrix, transpose,
+                       out_dtype, {out_scratch.data(), count * out_block}, each);
+      for (size_t j = 0; j < count; ++j) {
+        std::memcpy(ob + ps[j] * out_block, out_scratch.data() + j * out_block, out_block);
+      }
     }
-    const QuantizedMatrix matrix = batch_matrix(w, e);
-    const size_t rows = count * m;
-    if (in_place) {
-      quantized_matmul({xb + pairs.x[ps[0]] * x_block, count * x_block}, x_dtype, rows, matrix,
-                       transpose, out_dtype, {ob + ps[0] * out_block, count * out_block}, options);
-      continue;
-    }
-    x_scratch.resize(count * x_block);
-    out_scratch.resize(count * out_block);
-    for (size_t j = 0; j < count; ++j) {
-      std::memcpy(x_scratch.data() + j * x_block, xb + pairs.x[ps[j]] * x_block, x_block);
-    }
-    quantized_matmul({x_scratch.data(), count * x_block}, x_dtype, rows, matrix, transpose,
-                     out_dtype, {out_scratch.data(), count * out_block}, options);
-    for (size_t j = 0; j < count; ++j) {
-      std::memcpy(ob + ps[j] * out_block, out_scratch.data() + j * out_block, out_block);
-    }
+  };
+  if (selected.size() > 1 && options.threads != 1) {
+    detail::parallel_for(selected.size(), 1, options.threads, run);
+  } else {
+    run(0, selected.size());
   }
 }
 
