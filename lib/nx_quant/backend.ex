@@ -507,9 +507,14 @@ if Code.ensure_loaded?(Nx) do
 
     # A dense tensor of the quantized tensor's shape, broadcast to the view `t` (new leading
     # axes) and given its names.
-    defp broadcast_to(dense, %Nx.Tensor{data: %{take: %Dense{} = ids}, names: names} = t) do
-      # a take view: the selected experts of the dense tensor (a fallback: all are dequantized)
-      indices = from_dense(ids, t.data.backend)
+    defp broadcast_to(dense, %Nx.Tensor{data: %{take: %Dense{} = ids}, names: names}) do
+      # a take view: the selected experts of the dense tensor (a fallback: all are dequantized),
+      # the indices on the dense tensor's backend (which a transfer may have changed)
+      indices =
+        ids.data
+        |> Nx.from_binary({:s, 64}, backend: dense.data.__struct__)
+        |> Nx.reshape(ids.shape)
+
       dense |> Nx.take(indices, axis: 0) |> Nx.rename(names)
     end
 

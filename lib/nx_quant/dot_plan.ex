@@ -37,6 +37,15 @@ defmodule NxQuant.DotPlan do
   kernel's output is already Nx's `batch ++ free ++ [N]` (with the quantized operand on the
   left, `N` is moved in front of the activation's free axes).
 
+  Batched weights (`NxQuant.Batched`): a quantized operand of rank > 2 whose leading axes are
+  exactly the dot's batch axes (in order) gets a plan with `:batched` (`x_shape`: the permuted
+  activation as `batch ++ [m, K]`, `out_shape`: the kernel's result as `batch ++ free ++ [N]`
+  before `:out_perm`), run by the batched `NxQuant.Core.quantized_matmul/3`. A *take view*
+  (`describe/3` with the index rank: `Nx.take/3` of experts, `index_shape ++ {rows, cols}`)
+  whose batch axes are its leading index axes gets `:gather` (`x_shape`, `lhs_shape`: the
+  arange over the batch as `lhs_indices`, `out_shape` and `out_perm` of the
+  `NxQuant.Core.gather_qmm/3` result), with the view's indices as `rhs_indices`.
+
   Cases without a fused kernel return `{:dequantize, sides, reason}`: the quantized operand(s)
   on `sides` are dequantized and the dense dot runs on the result — a correct answer that costs
   memory, never a silently wrong one. They are: both operands quantized (the left one is

@@ -98,6 +98,9 @@ if Code.ensure_loaded?(Nx) do
         assert NxQuant.dequantize(selected) == expected
         assert Nx.as_type(selected, :f32) == Nx.as_type(expected, :f32)
 
+        assert Nx.backend_transfer(selected, Nx.BinaryBackend) ==
+                 Nx.backend_transfer(expected, Nx.BinaryBackend)
+
         assert_raise ArgumentError, ~r/out of range for 4 experts/, fn ->
           Nx.take(experts, Nx.tensor([4]), axis: 0)
         end
