@@ -64,6 +64,12 @@ if Code.ensure_loaded?(Nx) do
         assert got.shape == {3, 2, 32}
         assert_close(got, Nx.dot(h, [1], [0], dense, [3], [0]))
 
+        # the same inside Nx.Defn.jit (the experts passed as an argument)
+        jitted =
+          Nx.Defn.jit(fn h, e, i -> Nx.dot(h, [1], [0], Nx.take(e, i, axis: 0), [3], [0]) end)
+
+        assert_close(fused!(fn -> jitted.(h, experts, idx) end), got)
+
         # per-slot activations {T, k, K}, both index axes batched
         hk = activation({3, 2, 64})
         got = fused!(fn -> Nx.dot(hk, [2], [0, 1], selected, [3], [0, 1]) end)
