@@ -233,6 +233,18 @@ defmodule NxQuant.BatchedTest do
     end
   end
 
+  test "gather_qmm on a rank-1 quantized tensor (one row) and a 2-D one" do
+    v = Core.quantize(Ref.random_dense({64}, {:f, 32}, 4), group_size: 32)
+    x = Ref.random_dense({2, 64}, {:f, 32}, 5)
+    assert Core.gather_qmm(x, v).shape == {2, 1}
+    w = Core.quantize(Ref.random_dense({8, 64}, {:f, 32}, 6), group_size: 32)
+    assert Core.gather_qmm(x, w) == Core.quantized_matmul(x, w)
+
+    assert_raise ArgumentError, ~r/rhs_indices holds 1, out of range for the 1 matrices/, fn ->
+      Core.gather_qmm(x, w, rhs_indices: indices([1], {1}))
+    end
+  end
+
   test "Batched.broadcast/2 follows numpy" do
     assert Batched.broadcast({3, 1}, {4}) == {:ok, {3, 4}}
     assert Batched.broadcast({}, {4}) == {:ok, {4}}

@@ -16,6 +16,8 @@ defmodule NxQuant.Batched do
   def split(shape, transposed \\ false)
 
   def split({a, b}, true), do: {{}, {b, a}}
+  # a rank-1 quantized tensor is one stored row
+  def split({cols}, _transposed), do: {{}, {1, cols}}
 
   def split(shape, _transposed) when tuple_size(shape) >= 2 do
     rank = tuple_size(shape)
