@@ -343,3 +343,17 @@ TEST(GatherQmm, EstimatesCountDistinctExperts) {
   EXPECT_NEAR(c, 2 * b, 0.01 * c);  // one GEMV per distinct expert
   EXPECT_GT(estimated_batched_matmul_ns({8}, 4, w.batch, true), 0);
 }
+
+TEST(GatherQmm, HugeBatchesWithEmptyOutputsAllocateNothing) {
+  // m = 0: x and out are empty whatever the batch; nothing of the batch's size is built, and
+  // the estimates return at once (a 2^40-position map would not fit in memory).
+  Experts w({4}, 32, 64, {4, 64}, DType::F32, 1);
+  const Shape huge = {size_t{1} << 40, 1};
+  batched_quantized_matmul({nullptr, 0}, DType::F32, huge, 0, w.batch, true, DType::F32,
+                           {nullptr, 0});
+  gather_qmm({nullptr, 0}, DType::F32, huge, 0, w.batch, {}, {}, true, DType::F32, {nullptr, 0});
+  EXPECT_GT(estimated_gather_qmm_ns(huge, 0, w.batch, {}, {}, true), 0);
+  EXPECT_GT(estimated_batched_matmul_ns(huge, 0, w.batch, true), 0);
+  // m = 1: the estimate of 2^40 positions is huge, without maps
+  EXPECT_GT(estimated_gather_qmm_ns(huge, 1, w.batch, {}, {}, true), 1e12);
+}

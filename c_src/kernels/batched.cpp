@@ -1,7 +1,7 @@
 // Batched quantized matmul and gather_qmm: index bookkeeping above the 2-D quantized_matmul.
 //
 // Both reduce to a list of (x matrix, weight matrix) pairs, one per output position. The pairs
-// are grouped by weight matrix (a counting sort), and each selected matrix runs ONE
+// are grouped by weight matrix (sorted), and each selected matrix runs ONE
 // quantized_matmul over all the rows that chose it, so its bytes are streamed once per call:
 // a mixture-of-experts decode step reads only the experts its tokens picked. Positions whose x
 // blocks and output blocks are consecutive run in place; others are gathered into a scratch
@@ -60,35 +60,36 @@ struct Pairs {
   std::vector<size_t> w;  // weight matrix of each output position
 };
 
-// The pairs of gather_qmm, or InvalidArgument for an index out of range.
+// Throws InvalidArgument for the first value of a present index array outside [0, count).
+void check_indices(const IndexArray& idx, size_t count, const char* name, const char* operand) {
+  if (!idx.present) return;
+  const size_t n = shape_size(idx.shape, name);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t value = idx.data[i];
+    if (value < 0 || static_cast<uint64_t>(value) >= count) {
+      throw InvalidArgument(std::string(name) + " holds " + std::to_string(value) +
+                            ", out of range for the " + std::to_string(count) + " " + operand +
+                            " (valid: 0.." + std::to_string(count == 0 ? 0 : count - 1) +
+                            (count == 0 ? ", none" : "") + ")");
+    }
+  }
+}
+
+// The pairs of gather_qmm (indices out of range become `count`, which estimates skip; the
+// call itself checks them first).
 Pairs gather_pairs(const Shape& out_batch, const Shape& x_batch, size_t x_count,
                    const QuantizedBatch& w, size_t w_count, const IndexArray& lhs,
-                   const IndexArray& rhs, bool check) {
-  Pairs pairs;
-  auto side = [&](const IndexArray& idx, const Shape& batch, size_t count, const char* name,
-                  const char* operand) {
-    const Shape& shape = idx.present ? idx.shape : batch;
-    std::vector<size_t> map = broadcast_map(out_batch, shape);
+                   const IndexArray& rhs) {
+  auto side = [&](const IndexArray& idx, const Shape& batch, size_t count) {
+    std::vector<size_t> map = broadcast_map(out_batch, idx.present ? idx.shape : batch);
     if (!idx.present) return map;  // the arange: the flat position is the index
     for (size_t& v : map) {
       const int64_t value = idx.data[v];
-      if (value < 0 || static_cast<uint64_t>(value) >= count) {
-        if (!check) {
-          v = count;  // estimates skip it
-          continue;
-        }
-        throw InvalidArgument(std::string(name) + " holds " + std::to_string(value) +
-                              ", out of range for the " + std::to_string(count) + " " + operand +
-                              " (valid: 0.." + std::to_string(count == 0 ? 0 : count - 1) +
-                              (count == 0 ? ", none" : "") + ")");
-      }
-      v = static_cast<size_t>(value);
+      v = value < 0 || static_cast<uint64_t>(value) >= count ? count : static_cast<size_t>(value);
     }
     return map;
   };
-  pairs.x = side(lhs, x_batch, x_count, "lhs_indices", "matrices of x");
-  pairs.w = side(rhs, w.batch, w_count, "rhs_indices", "matrices of w");
-  return pairs;
+  return Pairs{side(lhs, x_batch, x_count), side(rhs, w.batch, w_count)};
 }
 
 struct Dims {
@@ -122,20 +123,30 @@ void validate_sizes(ConstBuffer x, DType x_dtype, size_t x_count, size_t m, Dims
   }
 }
 
-// Positions grouped by weight matrix: order[start[e] .. start[e + 1]) chose matrix e.
+// Positions grouped by weight matrix: group g holds order[start[g] .. start[g + 1]), the
+// positions that chose matrix experts[g] (ascending). Sorting, rather than one bucket per
+// matrix, keeps the work and memory proportional to the positions whatever the batch size;
+// positions whose matrix is w_count or more (out of range, in estimates) are left out.
 struct Groups {
+  std::vector<size_t> experts;
   std::vector<size_t> start;
   std::vector<size_t> order;
 };
 
 Groups group_by_matrix(const std::vector<size_t>& w_of, size_t w_count) {
   Groups g;
-  g.start.assign(w_count + 2, 0);
-  for (size_t e : w_of) ++g.start[std::min(e, w_count) + 1];  // w_count: skipped (estimates)
-  for (size_t e = 0; e <= w_count; ++e) g.start[e + 1] += g.start[e];
-  std::vector<size_t> next(g.start.begin(), g.start.end() - 1);
-  g.order.resize(w_of.size());
-  for (size_t p = 0; p < w_of.size(); ++p) g.order[next[std::min(w_of[p], w_count)]++] = p;
+  for (size_t p = 0; p < w_of.size(); ++p) {
+    if (w_of[p] < w_count) g.order.push_back(p);
+  }
+  std::stable_sort(g.order.begin(), g.order.end(),
+                   [&](size_t a, size_t b) { return w_of[a] < w_of[b]; });
+  for (size_t i = 0; i < g.order.size(); ++i) {
+    if (i == 0 || w_of[g.order[i]] != w_of[g.order[i - 1]]) {
+      g.experts.push_back(w_of[g.order[i]]);
+      g.start.push_back(i);
+    }
+  }
+  g.start.push_back(g.order.size());
   return g;
 }
 
@@ -148,10 +159,7 @@ void run_pairs(ConstBuffer x, DType x_dtype, size_t m, const QuantizedBatch& w, 
   const Groups groups = group_by_matrix(pairs.w, w_count);
   const auto* xb = static_cast<const uint8_t*>(x.data);
   auto* ob = static_cast<uint8_t*>(out.data);
-  std::vector<size_t> selected;
-  for (size_t e = 0; e < w_count; ++e) {
-    if (groups.start[e + 1] > groups.start[e]) selected.push_back(e);
-  }
+  const std::vector<size_t>& selected = groups.experts;
   // One matrix's rows on one thread each: with several matrices selected (a MoE step), the
   // threads split the matrices instead of each small matmul splitting over the threads (which
   // would pay a wake-up of the pool per matrix).
@@ -161,7 +169,7 @@ void run_pairs(ConstBuffer x, DType x_dtype, size_t m, const QuantizedBatch& w, 
     std::vector<uint8_t> x_scratch, out_scratch;
     for (size_t s = begin_sel; s < end_sel; ++s) {
       const size_t e = selected[s];
-      const size_t begin = groups.start[e], count = groups.start[e + 1] - begin;
+      const size_t begin = groups.start[s], count = groups.start[s + 1] - begin;
       const size_t* ps = groups.order.data() + begin;
       bool in_place = true;
       for (size_t j = 1; j < count && in_place; ++j) {
@@ -207,11 +215,23 @@ double estimate_pairs(size_t m, const QuantizedBatch& w, size_t w_count,
   shape_only.rows = w_count == 0 ? 0 : w.stacked.rows / w_count;
   const Groups groups = group_by_matrix(w_of, w_count);
   double ns = 0;
-  for (size_t e = 0; e < w_count; ++e) {
-    const size_t count = groups.start[e + 1] - groups.start[e];
-    if (count) ns += estimated_matmul_ns(count * m, shape_only, transpose, options);
+  for (size_t g = 0; g < groups.experts.size(); ++g) {
+    const size_t count = groups.start[g + 1] - groups.start[g];
+    ns += estimated_matmul_ns(count * m, shape_only, transpose, options);
   }
   return ns + static_cast<double>(w_of.size()) * 50.0;  // per-position bookkeeping
+}
+
+// Estimates that need no per-position maps: an empty output costs nothing to speak of, and
+// more than 2^22 positions are estimated as one matmul per position (high) instead of building
+// maps before the call has even allocated its output. -1: build the maps.
+double without_maps(size_t positions, size_t m, const QuantizedBatch& w, size_t w_count,
+                    bool transpose, const ExecOptions& options) {
+  QuantizedMatrix shape_only = w.stacked;
+  shape_only.rows = w_count == 0 ? 0 : w.stacked.rows / w_count;
+  if (positions == 0 || m == 0 || shape_only.rows == 0 || w.stacked.cols == 0) return 1000;
+  if (positions <= (size_t{1} << 22)) return -1;
+  return static_cast<double>(positions) * estimated_matmul_ns(m, shape_only, transpose, options);
 }
 
 }  // namespace
@@ -287,7 +307,7 @@ void batched_quantized_matmul(ConstBuffer x, DType x_dtype, const Shape& x_batch
   const size_t out_count = shape_size(out_batch, "the output's batch size");
   validate_sizes(x, x_dtype, x_count, m, matmul_dims(w, transpose), out_count, out_dtype, out,
                  x_batch, out_batch);
-  if (out_count == 0 || m == 0) return;
+  if (out.bytes == 0) return;  // (the maps below are no larger than the output)
   Pairs pairs{broadcast_map(out_batch, x_batch), broadcast_map(out_batch, w.batch)};
   run_pairs(x, x_dtype, m, w, shape_size(w.batch, ""), pairs, transpose, out_dtype, out, options);
 }
@@ -311,8 +331,10 @@ void gather_qmm(ConstBuffer x, DType x_dtype, const Shape& x_batch, size_t m,
   const size_t out_count = shape_size(out_batch, "the output's batch size");
   validate_sizes(x, x_dtype, x_count, m, matmul_dims(w, transpose), out_count, out_dtype, out,
                  x_batch, out_batch);
-  const Pairs pairs = gather_pairs(out_batch, x_batch, x_count, w, w_count, lhs, rhs, true);
-  if (out_count == 0 || m == 0) return;
+  check_indices(lhs, x_count, "lhs_indices", "matrices of x");
+  check_indices(rhs, w_count, "rhs_indices", "matrices of w");
+  if (out.bytes == 0) return;  // (the maps below are no larger than the output)
+  const Pairs pairs = gather_pairs(out_batch, x_batch, x_count, w, w_count, lhs, rhs);
   run_pairs(x, x_dtype, m, w, w_count, pairs, transpose, out_dtype, out, options);
 }
 
@@ -322,8 +344,13 @@ double estimated_batched_matmul_ns(const Shape& x_batch, size_t m, const Quantiz
     const size_t x_count = shape_size(x_batch, "");
     if (w.batch.empty()) return estimated_matmul_ns(x_count * m, w.stacked, transpose, options);
     const Shape out_batch = broadcast_shapes(x_batch, w.batch, "");
-    return estimate_pairs(m, w, shape_size(w.batch, ""), broadcast_map(out_batch, w.batch),
-                          transpose, options);
+    const size_t w_count = shape_size(w.batch, "");
+    if (const double ns =
+            without_maps(shape_size(out_batch, ""), m, w, w_count, transpose, options);
+        ns >= 0) {
+      return ns;
+    }
+    return estimate_pairs(m, w, w_count, broadcast_map(out_batch, w.batch), transpose, options);
   } catch (const InvalidArgument&) {
     return 0;  // the call itself will fail
   }
@@ -336,7 +363,12 @@ double estimated_gather_qmm_ns(const Shape& x_batch, size_t m, const QuantizedBa
     const size_t x_count = shape_size(x_batch, "");
     const size_t w_count = shape_size(w.batch, "");
     const Shape out_batch = gather_qmm_out_batch(x_batch, w, lhs, rhs);
-    const Pairs pairs = gather_pairs(out_batch, x_batch, x_count, w, w_count, lhs, rhs, false);
+    if (const double ns =
+            without_maps(shape_size(out_batch, ""), m, w, w_count, transpose, options);
+        ns >= 0) {
+      return ns;
+    }
+    const Pairs pairs = gather_pairs(out_batch, x_batch, x_count, w, w_count, lhs, rhs);
     return estimate_pairs(m, w, w_count, pairs.w, transpose, options);
   } catch (const InvalidArgument&) {
     return 0;  // the call itself will fail
