@@ -184,7 +184,7 @@ void run_pairs(ConstBuffer x, DType x_dtype, size_t m, const QuantizedBatch& w, 
       }
       x_scratch.resize(count * x_block);
       out_scratch.resize(count * out_block);
-      for (size_t j = 0; j < count; ++j) {
+      for (size_t j = 0; j < count && x_block != 0; ++j) {  // (K = 0: x may be null)
         std::memcpy(x_scratch.data() + j * x_block, xb + pairs.x[ps[j]] * x_block, x_block);
       }
       quantized_matmul({x_scratch.data(), count * x_block}, x_dtype, rows, matrix, transpose,
