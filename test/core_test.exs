@@ -141,21 +141,23 @@ defmodule NxQuant.CoreTest do
       assert_close(out2, x2, qt, false, {:bf, 16})
     end
 
-    test "a rank-3 weight is an error, not x times the stacked matrices (MLX multiplies by each)" do
-      qt = Core.quantize(Ref.random_dense({2, 64, 128}, {:f, 32}, 35), group_size: 64)
+    test "a rank-3 weight multiplies x by each of its matrices (MLX's batched semantics)" do
+      w = Ref.random_dense({2, 64, 128}, {:f, 32}, 35)
+      qt = Core.quantize(w, group_size: 64)
       x = Ref.random_dense({2, 5, 128}, {:f, 32}, 36)
+      out = Core.quantized_matmul(x, qt)
+      assert out.shape == {2, 5, 64}
 
-      for transpose <- [true, false], x <- [x, %{x | shape: {10, 128}}] do
-        assert_raise ArgumentError,
-                     ~r/batched \(rank > 2\) quantized weights are not supported/,
-                     fn ->
-                       Core.quantized_matmul(x, qt, transpose: transpose)
-                     end
+      # batch b is x[b] times the quantized matrix b alone (not the 128-row stack)
+      for b <- 0..1 do
+        w_b = Dense.new(binary_part(w.data, b * 64 * 128 * 4, 64 * 128 * 4), {64, 128}, {:f, 32})
+        x_b = Dense.new(binary_part(x.data, b * 5 * 128 * 4, 5 * 128 * 4), {5, 128}, {:f, 32})
+        expected = Core.quantized_matmul(x_b, Core.quantize(w_b, group_size: 64))
+        assert binary_part(out.data, b * 5 * 64 * 4, 5 * 64 * 4) == expected.data
       end
 
-      # its 2-D matrices still multiply
-      first = Core.quantize(Ref.random_dense({64, 128}, {:f, 32}, 37), group_size: 64)
-      assert Core.quantized_matmul(x, first).shape == {2, 5, 64}
+      # a rank-2 x broadcasts over the matrices
+      assert Core.quantized_matmul(%{x | shape: {10, 128}}, qt).shape == {2, 10, 64}
     end
 
     test "a rank-1 x and an :out_type other than x's" do

@@ -65,6 +65,7 @@ defmodule NxQuant.ForgedStructTest do
       assert_mismatch(fn -> Core.dequantize(forged) end, pattern)
       assert_mismatch(fn -> Core.parts(forged) end, pattern)
       assert_mismatch(fn -> Core.quantized_matmul(x, forged) end, pattern)
+      assert_mismatch(fn -> Core.gather_qmm(x, forged) end, pattern)
       assert_mismatch(fn -> QuantizedOps.dequantize_f32(forged) end, pattern)
       assert_mismatch(fn -> QuantizedOps.take_rows(forged, [0]) end, pattern)
 
@@ -84,6 +85,7 @@ defmodule NxQuant.ForgedStructTest do
       for call <- [
             fn -> Core.dequantize(forged) end,
             fn -> Core.quantized_matmul(x, forged) end,
+            fn -> Core.gather_qmm(x, forged) end,
             fn -> Core.parts(forged) end
           ] do
         e = assert_raise ArgumentError, call

@@ -114,11 +114,13 @@ defmodule NxQuant.SafetensorsTest do
       for {key, part} <- Core.parts(qt), do: assert(Core.parts(back)[key].data == part.data)
       assert Safetensors.read(f, "layer.bias") == bias
       x = Ref.random_dense({2, 128}, {:f, 32}, 5)
-      # as the 12 x 128 matrix both hold (a rank-3 weight is not a matmul operand)
+      # as the 12 x 128 matrix both hold, and as the batch of three 4 x 128 matrices
       as_matrix = &%{&1 | shape: {12, 128}}
 
       assert Core.quantized_matmul(x, as_matrix.(back)).data ==
                Core.quantized_matmul(x, as_matrix.(qt)).data
+
+      assert Core.quantized_matmul(x, back).data == Core.quantized_matmul(x, qt).data
     end
   end
 

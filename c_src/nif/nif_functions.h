@@ -16,6 +16,8 @@
   X("quantized_matmul_timed", 8, quantized_matmul_timed_nif, 0)                        \
   X("quantized_tensor", 8, quantized_tensor_nif, 0)                                    \
   X("quantized_tensor", 9, quantized_tensor_nif, 0)                                    \
+  X("batched_matmul", 10, batched_matmul_nif, 0)                                       \
+  X("gather_qmm", 12, gather_qmm_nif, 0)                                               \
   X("parts", 1, parts_nif, 0)                                                          \
   X("info", 1, info_nif, 0)                                                            \
   X("mode", 1, mode_nif, 0)                                                            \

@@ -66,11 +66,14 @@ if Code.ensure_loaded?(Nx) do
                             {Nx, :default_backend}
                           end)
 
-    defstruct inner: nil, quantized: nil, backend: {NxQuant.NativeBackend, []}
+    # take: nil, or the indices (an s64 NxQuant.Dense of the index shape) of a take view of a
+    # batched quantized tensor (NxQuant.QuantizedOps.take_experts/4).
+    defstruct inner: nil, quantized: nil, take: nil, backend: {NxQuant.NativeBackend, []}
 
     @type t :: %__MODULE__{
             inner: struct() | nil,
             quantized: QuantizedTensor.t() | nil,
+            take: Dense.t() | nil,
             backend: {module(), term()}
           }
 
@@ -436,9 +439,10 @@ if Code.ensure_loaded?(Nx) do
     end
 
     defp operand(t) do
-      case quantized(t) do
-        nil -> {:dense, t.shape, t.type}
-        qt -> DotPlan.describe(qt, t.shape)
+      case {quantized(t), t.data} do
+        {nil, _} -> {:dense, t.shape, t.type}
+        {qt, %{take: %Dense{shape: g}}} -> DotPlan.describe(qt, t.shape, tuple_size(g))
+        {qt, _} -> DotPlan.describe(qt, t.shape)
       end
     end
 
@@ -447,19 +451,40 @@ if Code.ensure_loaded?(Nx) do
 
       x = if plan.activation_perm, do: Nx.transpose(x, axes: plan.activation_perm), else: x
       x = if x.type == plan.activation_type, do: x, else: Nx.as_type(x, plan.activation_type)
+      opts = [transpose: plan.transpose, out_type: plan.kernel_type] ++ kernel_opts
 
       result =
-        x
-        |> to_dense()
-        |> Core.quantized_matmul(
-          quantized(q),
-          [transpose: plan.transpose, out_type: plan.kernel_type] ++ kernel_opts
-        )
-        |> from_dense(backend)
+        case plan do
+          %{gather: g} ->
+            # a take view: gather_qmm reads only the experts its indices select
+            lhs = arange_s64(g.lhs_shape)
+            opts = [lhs_indices: lhs, rhs_indices: q.data.take] ++ opts
+
+            %{to_dense(x) | shape: g.x_shape}
+            |> Core.gather_qmm(quantized(q), opts)
+            |> Map.put(:shape, g.out_shape)
+            |> from_dense(backend)
+            |> then(&if g.out_perm, do: Nx.transpose(&1, axes: g.out_perm), else: &1)
+
+          %{batched: b} ->
+            %{to_dense(x) | shape: b.x_shape}
+            |> Core.quantized_matmul(quantized(q), opts)
+            |> Map.put(:shape, b.out_shape)
+            |> from_dense(backend)
+
+          _ ->
+            x |> to_dense() |> Core.quantized_matmul(quantized(q), opts) |> from_dense(backend)
+        end
 
       result = if plan.out_perm, do: Nx.transpose(result, axes: plan.out_perm), else: result
       result = if result.type == out.type, do: result, else: Nx.as_type(result, out.type)
       Nx.rename(result, out.names)
+    end
+
+    defp arange_s64(shape) do
+      n = Tuple.product(shape)
+      data = for i <- 0..(n - 1)//1, into: <<>>, do: <<i::64-signed-native>>
+      %Dense{data: data, shape: shape, type: {:s, 64}}
     end
 
     # The dense tensor a quantized tensor (or broadcast view) stands for: MLX's dequantize in
@@ -482,6 +507,17 @@ if Code.ensure_loaded?(Nx) do
 
     # A dense tensor of the quantized tensor's shape, broadcast to the view `t` (new leading
     # axes) and given its names.
+    defp broadcast_to(dense, %Nx.Tensor{data: %{take: %Dense{} = ids}, names: names}) do
+      # a take view: the selected experts of the dense tensor (a fallback: all are dequantized),
+      # the indices on the dense tensor's backend (which a transfer may have changed)
+      indices =
+        ids.data
+        |> Nx.from_binary({:s, 64}, backend: dense.data.__struct__)
+        |> Nx.reshape(ids.shape)
+
+      dense |> Nx.take(indices, axis: 0) |> Nx.rename(names)
+    end
+
     defp broadcast_to(dense, %Nx.Tensor{shape: shape, names: names}) do
       dense = if dense.shape == shape, do: dense, else: Nx.broadcast(dense, shape)
       Nx.rename(dense, names)
@@ -515,12 +551,34 @@ if Code.ensure_loaded?(Nx) do
           indices,
           opts
         ) do
-      if t.shape != qt.shape do
+      if t.shape != qt.shape or t.data.take != nil do
         raise ArgumentError, QuantizedOps.unsupported_message(:gather, 4, qt, t.shape)
       end
 
       ids = Nx.to_flat_list(indices)
 
+      if tuple_size(qt.shape) == 3 do
+        take_view(out, t, indices, opts[:axes], ids)
+      else
+        gather_rows(out, t, qt, indices, opts, ids)
+      end
+    end
+
+    def gather(out, tensor, indices, opts), do: delegate(:gather, [out, tensor, indices, opts])
+
+    defp take_view(out, t, indices, axes, ids) do
+      case QuantizedOps.take_experts(quantized(t), indices.shape, axes, ids) do
+        {:ok, g} ->
+          data = for i <- ids, into: <<>>, do: <<i::64-signed-native>>
+          take = %Dense{data: data, shape: g, type: {:s, 64}}
+          %{out | data: %{t.data | take: take}, type: t.type}
+
+        {:error, message} ->
+          raise ArgumentError, message
+      end
+    end
+
+    defp gather_rows(out, t, qt, indices, opts, ids) do
       case QuantizedOps.gather_rows(qt, indices.shape, opts[:axes], ids) do
         {:ok, rows} ->
           qt
@@ -532,8 +590,6 @@ if Code.ensure_loaded?(Nx) do
           raise ArgumentError, message
       end
     end
-
-    def gather(out, tensor, indices, opts), do: delegate(:gather, [out, tensor, indices, opts])
 
     @impl true
     def as_type(out, %Nx.Tensor{data: %__MODULE__{quantized: %QuantizedTensor{} = qt}} = t) do
@@ -572,6 +628,11 @@ if Code.ensure_loaded?(Nx) do
         do: view!(out, t, QuantizedOps.broadcast(quantized(t), t.shape, shape, axes))
 
     def broadcast(out, tensor, shape, axes), do: delegate(:broadcast, [out, tensor, shape, axes])
+
+    defp view!(%{shape: shape}, %Nx.Tensor{data: %{take: %Dense{}}, shape: from} = t, :ok)
+         when shape != from,
+         do:
+           raise(ArgumentError, QuantizedOps.unsupported_message(:reshape, 2, quantized(t), from))
 
     defp view!(out, t, :ok), do: %{out | data: t.data, type: t.type}
     defp view!(_out, _t, {:error, message}), do: raise(ArgumentError, message)

@@ -7,7 +7,7 @@ defmodule NxQuant.Core do
   checks everything again as the last line of defence. Every error is an `ArgumentError`.
   """
 
-  alias NxQuant.{Config, Dense, NIF, QuantizedTensor, Validate}
+  alias NxQuant.{Batched, Config, Dense, NIF, QuantizedTensor, Validate}
 
   @doc """
   Quantizes a dense float tensor of any rank >= 1 along its last axis (leading axes are
@@ -66,9 +66,10 @@ defmodule NxQuant.Core do
     * `transpose: false`: `x . stored`; x's last axis must be `rows`, the output's last
       axis is `cols`.
 
-  Leading axes of `x` are batch axes (flattened for the kernel, restored on output). The
-  weight must be 2-D (or a 2-D view): a rank > 2 weight raises, since MLX would multiply by
-  each of its matrices, not by their stack.
+  Against a 2-D weight, leading axes of `x` are rows (flattened for the kernel, restored on
+  output). A batched weight `{B..., rows, cols}` (rank > 2) multiplies matrix by matrix as MLX
+  does: x is `{Bx..., m, k}` (rank >= 2) and the result `{broadcast(Bx, B)..., m, n}`, the batch
+  shapes broadcast numpy-style (an ArgumentError where they do not).
   Options: `:transpose`, `:out_type` (default x's type), `:threads`, and `:precision`:
 
     * `:exact` (the default): x stays f32; the result is dequantize-then-matmul within f32
@@ -88,22 +89,32 @@ defmodule NxQuant.Core do
     fun = "quantized_matmul/3"
     %Dense{data: data, shape: x_shape, type: x_type} = Validate.float_dense!(x, "#{fun} x")
     Validate.dense!(data, x_shape, x_type, "#{fun} x")
-    %QuantizedTensor{ref: ref} = qt = quantized!(qt, fun)
+    qt = quantized!(qt, fun)
     opts = Validate.keyword!(opts, [:transpose, :out_type, :threads, :precision], fun)
     transpose = Validate.boolean_opt!(opts, :transpose, true, fun)
     out_type = Validate.float_type_opt!(opts, :out_type, x_type, fun)
     threads = Validate.threads!(opts, fun)
     precision = Validate.precision!(opts, fun)
 
-    # MLX multiplies x by each matrix of a rank > 2 weight (batch axes broadcast); treating the
-    # stacked matrices as one taller matrix would be a silently different answer.
     if tuple_size(qt.shape) > 2 do
-      raise ArgumentError,
-            "#{fun}: the weight has shape #{inspect(qt.shape)}; batched (rank > 2) quantized " <>
-              "weights are not supported by quantized_matmul yet (MLX multiplies by each " <>
-              "matrix, broadcasting the batch axes): slice it into 2-D weights, or dequantize it"
+      kernel = {transpose, out_type, threads, precision}
+      batched_matmul(data, x_shape, x_type, qt, kernel, fun)
+    else
+      matmul_2d(data, x_shape, x_type, qt, transpose, out_type, threads, precision, fun)
     end
+  end
 
+  defp matmul_2d(
+         data,
+         x_shape,
+         x_type,
+         %QuantizedTensor{ref: ref} = qt,
+         transpose,
+         out_type,
+         threads,
+         precision,
+         fun
+       ) do
     {rows, cols} = QuantizedTensor.stored_shape(qt)
     {k, n, k_name} = if transpose, do: {cols, rows, "cols"}, else: {rows, cols, "rows"}
     rank = tuple_size(x_shape)
@@ -135,6 +146,66 @@ defmodule NxQuant.Core do
       )
 
     %Dense{data: out, shape: put_elem(x_shape, rank - 1, n), type: out_type}
+  end
+
+  @doc """
+  MLX's `gather_qmm`: for every position `p` of `broadcast(lhs.shape, rhs.shape)`,
+  `x[lhs[p]] . w[rhs[p]]`, the indices into the flattened batches of `x` (`{Bx..., m, k}`) and
+  of the quantized weight (`{B..., rows, cols}`, e.g. `{experts, n, k}`). The result is
+  `{broadcast(lhs, rhs)..., m, n}`.
+
+  Options: `:lhs_indices`, `:rhs_indices` (`NxQuant.Dense` integer tensors; absent or `nil`:
+  an arange over that operand's batch shape), and `:transpose` (default true), `:out_type`,
+  `:threads`, `:precision` as in `quantized_matmul/3`. Every index is checked (an
+  ArgumentError names the first out of range). Each selected matrix is read once per call,
+  however many positions chose it, and unselected ones not at all: the mlx-lm top-k layout
+  `x {t, 1, 1, k}`, `rhs_indices {t, top_k}` gives `{t, top_k, 1, n}` and streams only the
+  chosen experts.
+  """
+  @spec gather_qmm(Dense.t(), QuantizedTensor.t(), keyword()) :: Dense.t()
+  def gather_qmm(x, qt, opts \\ []) do
+    fun = "gather_qmm/3"
+    %Dense{data: data, shape: x_shape, type: x_type} = Validate.float_dense!(x, "#{fun} x")
+    Validate.dense!(data, x_shape, x_type, "#{fun} x")
+    %QuantizedTensor{ref: ref} = qt = quantized!(qt, fun)
+
+    opts =
+      Validate.keyword!(
+        opts,
+        [:lhs_indices, :rhs_indices, :transpose, :out_type, :threads, :precision],
+        fun
+      )
+
+    transpose = Validate.boolean_opt!(opts, :transpose, true, fun)
+    out_type = Validate.float_type_opt!(opts, :out_type, x_type, fun)
+    threads = Validate.threads!(opts, fun)
+    precision = Validate.precision!(opts, fun)
+    {w_batch, {rows, cols}} = Batched.split(qt.shape, qt.transposed)
+    {k, n} = if transpose, do: {cols, rows}, else: {rows, cols}
+    {x_batch, m} = x_dims!(x_shape, k, transpose, fun)
+    {lhs, lhs_shape} = indices!(opts[:lhs_indices], x_batch, "lhs_indices", fun)
+    {rhs, rhs_shape} = indices!(opts[:rhs_indices], w_batch, "rhs_indices", fun)
+
+    out_batch =
+      broadcast!(lhs_shape, rhs_shape, "the index shapes (lhs_indices, rhs_indices)", fun)
+
+    out =
+      NIF.gather_qmm(
+        data,
+        Validate.dtype_atom(x_type),
+        Tuple.to_list(x_batch),
+        m,
+        ref,
+        Tuple.to_list(w_batch),
+        lhs,
+        rhs,
+        transpose,
+        Validate.dtype_atom(out_type),
+        threads,
+        precision
+      )
+
+    %Dense{data: out, shape: Batched.out_shape(out_batch, m, n), type: out_type}
   end
 
   @doc """
@@ -296,6 +367,73 @@ defmodule NxQuant.Core do
   end
 
   # ---- helpers ---------------------------------------------------------------------------
+
+  defp batched_matmul(data, x_shape, x_type, qt, {transpose, out_type, threads, precision}, fun) do
+    {w_batch, {rows, cols}} = Batched.split(qt.shape)
+    {k, n} = if transpose, do: {cols, rows}, else: {rows, cols}
+    {x_batch, m} = x_dims!(x_shape, k, transpose, fun)
+    out_batch = broadcast!(x_batch, w_batch, "the batch shapes of x and the weight", fun)
+
+    out =
+      NIF.batched_matmul(
+        data,
+        Validate.dtype_atom(x_type),
+        Tuple.to_list(x_batch),
+        m,
+        qt.ref,
+        Tuple.to_list(w_batch),
+        transpose,
+        Validate.dtype_atom(out_type),
+        threads,
+        precision
+      )
+
+    %Dense{data: out, shape: Batched.out_shape(out_batch, m, n), type: out_type}
+  end
+
+  defp x_dims!(x_shape, k, transpose, fun) do
+    case Batched.x_dims(x_shape, k) do
+      {:ok, batch, m} ->
+        {batch, m}
+
+      {:error, message} ->
+        raise ArgumentError,
+              "#{fun} x #{message} (the weight's #{if transpose, do: "cols", else: "rows"}, " <>
+                "transpose: #{transpose})"
+    end
+  end
+
+  defp broadcast!(a, b, what, fun) do
+    case Batched.broadcast(a, b) do
+      {:ok, shape} -> shape
+      {:error, message} -> raise ArgumentError, "#{fun} #{what}: #{message}"
+    end
+  end
+
+  defp indices!(nil, batch, _name, _fun), do: {nil, batch}
+
+  defp indices!(%Dense{data: data, shape: shape, type: type}, _batch, name, fun) do
+    unless Batched.index_type?(type) do
+      raise ArgumentError, "#{fun} #{name} must have an integer type, got #{inspect(type)}"
+    end
+
+    Validate.shape!(shape, "#{fun} #{name}")
+    {_, bits} = type
+
+    if is_binary(data) and byte_size(data) * 8 == Validate.size(shape) * bits do
+      {{Batched.to_s64(data, type), Tuple.to_list(shape)}, shape}
+    else
+      raise ArgumentError,
+            "#{fun} #{name}'s data must be a binary of #{div(Validate.size(shape) * bits, 8)} " <>
+              "bytes for shape #{inspect(shape)} and type #{inspect(type)}"
+    end
+  end
+
+  defp indices!(other, _batch, name, fun) do
+    raise ArgumentError,
+          "#{fun} #{name} must be an %NxQuant.Dense{} integer tensor or nil, got: " <>
+            Validate.describe(other)
+  end
 
   defp wrap(ref, shape, dtype, bits, group_size, rows, cols, mode \\ :affine) do
     {_packed, scales, biases} = NIF.parts(ref)

@@ -37,6 +37,15 @@ defmodule NxQuant.DotPlan do
   kernel's output is already Nx's `batch ++ free ++ [N]` (with the quantized operand on the
   left, `N` is moved in front of the activation's free axes).
 
+  Batched weights (`NxQuant.Batched`): a quantized operand of rank > 2 whose leading axes are
+  exactly the dot's batch axes (in order) gets a plan with `:batched` (`x_shape`: the permuted
+  activation as `batch ++ [m, K]`, `out_shape`: the kernel's result as `batch ++ free ++ [N]`
+  before `:out_perm`), run by the batched `NxQuant.Core.quantized_matmul/3`. A *take view*
+  (`describe/3` with the index rank: `Nx.take/3` of experts, `index_shape ++ {rows, cols}`)
+  whose batch axes are its leading index axes gets `:gather` (`x_shape`, `lhs_shape`: the
+  arange over the batch as `lhs_indices`, `out_shape` and `out_perm` of the
+  `NxQuant.Core.gather_qmm/3` result), with the view's indices as `rhs_indices`.
+
   Cases without a fused kernel return `{:dequantize, sides, reason}`: the quantized operand(s)
   on `sides` are dequantized and the dense dot runs on the result — a correct answer that costs
   memory, never a silently wrong one. They are: both operands quantized (the left one is
@@ -77,8 +86,25 @@ defmodule NxQuant.DotPlan do
   Describes a quantized tensor for `plan/7`; `shape` is the Nx tensor's (a broadcast view's
   shape is `lead ++ qt.shape`).
   """
-  @spec describe(QuantizedTensor.t(), tuple()) :: operand()
-  def describe(%QuantizedTensor{} = qt, shape \\ nil) do
+  @spec describe(QuantizedTensor.t(), tuple(), non_neg_integer() | nil) :: operand()
+  def describe(qt, shape \\ nil, gathered \\ nil)
+
+  # A take view (NxQuant.QuantizedOps.take_experts/4): shape `index_shape ++ {rows, cols}`
+  # over the experts of a batched tensor; `gathered` is the rank of the index shape.
+  def describe(%QuantizedTensor{} = qt, shape, gathered) when is_integer(gathered) do
+    {:quantized,
+     %{
+       shape: shape,
+       lead: 0,
+       gathered: gathered,
+       transposed: false,
+       dtype: qt.dtype,
+       bits: qt.config.bits,
+       group_size: qt.config.group_size
+     }}
+  end
+
+  def describe(%QuantizedTensor{} = qt, shape, nil) do
     shape = shape || qt.shape
 
     {:quantized,
@@ -152,6 +178,35 @@ defmodule NxQuant.DotPlan do
     rank = tuple_size(q.shape)
 
     cond do
+      Map.has_key?(q, :gathered) ->
+        gather_or_dequantize(q_side, q, q_contract, q_batch, x, x_contract, x_batch, out_type)
+
+      lead == 0 and rank > 2 and q_batch == Enum.to_list(0..(rank - 3)) and
+        length(q_contract) == 1 and hd(q_contract) >= rank - 2 ->
+        [q_axis] = q_contract
+        [x_axis] = x_contract
+        matrix = {elem(q.shape, rank - 2), elem(q.shape, rank - 1)}
+
+        plan =
+          kernel_plan(
+            q_side,
+            q,
+            matrix,
+            q_axis - (rank - 2),
+            x_shape,
+            x_type,
+            x_axis,
+            x_batch,
+            out_type
+          )
+
+        {:kernel,
+         Map.put(
+           plan,
+           :batched,
+           batched_shapes(x_shape, x_batch, x_axis, matrix, q_axis - (rank - 2))
+         )}
+
       rank - lead != 2 ->
         {:dequantize, [q_side],
          "the fused kernel needs a 2-D quantized operand, got shape #{inspect(q.shape)}" <>
@@ -220,6 +275,92 @@ defmodule NxQuant.DotPlan do
       kernel_type: if(out_type in @kernel_types, do: out_type, else: {:f, 32}),
       out_type: out_type
     }
+  end
+
+  # The batched kernel (NxQuant.Core.quantized_matmul/3 on a rank > 2 weight) wants x as
+  # `batch ++ [m, K]`: the permuted activation's free axes are flattened into m, and the
+  # kernel's `batch ++ [m, N]` is split back into `batch ++ free ++ [N]` (before :out_perm).
+  defp batched_shapes(x_shape, x_batch, x_axis, matrix, q_axis) do
+    {batch_dims, free_dims, k} = x_parts(x_shape, x_batch, x_axis)
+    n = elem(matrix, 1 - q_axis)
+
+    %{
+      x_shape: List.to_tuple(batch_dims ++ [Enum.product(free_dims), k]),
+      out_shape: List.to_tuple(batch_dims ++ free_dims ++ [n])
+    }
+  end
+
+  defp x_parts(x_shape, x_batch, x_axis) do
+    rank = tuple_size(x_shape)
+    free = for axis <- 0..(rank - 1)//1, axis != x_axis, axis not in x_batch, do: axis
+
+    {Enum.map(x_batch, &elem(x_shape, &1)), Enum.map(free, &elem(x_shape, &1)),
+     elem(x_shape, x_axis)}
+  end
+
+  # A take view `index_shape ++ {rows, cols}` of a batched weight: gather_qmm with the view's
+  # indices as rhs_indices. The dot's batch axes must be the view's leading index axes (in
+  # order); the other index axes are free axes of the view. x is permuted to
+  # `batch ++ free ++ [K]` and given as `batch ++ [m, K]` with lhs_indices an arange over the
+  # batch (shape `batch ++ 1s`, so it broadcasts against the index shape from the left).
+  defp gather_or_dequantize(q_side, q, q_contract, q_batch, x, x_contract, x_batch, out_type) do
+    {:dense, x_shape, x_type} = x
+    g = q.gathered
+    nb = length(q_batch)
+
+    cond do
+      length(q_contract) != 1 or hd(q_contract) < g ->
+        {:dequantize, [q_side],
+         "the gathered kernel contracts one of the last two axes of a take view, got " <>
+           "contraction axes #{inspect(q_contract)}"}
+
+      q_batch != Enum.to_list(0..(nb - 1)//1) ->
+        {:dequantize, [q_side],
+         "the gathered kernel needs the batch axes of a take view to be its leading index " <>
+           "axes in order, got #{inspect(q_batch)}"}
+
+      true ->
+        [q_axis] = q_contract
+        [x_axis] = x_contract
+        matrix = {elem(q.shape, g), elem(q.shape, g + 1)}
+
+        plan =
+          kernel_plan(q_side, q, matrix, q_axis - g, x_shape, x_type, x_axis, x_batch, out_type)
+
+        {batch_dims, free_dims, k} = x_parts(x_shape, x_batch, x_axis)
+        n = elem(matrix, 1 - (q_axis - g))
+        g_free = q.shape |> Tuple.to_list() |> Enum.slice(nb, g - nb)
+        nf = length(free_dims)
+        ngf = length(g_free)
+        batch_axes = Enum.to_list(0..(nb - 1)//1)
+        g_axes = Enum.to_list(nb..(nb + ngf - 1)//1)
+        f_axes = Enum.to_list((nb + ngf)..(nb + ngf + nf - 1)//1)
+        last = nb + ngf + nf
+
+        perm =
+          if q_side == :right,
+            do: batch_axes ++ f_axes ++ g_axes ++ [last],
+            else: batch_axes ++ g_axes ++ [last] ++ f_axes
+
+        {:kernel,
+         plan
+         |> Map.put(:out_perm, nil)
+         |> Map.put(
+           :out_shape,
+           List.to_tuple(
+             if(q_side == :right,
+               do: batch_dims ++ free_dims ++ g_free ++ [n],
+               else: batch_dims ++ g_free ++ [n] ++ free_dims
+             )
+           )
+         )
+         |> Map.put(:gather, %{
+           x_shape: List.to_tuple(batch_dims ++ [Enum.product(free_dims), k]),
+           lhs_shape: List.to_tuple(batch_dims ++ List.duplicate(1, g - nb)),
+           out_shape: List.to_tuple(batch_dims ++ g_free ++ free_dims ++ [n]),
+           out_perm: if(perm == Enum.to_list(0..last), do: nil, else: perm)
+         })}
+    end
   end
 
   defp check_axes(operand, contract, batch, side) do

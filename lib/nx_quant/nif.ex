@@ -66,6 +66,16 @@ defmodule NxQuant.NIF do
       ),
       do: not_loaded!()
 
+  # Batched weights (c_src/nif/batched_nif.cpp): the resource's stacked matrix split into the
+  # batch shape w_batch; lhs / rhs are nil or {int64 binary, shape list}.
+  @doc false
+  def batched_matmul(_x, _x_dtype, _x_batch, _m, _ref, _w_batch, _transpose, _out, _thr, _prec),
+    do: not_loaded!()
+
+  @doc false
+  def gather_qmm(_x, _xd, _x_batch, _m, _ref, _w_batch, _lhs, _rhs, _tr, _out, _thr, _prec),
+    do: not_loaded!()
+
   @doc false
   def quantized_tensor(_packed, _scales, _biases, _rows, _cols, _dtype, _bits, _group_size),
     do: not_loaded!()

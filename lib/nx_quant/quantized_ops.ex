@@ -9,7 +9,7 @@ defmodule NxQuant.QuantizedOps do
   | `dot/7`                           | the fused kernel, as `NxQuant.DotPlan` plans it (or an explicit dequantize for cases without a kernel) |
   | `transpose/3`                     | 2-D: a free view (a layout flag flips, no data moves)         |
   | `reshape/2`, `squeeze/3`, `broadcast/4` | a free broadcast view when the result ends with the quantized shape (new leading axes, as `Nx.vectorize`d operands need); anything else raises |
-  | `gather/4` (so `Nx.take/3`)       | rows of a 2-D weight along axis 0: only those rows are dequantized (a quantized embedding lookup) |
+  | `gather/4` (so `Nx.take/3`)       | rows of a 2-D weight along axis 0: only those rows are dequantized (a quantized embedding lookup); experts of a 3-D batched weight along axis 0: a free take view (`take_experts/4`), which `Nx.dot/6` runs as `gather_qmm` |
   | `as_type/2` to a float type       | dequantize, then cast                                         |
   | `backend_copy/3`, `backend_transfer/3` | to `NxQuant.Backend`: the same quantized tensor (immutable, shared); to any other backend: the dequantized dense tensor |
   | `backend_deallocate/1`            | `:ok`; the native memory is freed when the last reference is garbage-collected (a tensor still in use elsewhere stays valid) |
@@ -216,6 +216,39 @@ defmodule NxQuant.QuantizedOps do
         case Enum.find(ids, &(not is_integer(&1) or &1 < 0 or &1 >= rows)) do
           nil -> {:ok, ids}
           bad -> {:error, "gather/take index #{inspect(bad)} is out of range for #{rows} rows"}
+        end
+    end
+  end
+
+  @doc """
+  Checks `Nx.take(experts, indices, axis: 0)` (`Nx.gather/3` with axes `[0]` and indices of
+  shape `index_shape ++ {1}`) of a batched quantized tensor `{E, rows, cols}` and returns the
+  index shape of the free *take view* it makes: the Nx tensor `index_shape ++ {rows, cols}`
+  keeps the indices and the untouched experts (no bytes copied); `Nx.dot/6` against it runs
+  `NxQuant.Core.gather_qmm/3`, which reads only the selected experts. `ids` are the flat index
+  values; out-of-range ids are an error.
+  """
+  @spec take_experts(QuantizedTensor.t(), tuple(), [integer()], [integer()]) ::
+          {:ok, tuple()} | {:error, String.t()}
+  def take_experts(%QuantizedTensor{shape: shape} = qt, indices_shape, axes, ids) do
+    last = tuple_size(indices_shape) - 1
+
+    cond do
+      tuple_size(shape) != 3 or qt.transposed ->
+        {:error, "a take view needs a 3-D batched quantized tensor, got #{describe(qt)}"}
+
+      axes != [0] or last < 0 or elem(indices_shape, last) != 1 ->
+        {:error,
+         "gather/take on a batched quantized tensor must select experts (axis 0, indices of " <>
+           "shape {..., 1}); got axes #{inspect(axes)} and indices of shape " <>
+           inspect(indices_shape)}
+
+      true ->
+        experts = elem(shape, 0)
+
+        case Enum.find(ids, &(not is_integer(&1) or &1 < 0 or &1 >= experts)) do
+          nil -> {:ok, Tuple.delete_at(indices_shape, last)}
+          bad -> {:error, "take index #{inspect(bad)} is out of range for #{experts} experts"}
         end
     end
   end

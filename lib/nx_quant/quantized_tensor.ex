@@ -6,7 +6,9 @@ defmodule NxQuant.QuantizedTensor do
     * `:shape` - the logical (dense) shape. The stored matrix is `{rows, cols}` with
       `cols = elem(shape, tuple_size(shape) - 1)` quantized along the last axis and `rows` the
       product of the leading axes. When `:transposed` is true the logical shape is the
-      transpose of the stored 2-D matrix (a free view, no data moved).
+      transpose of the stored 2-D matrix (a free view, no data moved). A rank > 2 shape
+      `{B..., n, cols}` is also a batch of `prod(B)` matrices of `n` rows, stacked in the
+      stored matrix (what `NxQuant.Core.quantized_matmul/3` and `gather_qmm/3` multiply by).
     * `:type` - `{:s, bits}`, the logical storage type (as EMLX reports it).
     * `:dtype` - the float type of scales and biases, and of `dequantize/1`'s result.
     * `:config` - an `NxQuant.Config`.
