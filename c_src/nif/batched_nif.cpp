@@ -21,28 +21,6 @@ constexpr int kMaxThreads = 1024;
 constexpr size_t kMaxPositions = size_t{1} << 32;
 constexpr unsigned kMaxRank = 32;
 
-class ResultBinary {
- public:
-  explicit ResultBinary(size_t bytes) {
-    if (!enif_alloc_binary(bytes, &bin_)) throw std::bad_alloc();
-    owned_ = true;
-  }
-  ~ResultBinary() {
-    if (owned_) enif_release_binary(&bin_);
-  }
-  ResultBinary(const ResultBinary&) = delete;
-  ResultBinary& operator=(const ResultBinary&) = delete;
-  MutableBuffer buffer() { return {bin_.data, bin_.size}; }
-  ERL_NIF_TERM release_to_term(ErlNifEnv* env) {
-    owned_ = false;
-    return enif_make_binary(env, &bin_);
-  }
-
- private:
-  ErlNifBinary bin_{};
-  bool owned_ = false;
-};
-
 // A list of non-negative integers (a shape), at most kMaxRank long, product <= kMaxPositions.
 Shape shape_arg(const Args& args, ERL_NIF_TERM term, int i, const char* name) {
   unsigned length = 0;
@@ -169,7 +147,7 @@ ERL_NIF_TERM batched_matmul_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM arg
         kNormalSchedulerBudgetNs, "batched_matmul", batched_matmul_nif, argc, argv, [&] {
           std::vector<uint32_t> copy;
           const ConstBuffer x = aligned_input(c.x, dtype_size(c.x_dtype), copy);
-          ResultBinary out(bytes);
+          OutputBinary out(bytes);
           batched_quantized_matmul(x, c.x_dtype, c.x_batch, c.m, c.w, c.transpose, c.out_dtype,
                                    out.buffer(), c.options);
           return out.release_to_term(env);
@@ -197,7 +175,7 @@ ERL_NIF_TERM gather_qmm_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
         kNormalSchedulerBudgetNs, "gather_qmm", gather_qmm_nif, argc, argv, [&] {
           std::vector<uint32_t> copy;
           const ConstBuffer x = aligned_input(c.x, dtype_size(c.x_dtype), copy);
-          ResultBinary out(bytes);
+          OutputBinary out(bytes);
           gather_qmm(x, c.x_dtype, c.x_batch, c.m, c.w, lhs, rhs, c.transpose, c.out_dtype,
                      out.buffer(), c.options);
           return out.release_to_term(env);

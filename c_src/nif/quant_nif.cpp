@@ -19,30 +19,6 @@ namespace {
 constexpr int kMaxThreads = 1024;
 constexpr double kCopyNsPerByte = 0.8;  // memcpy into fresh memory, high rather than low
 
-// An output binary released on every exit path unless handed to a term.
-class OutputBinary {
- public:
-  explicit OutputBinary(size_t bytes) {
-    if (!enif_alloc_binary(bytes, &bin_)) throw std::bad_alloc();
-    owned_ = true;
-  }
-  ~OutputBinary() {
-    if (owned_) enif_release_binary(&bin_);
-  }
-  OutputBinary(const OutputBinary&) = delete;
-  OutputBinary& operator=(const OutputBinary&) = delete;
-
-  MutableBuffer buffer() { return {bin_.data, bin_.size}; }
-  ERL_NIF_TERM release_to_term(ErlNifEnv* env) {
-    owned_ = false;
-    return enif_make_binary(env, &bin_);
-  }
-
- private:
-  ErlNifBinary bin_{};
-  bool owned_ = false;
-};
-
 std::string bytes_message(size_t got, size_t expected, const std::string& layout) {
   return "has " + std::to_string(got) + " bytes, expected " + std::to_string(expected) + " (" +
          layout + ")";

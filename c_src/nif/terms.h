@@ -132,6 +132,30 @@ inline constexpr int64_t kTimesliceNs = 250'000;
 // Tells the scheduler that a NIF on a normal scheduler ran for `ns`.
 void consume_timeslice(ErlNifEnv* env, int64_t ns);
 
+// An output binary released on every exit path unless handed to a term.
+class OutputBinary {
+ public:
+  explicit OutputBinary(size_t bytes) {
+    if (!enif_alloc_binary(bytes, &bin_)) throw std::bad_alloc();
+    owned_ = true;
+  }
+  ~OutputBinary() {
+    if (owned_) enif_release_binary(&bin_);
+  }
+  OutputBinary(const OutputBinary&) = delete;
+  OutputBinary& operator=(const OutputBinary&) = delete;
+
+  MutableBuffer buffer() { return {bin_.data, bin_.size}; }
+  ERL_NIF_TERM release_to_term(ErlNifEnv* env) {
+    owned_ = false;
+    return enif_make_binary(env, &bin_);
+  }
+
+ private:
+  ErlNifBinary bin_{};
+  bool owned_ = false;
+};
+
 using NifFunction = ERL_NIF_TERM (*)(ErlNifEnv*, int, const ERL_NIF_TERM[]);
 
 // Re-runs `fn` with the same arguments on a dirty CPU scheduler.
