@@ -125,23 +125,9 @@ TEST(Avx2LutGemv, MatchesTheReferenceEveryWidthShapeGroupSizeAndDtype) {
                                         expected.data());
             for (DType out_dtype : kAllDtypes) {
               const std::vector<float> out = run_lut(x, m, w.matrix, 0, n, out_dtype);
-              const float out_eps = out_dtype == DType::F32   ? 0.0f
-                                    : out_dtype == DType::F16 ? 1e-3f
-                                                              : 8e-3f;
-              for (size_t i = 0; i < m; ++i) {
-                for (size_t j = 0; j < n; ++j) {
-                  float sum_abs = 0.0f;
-                  for (size_t c = 0; c < k; ++c)
-                    sum_abs += std::abs(x[i * k + c] * wd.at(j * k + c));
-                  const float e = expected[i * n + j];
-                  // The documented bound: f32 accumulation error <= 1e-5 * sum |x * w|, plus the
-                  // rounding to the output dtype.
-                  ASSERT_NEAR(out[i * n + j], e, 1e-5f * sum_abs + out_eps * std::abs(e) + 1e-30f)
-                      << bits << " bits, w " << dtype_name(w_dtype) << " out "
-                      << dtype_name(out_dtype) << " gs " << gs << " k " << k << " m " << m << " at "
-                      << i << ", " << j;
-                }
-              }
+              ASSERT_TRUE(within_f32_gemv_bound(out, expected, x, wd, m, n, k, out_dtype))
+                  << bits << " bits, w " << dtype_name(w_dtype) << " gs " << gs << " k " << k
+                  << " m " << m;
             }
           }
         }

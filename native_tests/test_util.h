@@ -1,6 +1,9 @@
 // Helpers shared by the native tests: deterministic data and typed buffers.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -68,5 +71,30 @@ struct OwnedQuantized {
     matrix.spec = spec;
   }
 };
+
+// Whether `out` (m x n, rows of x against the rows of w, dequantized as wd) is within the
+// documented bound of the exact `expected`: f32 accumulation error <= 1e-5 * sum |x * w|, plus
+// the rounding to `out_dtype`. The failure names the first output outside it.
+inline ::testing::AssertionResult within_f32_gemv_bound(const std::vector<float>& out,
+                                                        const std::vector<float>& expected,
+                                                        const std::vector<float>& x,
+                                                        const TypedBuffer& wd, size_t m, size_t n,
+                                                        size_t k, DType out_dtype) {
+  const float out_eps = out_dtype == DType::F32 ? 0.0f : out_dtype == DType::F16 ? 1e-3f : 8e-3f;
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t j = 0; j < n; ++j) {
+      float sum_abs = 0.0f;
+      for (size_t c = 0; c < k; ++c) sum_abs += std::abs(x[i * k + c] * wd.at(j * k + c));
+      const float e = expected[i * n + j], got = out[i * n + j];
+      const float bound = 1e-5f * sum_abs + out_eps * std::abs(e) + 1e-30f;
+      if (!(std::abs(got - e) <= bound)) {
+        return ::testing::AssertionFailure()
+               << "out " << dtype_name(out_dtype) << " at " << i << ", " << j << ": " << got
+               << " vs " << e << " (bound " << bound << ")";
+      }
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
 
 }  // namespace nx_quant::testing

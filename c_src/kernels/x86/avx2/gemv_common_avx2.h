@@ -1,15 +1,17 @@
-// What the AVX2 decode GEMVs share: fixed-order reductions and the per-block f32 copy of W's
-// scales and biases. Include only from *_avx2.cpp files.
+// What the AVX2 decode GEMVs share: fixed-order reductions, the per-block f32 copy of W's
+// scales and biases, and the loop over blocks of W rows. Include only from *_avx2.cpp files.
 #pragma once
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "gemv_loops.h"
 #include "nx_quant/dtype.h"
 #include "nx_quant/kernels.h"
 
@@ -73,5 +75,33 @@ struct BlockParams {
     }
   }
 };
+
+// The loop over W's rows both GEMVs share: blocks of `block` rows (4 or 2) from n_begin to n_end,
+// each block's parameters loaded (a later block's prefetched), rows_of_x(Int<NW>, n, v0)
+// computing the block into `result` ([m][kMaxBlockRows]; a partial last block row by row),
+// then written to out as out_dtype.
+template <typename RowsOfX>
+void for_each_row_block(const QuantizedMatrix& w, BlockParams& params, size_t block, size_t n_begin,
+                        size_t n_end, size_t m, const std::vector<float>& result, DType out_dtype,
+                        void* out, RowsOfX&& rows_of_x) {
+  const size_t n_dim = w.rows;
+  for (size_t n = n_begin; n < n_end; n += block) {
+    const int count = static_cast<int>(std::min(block, n_end - n));
+    detail::prefetch_row_params(w, params.groups, n + kPrefetchBlocks * block, block);
+    params.load(w, n, count);
+    if (count == 4) {
+      rows_of_x(detail::Int<4>{}, n, 0);
+    } else if (count == 2) {
+      rows_of_x(detail::Int<2>{}, n, 0);
+    } else {
+      for (int v = 0; v < count; ++v) rows_of_x(detail::Int<1>{}, n + v, v);
+    }
+    for (size_t i = 0; i < m; ++i) {
+      for (int v = 0; v < count; ++v) {
+        store_from_f32(out, out_dtype, i * n_dim + n + v, result[i * kMaxBlockRows + v]);
+      }
+    }
+  }
+}
 
 }  // namespace nx_quant::avx2

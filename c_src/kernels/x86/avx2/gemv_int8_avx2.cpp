@@ -158,7 +158,7 @@ template <int Bits, int GS, bool Vnni>
 void gemv_int8_impl(const Int8Operand& x, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
                     size_t n_end, void* out) {
   using L = Int8Layout<Bits>;
-  const size_t m = x.source->m, k_dim = w.cols, n_dim = w.rows;
+  const size_t m = x.source->m, k_dim = w.cols;
   const size_t groups = k_dim / GS;
   const size_t row_bytes = k_dim * Bits / 8;
   const size_t chunks = x.q_stride / L::kValues;
@@ -193,23 +193,7 @@ void gemv_int8_impl(const Int8Operand& x, const QuantizedMatrix& w, DType out_dt
     }
   };
   const size_t block = m == 1 ? 4 : 2;
-  for (size_t n = n_begin; n < n_end; n += block) {
-    const int count = static_cast<int>(std::min(block, n_end - n));
-    detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * block, block);
-    params.load(w, n, count);
-    if (count == 4) {
-      rows_of_x(detail::Int<4>{}, n, 0);
-    } else if (count == 2) {
-      rows_of_x(detail::Int<2>{}, n, 0);
-    } else {
-      for (int v = 0; v < count; ++v) rows_of_x(detail::Int<1>{}, n + v, v);
-    }
-    for (size_t i = 0; i < m; ++i) {
-      for (int v = 0; v < count; ++v) {
-        store_from_f32(out, out_dtype, i * n_dim + n + v, result[i * kMaxBlockRows + v]);
-      }
-    }
-  }
+  for_each_row_block(w, params, block, n_begin, n_end, m, result, out_dtype, out, rows_of_x);
 }
 
 template <typename F>

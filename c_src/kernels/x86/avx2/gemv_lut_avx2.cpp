@@ -188,7 +188,7 @@ template <int Bits, int GS>
 void gemv_lut_impl(const LutOperand& x, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
                    size_t n_end, void* out) {
   const Unpack<Bits, GS> u;
-  const size_t m = x.m, k_dim = w.cols, n_dim = w.rows;
+  const size_t m = x.m, k_dim = w.cols;
   const size_t groups = k_dim / GS;
   const size_t row_bytes = k_dim * Bits / 8;
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
@@ -222,23 +222,7 @@ void gemv_lut_impl(const LutOperand& x, const QuantizedMatrix& w, DType out_dtyp
   };
   // One or two x rows: four W rows per block; more: two (the accumulators must fit 16 registers).
   const size_t block = m <= 2 ? 4 : 2;
-  for (size_t n = n_begin; n < n_end; n += block) {
-    const int count = static_cast<int>(std::min(block, n_end - n));
-    detail::prefetch_row_params(w, groups, n + kPrefetchBlocks * block, block);
-    params.load(w, n, count);
-    if (count == 4) {
-      rows_of_x(detail::Int<4>{}, n, 0);
-    } else if (count == 2) {
-      rows_of_x(detail::Int<2>{}, n, 0);
-    } else {
-      for (int v = 0; v < count; ++v) rows_of_x(detail::Int<1>{}, n + v, v);
-    }
-    for (size_t i = 0; i < m; ++i) {
-      for (int v = 0; v < count; ++v) {
-        store_from_f32(out, out_dtype, i * n_dim + n + v, result[i * kMaxBlockRows + v]);
-      }
-    }
-  }
+  for_each_row_block(w, params, block, n_begin, n_end, m, result, out_dtype, out, rows_of_x);
 }
 
 }  // namespace
