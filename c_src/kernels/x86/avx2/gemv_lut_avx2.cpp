@@ -9,9 +9,10 @@
 // one AND with a mask isolates it, and vcvtdq2ps converts it exactly (at most 8 significant
 // bits). x is stored once per call pre-multiplied by 2^-offset(j, L) (offsets up to 28: exact
 // unless |x| < 2^-98, where the scaled value is subnormal and a product may be off by up to
-// q * 2^-122, far inside the documented error bound), so the FMA forms q * x exactly: two instructions per 8 weights besides the FMA, where shifting
-// each position down first takes three. The top position of a word (2/4/8 bits) would set the
-// sign bit: it is shifted down instead and its x is not scaled.
+// q * 2^-122, far inside the documented error bound), so the FMA forms q * x exactly: two
+// instructions per 8 weights besides the FMA, where shifting each position down first takes three.
+// The top position of a word (2/4/8 bits) would set the sign bit: it is shifted down instead and
+// its x is not scaled.
 //
 // Order of the sums, the same for every output whatever m, the row block it falls in or the
 // thread that computes it: per chunk one chain of P FMAs per lane from zero, then one FMA by
