@@ -1,7 +1,8 @@
 # The experts of a Qwen3-30B-A3B-shaped mixture-of-experts block through NxQuant.Core.gather_qmm
 # (the NIF path a MoE layer takes): 128 experts, top-8 routing, hidden 2048, expert
 # intermediate 768; gate/up {128, 768, 2048} and down {128, 2048, 768} quantized 4-bit affine,
-# group size 64, bf16 scales/biases (random packed words: speed does not depend on the values).
+# group size 64, bf16 scales/biases, and again in mxfp4 (one E8M0 scale byte per 32 values, no
+# biases: gpt-oss's experts). Random packed words: speed does not depend on the values.
 #
 # Per block: gate and up (x {T, 1, 1, 2048} bf16, rhs_indices {T, 8}), then down on the up
 # output ({T, 8, 1, 768}, f32; the SiLU-gate product and the weighted sum are elementwise and
@@ -26,7 +27,23 @@ defmodule MoeBench do
   @group 64
   @routings 32
 
-  def experts(rows, cols, seed) do
+  def experts(rows, cols, seed, :mxfp4) do
+    :rand.seed(:exsss, {seed, 1, 2})
+    packed = :crypto.strong_rand_bytes(div(@experts * rows * cols, 2))
+    groups = div(@experts * rows * cols, 32)
+    # E8M0 scales 2^-11 .. 2^-8
+    scales = for _ <- 1..groups, into: <<>>, do: <<116 + :rand.uniform(4) - 1>>
+
+    Core.quantized_tensor(
+      packed,
+      %Dense{data: scales, shape: {@experts, rows, div(cols, 32)}, type: {:u, 8}},
+      nil,
+      {@experts, rows, cols},
+      mode: :mxfp4
+    )
+  end
+
+  def experts(rows, cols, seed, :affine) do
     :rand.seed(:exsss, {seed, 1, 2})
     packed = :crypto.strong_rand_bytes(div(@experts * rows * cols, 2))
     groups = div(@experts * rows * cols, @group)
@@ -47,7 +64,7 @@ defmodule MoeBench do
 
   def bytes_per_expert(qt) do
     %{packed: p, scales: s, biases: b} = Core.parts(qt)
-    div(byte_size(p.data) + byte_size(s.data) + byte_size(b.data), @experts)
+    div(byte_size(p.data) + byte_size(s.data) + if(b, do: byte_size(b.data), else: 0), @experts)
   end
 
   def routings(tokens) do
@@ -71,22 +88,30 @@ defmodule MoeBench do
 
   def run do
     {gbs, how} = ReadBandwidth.measure()
+    {load, _} = :os.cmd(~c"cat /proc/loadavg") |> to_string() |> Float.parse()
+    IO.puts("read bandwidth #{Float.round(gbs, 1)} GB/s (#{how}); load average #{load}")
 
+    for {mode, name} <- [affine: "4-bit affine g64 bf16", mxfp4: "mxfp4"] do
+      IO.puts(
+        "MoE block (Qwen3-30B-A3B experts: 128 x {768, 2048} gate/up, {2048, 768} down, #{name})"
+      )
+
+      run_mode(mode, gbs)
+    end
+
+    {load_after, _} = :os.cmd(~c"cat /proc/loadavg") |> to_string() |> Float.parse()
+    IO.puts("load average after: #{load_after}")
+  end
+
+  defp run_mode(mode, gbs) do
     layers =
       for l <- 0..2 do
-        {experts(@inter, @hidden, 3 * l + 1), experts(@inter, @hidden, 3 * l + 2),
-         experts(@hidden, @inter, 3 * l + 3)}
+        {experts(@inter, @hidden, 3 * l + 1, mode), experts(@inter, @hidden, 3 * l + 2, mode),
+         experts(@hidden, @inter, 3 * l + 3, mode)}
       end
 
     [{gate, up, down} | _] = layers
     per_expert = bytes_per_expert(gate) + bytes_per_expert(up) + bytes_per_expert(down)
-    {load, _} = :os.cmd(~c"cat /proc/loadavg") |> to_string() |> Float.parse()
-
-    IO.puts(
-      "MoE block (Qwen3-30B-A3B experts: 128 x {768, 2048} gate/up, {2048, 768} down, 4-bit g64 bf16)"
-    )
-
-    IO.puts("read bandwidth #{Float.round(gbs, 1)} GB/s (#{how}); load average #{load}")
     IO.puts("tokens | ms/block | experts read | MB read | GB/s | % of read bandwidth")
 
     for tokens <- [1, 8] do
@@ -123,9 +148,6 @@ defmodule MoeBench do
           "#{Float.round(bytes / 1.0e6, 1)} | #{Float.round(rate, 2)} | #{round(100 * rate / gbs)}%"
       )
     end
-
-    {load_after, _} = :os.cmd(~c"cat /proc/loadavg") |> to_string() |> Float.parse()
-    IO.puts("load average after: #{load_after}")
   end
 end
 

@@ -140,9 +140,13 @@ TEST(Microscaled, E4m3RoundsToNearestEvenAndSaturates) {
   EXPECT_EQ(e4m3_from_f32(std::ldexp(7.5f, -9)), 0x08);   // up into the normals
   EXPECT_EQ(e4m3_from_f32(-0.0f), 0x80);
   EXPECT_EQ(e4m3_from_f32(448.0f), 0x7E);
-  EXPECT_EQ(e4m3_from_f32(464.0f), 0x7E);  // tie -> even
-  EXPECT_EQ(e4m3_from_f32(470.0f), 0x7F);  // MLX's 480 code
-  EXPECT_EQ(e4m3_from_f32(480.0f), 0x7E);  // >= 480 saturates
+  EXPECT_EQ(e4m3_from_f32(447.0f), 0x7E);  // rounds to 448
+  EXPECT_EQ(e4m3_from_f32(415.0f), 0x7D);  // rounds to 416
+  EXPECT_EQ(e4m3_from_f32(432.0f), 0x7E);  // tie between 416 and 448 -> even (448)
+  EXPECT_EQ(e4m3_from_f32(464.0f), 0x7E);  // >= 448 saturates (checked against MLX's to_fp8)
+  EXPECT_EQ(e4m3_from_f32(470.0f), 0x7E);  // would round to 480 (0x7F): saturates instead
+  EXPECT_EQ(e4m3_from_f32(479.0f), 0x7E);
+  EXPECT_EQ(e4m3_from_f32(480.0f), 0x7E);
   EXPECT_EQ(e4m3_from_f32(-1e30f), 0xFE);
   EXPECT_EQ(e4m3_from_f32(INFINITY), 0x7E);
   EXPECT_EQ(e4m3_from_f32(-INFINITY), 0xFE);
@@ -157,23 +161,19 @@ TEST(Microscaled, E4m3RoundsToNearestEvenAndSaturates) {
   }
 }
 
-TEST(Microscaled, Mxfp8GroupCodesIncludingThe480Quirk) {
+TEST(Microscaled, Mxfp8GroupCodesSaturateAt448) {
   for (DType dtype : kAllDtypes) {
     // max 500: 500 / 448 = 1.116 -> e = 0, byte 127; elements stay as they are.
     auto q = quantize_values(padded({500, 470, 464, -470, 0.3f, -0.0f, 1.0625f, 0}, 32), 1, kMxfp8,
                              dtype);
     EXPECT_EQ(q.scales[0], 127) << dtype_name(dtype);
-    if (dtype == DType::F32) {  // 470 and 464 are exact in f32 only (f16/bf16: 470 -> 470 / 472)
-      EXPECT_EQ(q.packed[0], 0xFF7E7F7Eu);
-    }
+    EXPECT_EQ(q.packed[0], 0xFE7E7E7Eu);  // as MLX: 500, 470, 464 -> 448; -470 -> -448
     EXPECT_EQ(byte8(q, 5), 0x80u);  // -0.0 keeps its sign in E4M3
     EXPECT_EQ(byte8(q, 6), 0x38u);
     EXPECT_EQ(byte8(q, 7), 0x00u);
     const auto d = dequantized(q.matrix);
     EXPECT_EQ(d[0], 448.0f);
-    if (dtype == DType::F32) {
-      EXPECT_EQ(d[1], 480.0f);
-    }
+    EXPECT_EQ(d[1], 448.0f);
     EXPECT_TRUE(std::signbit(d[5]));
   }
   // max 896: e = 1, element 2.2 / 2 = 1.1 -> 1.125 -> dequantized 2.25.

@@ -15,14 +15,14 @@ inline constexpr float kE2m1Values[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0
                                           -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
 // f32 -> E4M3 byte as MLX converts: round to nearest even on the 3-bit mantissa (subnormals
-// down to 2^-9), |x| >= 480 (Inf and NaN included) saturates to 448 (0x7E) with x's sign bit.
-// Values in (464, 480) round up to 0x7F, which MLX decodes as 480 (it has no NaN code).
+// down to 2^-9), |x| >= 448 (Inf and NaN included) saturates to 448 (0x7E) with x's sign bit
+// (MLX's ToFP8 compares with 543 << 21, the bits of 448.0f), so 0x7F is never produced.
 inline uint8_t e4m3_from_f32(float x) {
   uint32_t bits = bit_cast<uint32_t>(x);
   const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
   bits &= 0x7FFFFFFFu;
   uint8_t magnitude;
-  if (bits >= 0x43F00000u) {  // 480.0f
+  if (bits >= 0x43E00000u) {  // 448.0f
     magnitude = 0x7E;
   } else if (bits < 0x3C800000u) {  // below 2^-6, E4M3's smallest normal: multiples of 2^-9
     // Adding 2^14 leaves |x| rounded (RNE, by the FPU) to the float ulp 2^-9 in the low bits.
