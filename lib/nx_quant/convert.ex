@@ -64,7 +64,7 @@ defmodule NxQuant.Convert do
     ckpt = Checkpoint.open(src, mmap: Safetensors.mmap?(opts))
     OutputDir.check_apart!(ckpt.dir, dst)
 
-    if Enum.any?(ckpt.layers, &match?({_, {:quantized, _, _, _}}, &1)) do
+    if Enum.any?(ckpt.layers, &match?({_, {:quantized, _, _, _, _}}, &1)) do
       raise ArgumentError, "#{NxQuant.Validate.printable(ckpt.dir)} is already quantized"
     end
 
