@@ -180,6 +180,17 @@ defmodule NxQuant.QuantizationConfig do
     end
   end
 
+  @doc """
+  The block with `default` as the top level (as mlx-lm's convert writes the run's format) and
+  every layer of `formats` in another format as an entry with all three keys.
+  """
+  @spec encode([{String.t(), format()}], format()) :: map()
+  def encode(formats, default) do
+    for {base, format} <- formats, format != default, into: json(default) do
+      {base, json(format)}
+    end
+  end
+
   defp json(%{mode: mode, bits: bits, group_size: gs}),
     do: %{"bits" => bits, "group_size" => gs, "mode" => mode}
 
