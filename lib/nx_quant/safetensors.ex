@@ -282,6 +282,13 @@ defmodule NxQuant.Safetensors do
             "cannot write '#{Validate.printable(name)}': a transposed view (write the original)"
     end
 
+    # MLX's checkpoints have no place for nvfp4's global scale: written, it would be lost
+    if qt.config.mode == "nvfp4" and NIF.global_scale(qt.ref) != 0.0 do
+      raise ArgumentError,
+            "cannot write '#{Validate.printable(name)}': an nvfp4 tensor with a global scale " <>
+              "(MLX's checkpoint layout cannot hold it)"
+    end
+
     base = String.replace_suffix(name, ".weight", "")
     leading = Tuple.delete_at(qt.shape, tuple_size(qt.shape) - 1)
 
