@@ -87,6 +87,19 @@ defmodule NxQuant.GlobalScaleTest do
     end
   end
 
+  test "tensors rebuilt from the parts keep it (take_rows, dequantize_f32)" do
+    qt = Core.quantize(Ref.random_dense({3, 32}, {:bf, 16}, 4), mode: :nvfp4, global_scale: 50.0)
+    rows = Ref.rows(Core.dequantize(qt))
+    taken = NxQuant.QuantizedOps.take_rows(qt, [2, 0])
+    assert Ref.rows(taken) == [Enum.at(rows, 2), Enum.at(rows, 0)]
+
+    wide = NxQuant.QuantizedOps.dequantize_f32(qt)
+    assert wide.type == {:f, 32}
+
+    for {a, b} <- Enum.zip(List.flatten(Ref.rows(wide)), List.flatten(decoded(qt, 50.0))),
+        do: assert(abs(a - b) <= 2 * :math.pow(2, -23) * abs(b))
+  end
+
   test "bad global scales are errors naming the option" do
     d = dense(List.duplicate(1.0, 32), {1, 32})
 

@@ -359,8 +359,12 @@ defmodule NxQuant.QuantizedOps do
   defp spec_opts(%QuantizedTensor{config: %Config{bits: bits, group_size: gs, mode: "affine"}}),
     do: [bits: bits, group_size: gs]
 
-  defp spec_opts(%QuantizedTensor{config: %Config{mode: mode}, dtype: dtype}),
-    do: [mode: String.to_existing_atom(mode), dtype: dtype]
+  # nvfp4's global scale comes from the resource (the struct's field is informative only)
+  defp spec_opts(%QuantizedTensor{config: %Config{mode: mode}, dtype: dtype} = qt) do
+    opts = [mode: String.to_existing_atom(mode), dtype: dtype]
+    global = if mode == "nvfp4", do: NxQuant.NIF.global_scale(qt.ref), else: 0.0
+    if global != 0.0, do: Keyword.put(opts, :global_scale, global), else: opts
+  end
 
   defp type_name({:bf, 16}), do: "bf16"
   defp type_name({kind, size}), do: "#{kind}#{size}"
