@@ -7,8 +7,11 @@ defmodule NxQuant.Convert do
   whatever the checkpoint's size.
 
   Quantized: 2-D (or higher) float `*.weight` tensors whose last axis divides by the group
-  size. Kept dense: norms, biases, 1-D tensors, non-float tensors, names matching a `:skip`
-  pattern, and embeddings (`embed` in the name) unless `embeddings: true`.
+  size, in the run's format (`:mode`, `:bits`, `:group_size`) or the one a `:recipe` rule gives
+  them (`NxQuant.Recipe`); 3-D expert stacks become batched quantized tensors. Kept dense:
+  norms, biases, 1-D tensors, non-float tensors, names matching a `:skip` pattern, layers a
+  rule makes `dense`, and embeddings (`embed` in the name) unless `embeddings: true` or a rule
+  names them.
 
   The destination is written atomically (`NxQuant.OutputDir`): it must not be the source's
   directory, lie inside it or contain it; a non-empty destination is refused unless
