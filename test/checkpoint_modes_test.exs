@@ -218,6 +218,20 @@ defmodule NxQuant.CheckpointModesTest do
       end
     end
 
+    test "BumblebeeMapping.tensors/1: microscaled layers have the checkpoint's dtype", %{
+      tmp_dir: dir
+    } do
+      write_mixed!(dir, Map.put(config(), "torch_dtype", "bfloat16"))
+      t = NxQuant.BumblebeeMapping.tensors(Checkpoint.open(dir))
+
+      assert t["#{@l}.mlp.experts.gate_proj.weight"] ==
+               {:quantized, {4, 16, 64}, 4, 32, {:bf, 16}}
+
+      assert t["#{@l}.mlp.experts.up_proj.weight"] == {:quantized, {4, 16, 64}, 4, 16, {:bf, 16}}
+      # affine layers: their scales' type
+      assert t["#{@l}.mlp.router.weight"] == {:quantized, {4, 64}, 8, 64, {:f, 32}}
+    end
+
     test "save of a microscaled tensor alone: dtype recorded unless the config has one", %{
       tmp_dir: dir
     } do
