@@ -19,7 +19,9 @@ defmodule NxQuant.QuantizationConfig do
       lacks take **that mode's** defaults, not the top level's — `"mode"` defaults to
       `"affine"`, bits and group size to the mode's (affine 4 / 64, mxfp4 4 / 32, mxfp8 8 / 32,
       nvfp4 4 / 16). So `{"group_size": 64, "bits": 8}` under an mxfp4 top level (gpt-oss's
-      router) is 8-bit affine;
+      router) is 8-bit affine. (mlx-lm writes all three keys, and `encode/1` does too: its
+      `SwitchLinear.to_quantized` defaults to 64 / 4 whatever the mode, so a microscaled entry
+      without a group size fails in mlx-lm where it loads here);
     * `false` means dense.
 
   `"quantization_config"` is read when `"quantization"` is absent (mlx-lm writes both, equal);
