@@ -325,7 +325,7 @@ if Code.ensure_loaded?(Nx) do
     @doc """
     Loads an MLX-community checkpoint (directory or .safetensors file) as
     `%{name => Nx.Tensor}`: each quantized layer's `"NAME.weight"` a quantized tensor, every
-    other tensor dense (on the default backend). Options: `:only`, `:bits`, `:group_size`,
+    other tensor dense (on the default backend). Options: `:only`, `:mode`, `:bits`, `:group_size`, `:dtype`,
     `:mmap` (see `NxQuant.Checkpoint.load/2` and, for mmap's risk, `NxQuant.Safetensors`). For lazy loading use `NxQuant.Checkpoint.open/2` and
     `fetch_checkpoint!/2`.
     """
