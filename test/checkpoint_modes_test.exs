@@ -218,6 +218,24 @@ defmodule NxQuant.CheckpointModesTest do
       end
     end
 
+    test "save replaces a stale quantization block of :config", %{tmp_dir: dir} do
+      src = Path.join(dir, "src")
+      write_mixed!(src)
+      ckpt = Checkpoint.open(src)
+      # every layer dequantized: the source's block would declare them quantized
+      dense =
+        Map.new(Checkpoint.load(src), fn
+          {name, %QuantizedTensor{} = qt} -> {name, Core.dequantize(qt)}
+          other -> other
+        end)
+
+      :ok = Checkpoint.save(Path.join(dir, "dense"), dense, config: ckpt.config)
+      config = NIF.json_decode(File.read!(Path.join(dir, "dense/config.json")))
+      refute Map.has_key?(config, "quantization") or Map.has_key?(config, "quantization_config")
+      assert config["model_type"] == "gpt_oss"
+      assert Checkpoint.load(Path.join(dir, "dense")) == dense
+    end
+
     test "BumblebeeMapping.tensors/1: microscaled layers have the checkpoint's dtype", %{
       tmp_dir: dir
     } do

@@ -163,7 +163,9 @@ defmodule NxQuant.Checkpoint do
   mlx-lm's `"quantization_config"` copy): the most common mode/bits/group_size as the
   default, other quantized layers as per-layer entries (`quantization_config/1`). When there
   are microscaled tensors, all of one dtype, and `:config` has no `"torch_dtype"` or
-  `"dtype"`, `"torch_dtype"` records it, so that `load/2` gives it back.
+  `"dtype"`, `"torch_dtype"` records it, so that `load/2` gives it back. A quantization block
+  in `:config` is replaced (it may describe other tensors, e.g. those of a checkpoint the
+  tensors were loaded from and then dequantized).
 
   The directory is written atomically (`NxQuant.OutputDir`): a non-empty `dir` is refused
   unless `force: true`, which replaces it as a whole; config.json is encoded before anything
@@ -182,8 +184,11 @@ defmodule NxQuant.Checkpoint do
           raise ArgumentError, "the :config option must be a map, got: #{inspect(other)}"
       end
 
+    # A :config's own quantization block (say, a loaded checkpoint's) would describe other
+    # tensors: the block written is always the one of the tensors saved.
     config_json =
       config
+      |> Map.drop(["quantization", "quantization_config"])
       |> Map.merge(dtype_config(config, entries))
       |> Map.merge(quantization_config(entries))
       |> encode_config()
