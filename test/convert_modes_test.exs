@@ -186,6 +186,46 @@ defmodule NxQuant.ConvertModesTest do
     refute File.exists?(dst)
   end
 
+  test "a function recipe (mlx-lm's quant_predicate)", %{tmp_dir: dir} do
+    src = Path.join(dir, "src")
+    dense = source!(src)
+    me = self()
+
+    predicate = fn path, info ->
+      send(me, {:asked, path, info.shape})
+
+      cond do
+        String.ends_with?(path, "router") -> [bits: 8, group_size: 64]
+        String.contains?(path, "experts") -> [mode: :mxfp4]
+        path == "lm_head" -> false
+        true -> nil
+      end
+    end
+
+    Convert.run(src, Path.join(dir, "a"), recipe: predicate)
+    loaded = Checkpoint.load(Path.join(dir, "a"))
+    assert format(loaded["#{@l}.mlp.router.weight"]) == {"affine", 8, 64}
+    assert format(loaded["#{@l}.mlp.experts.gate_proj.weight"]) == {"mxfp4", 4, 32}
+    assert format(loaded["#{@l}.mlp.shared_experts.gate_proj.weight"]) == {"mxfp4", 4, 32}
+    assert format(loaded["#{@l}.self_attn.q_proj.weight"]) == {"affine", 4, 64}
+    assert loaded["lm_head.weight"] == dense["lm_head.weight"]
+    # asked with the layer path and the header entry; never for norms
+    assert_received {:asked, "#{@l}.mlp.experts.gate_proj", {4, 32, 64}}
+    refute_received {:asked, "#{@l}.input_layernorm", _}
+
+    bad = fn _, _ -> [mode: :mxfp4, bits: 8] end
+
+    message =
+      assert_raise(ArgumentError, fn -> Convert.run(src, Path.join(dir, "b"), recipe: bad) end).message
+
+    assert message =~ "convert option :recipe: the function's answer [mode: :mxfp4, bits: 8]"
+    assert message =~ ~s[mode "mxfp4" has 4 bits and group_size 32 (fixed)]
+
+    assert_raise ArgumentError, ~r/the function returned :yes for layer/, fn ->
+      Convert.run(src, Path.join(dir, "c"), recipe: fn _, _ -> :yes end)
+    end
+  end
+
   describe "Recipe.match/2" do
     test "patterns match whole, contiguous path components; * is any one; first rule wins" do
       rules =

@@ -137,20 +137,23 @@ defmodule NxQuant.Convert do
   The format a tensor is quantized in (`nil`: kept dense): the first matching recipe rule's,
   else `default`, for tensors that can be quantized (see the module doc and `NxQuant.Recipe`).
   """
-  def format_for(name, %{dtype: dtype, shape: shape}, default, recipe, opts) do
+  def format_for(name, %{dtype: dtype, shape: shape} = info, default, recipe, opts) do
     skip = Keyword.get(opts, :skip, [])
     base = String.replace_suffix(name, ".weight", "")
-    ruled = if String.ends_with?(name, ".weight"), do: NxQuant.Recipe.match(recipe, base)
-    format = if ruled in [nil, :dense], do: default, else: ruled
     cols = if tuple_size(shape) >= 2, do: elem(shape, tuple_size(shape) - 1), else: 0
 
-    quantizable =
+    candidate =
       dtype in @float_dtypes and tuple_size(shape) >= 2 and String.ends_with?(name, ".weight") and
-        cols > 0 and rem(cols, format.group_size) == 0 and
-        not String.contains?(name, "norm") and
-        (ruled != nil or Keyword.get(opts, :embeddings, false) or
-           not String.contains?(name, "embed")) and
+        cols > 0 and not String.contains?(name, "norm") and
         not Enum.any?(skip, &matches?(name, &1))
+
+    ruled = if candidate, do: NxQuant.Recipe.match(recipe, base, info)
+    format = if ruled in [nil, :dense], do: default, else: ruled
+
+    quantizable =
+      candidate and rem(cols, format.group_size) == 0 and
+        (ruled != nil or Keyword.get(opts, :embeddings, false) or
+           not String.contains?(name, "embed"))
 
     if quantizable and ruled != :dense, do: format
   end

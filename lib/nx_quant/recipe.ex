@@ -24,18 +24,24 @@ defmodule NxQuant.Recipe do
   as in mlx-lm). A rule that matches an embedding quantizes it even without `--embeddings`;
   `--skip` patterns win over rules.
 
-  From Elixir, `:recipe` is that string or a list of `{pattern, format}` with `format`
-  `:dense` or a keyword list `[mode: :mxfp4]`, `[mode: :affine, bits: 8, group_size: 64]`.
-  Every problem is an `ArgumentError` naming the option and the rule.
+  From Elixir, `:recipe` is that string, a list of `{pattern, format}` with `format`
+  `:dense` or a keyword list `[mode: :mxfp4]`, `[mode: :affine, bits: 8, group_size: 64]`, or
+  a function `fn path, info -> ... end` (mlx-lm's `quant_predicate`), called for every tensor
+  that could be quantized with its layer path and safetensors header entry
+  (`%{dtype: "BF16", shape: {...}, ...}`), returning `nil` or `true` (the default format),
+  `false` or `:dense`, or a format keyword list. Every problem is an `ArgumentError` naming
+  the option and the rule.
   """
 
   alias NxQuant.QuantizationConfig
 
   @type rule :: {[String.t()], :dense | QuantizationConfig.format()}
+  @type t :: [rule()] | {:predicate, (String.t(), map() -> term())}
 
-  @doc "The rules of a recipe string or list (see the moduledoc); `[]` for `nil`."
-  @spec parse!(nil | String.t() | list()) :: [rule()]
+  @doc "The rules of a recipe string, list or function (see the moduledoc); `[]` for `nil`."
+  @spec parse!(nil | String.t() | list() | function()) :: t()
   def parse!(nil), do: []
+  def parse!(fun) when is_function(fun, 2), do: {:predicate, fun}
 
   def parse!(text) when is_binary(text) do
     text
@@ -54,9 +60,33 @@ defmodule NxQuant.Recipe do
             NxQuant.Validate.describe(other)
   end
 
-  @doc "The format of the first rule matching layer path `base`: a format, `:dense` or `nil`."
-  @spec match([rule()], String.t()) :: :dense | QuantizationConfig.format() | nil
-  def match(rules, base) do
+  @doc """
+  The format of the first rule matching layer path `base` (or the predicate's answer for it
+  and `info`): a format, `:dense` or `nil` (the default).
+  """
+  @spec match(t(), String.t(), map() | nil) :: :dense | QuantizationConfig.format() | nil
+  def match(rules, base, info \\ nil)
+
+  def match({:predicate, fun}, base, info) do
+    case fun.(base, info) do
+      answer when answer in [nil, true] ->
+        nil
+
+      answer when answer in [false, :dense] ->
+        :dense
+
+      format when is_list(format) ->
+        format_kw!(format, {:answer, base, format})
+
+      other ->
+        raise ArgumentError,
+              "convert option :recipe: the function returned #{inspect(other)} for layer " <>
+                "#{inspect(base)}; expected nil or true (the default format), false or " <>
+                ":dense, or a keyword list such as [mode: :mxfp4]"
+    end
+  end
+
+  def match(rules, base, _info) do
     path = String.split(base, ".")
     Enum.find_value(rules, fn {pattern, format} -> if contains?(path, pattern), do: format end)
   end
@@ -113,13 +143,21 @@ defmodule NxQuant.Recipe do
 
   defp rule!({pattern, format} = rule) when is_binary(pattern) and is_list(format) do
     shown = inspect(rule)
-    mode = Keyword.get(format, :mode, :affine)
-    mode = if is_atom(mode), do: Atom.to_string(mode), else: mode
+    {pattern!(pattern, shown), format_kw!(format, shown)}
+  end
 
+  defp rule!(other), do: fail!(inspect(other), "a rule is {pattern, format}")
+
+  # A format keyword list ([mode: :mxfp4], [bits: 8, group_size: 64], ...); `shown` names the
+  # rule in errors.
+  defp format_kw!(format, shown) do
     unless Keyword.keyword?(format) and
              Enum.all?(Keyword.keys(format), &(&1 in [:mode, :bits, :group_size])) do
       fail!(shown, "a format is :dense or a keyword list of :mode, :bits and :group_size")
     end
+
+    mode = Keyword.get(format, :mode, :affine)
+    mode = if is_atom(mode), do: Atom.to_string(mode), else: mode
 
     unless mode in QuantizationConfig.modes() do
       fail!(
@@ -130,16 +168,15 @@ defmodule NxQuant.Recipe do
 
     {bits, gs} = QuantizationConfig.mode_defaults(mode)
 
-    format = %{
-      mode: mode,
-      bits: Keyword.get(format, :bits, bits),
-      group_size: Keyword.get(format, :group_size, gs)
-    }
-
-    {pattern!(pattern, shown), check!(format, shown)}
+    check!(
+      %{
+        mode: mode,
+        bits: Keyword.get(format, :bits, bits),
+        group_size: Keyword.get(format, :group_size, gs)
+      },
+      shown
+    )
   end
-
-  defp rule!(other), do: fail!(inspect(other), "a rule is {pattern, format}")
 
   defp pattern!(pattern, rule) do
     case pattern |> String.trim() |> String.split(".") do
@@ -159,6 +196,12 @@ defmodule NxQuant.Recipe do
     QuantizationConfig.check!(format, "the format", "the rule")
   rescue
     e in ArgumentError -> fail!(rule, Exception.message(e))
+  end
+
+  defp fail!({:answer, base, format}, message) do
+    raise ArgumentError,
+          "convert option :recipe: the function's answer #{inspect(format)} for layer " <>
+            "#{inspect(base)}: #{message}"
   end
 
   defp fail!(rule, message) do
