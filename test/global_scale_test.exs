@@ -29,6 +29,11 @@ defmodule NxQuant.GlobalScaleTest do
       )
 
     assert qt.config.global_scale == 448.0
+
+    assert NxQuant.QuantizedOps.describe(qt) ==
+             "quantized nvfp4 (4-bit, group_size 16, uint8 scales, global_scale 448.0), " <>
+               "f32 values, stored 1x16"
+
     # max 6: 6 / 6 * 2688 / 448 = 6 -> E4M3 0x4C; codes w / 6 * 6: 6 -> 7, 3 -> 5, 1 -> 2,
     # -2 -> 0xC, 0.4 -> 1 (0.5)
     %{packed: p, scales: s} = Core.parts(qt)
