@@ -55,12 +55,13 @@ if Code.ensure_loaded?(Nx) do
 
     Options: `:type` (`{:s, 2 | 3 | 4 | 5 | 6 | 8}`, default `{:s, 4}`), `:group_size`
     (32, 64 or 128, default 64; must divide the last axis), `:threads`, `:mode` (MLX's
-    `:affine` (default), `:mxfp4`, `:mxfp8`, `:nvfp4`: see `NxQuant.Core.quantize/2`).
+    `:affine` (default), `:mxfp4`, `:mxfp8`, `:nvfp4`: see `NxQuant.Core.quantize/2`),
+    `:global_scale` (nvfp4 only, see `NxQuant.Core.quantize/2`).
     """
     deftransform quantize(tensor, opts \\ []) do
       tensor = Nx.to_tensor(tensor)
       fun = "NxQuant.quantize/2"
-      opts = Validate.keyword!(opts, [:type, :group_size, :threads, :mode], fun)
+      opts = Validate.keyword!(opts, [:type, :group_size, :threads, :mode, :global_scale], fun)
       {bits, _group_size} = Validate.quant_spec!(opts, fun, Validate.mode!(opts, fun))
 
       call(
@@ -78,7 +79,11 @@ if Code.ensure_loaded?(Nx) do
     @spec from_dense(Nx.Tensor.t(), keyword()) :: Nx.Tensor.t()
     def from_dense(tensor, opts \\ []) do
       opts =
-        Validate.keyword!(opts, [:type, :group_size, :threads, :mode], "NxQuant.from_dense/2")
+        Validate.keyword!(
+          opts,
+          [:type, :group_size, :threads, :mode, :global_scale],
+          "NxQuant.from_dense/2"
+        )
 
       __quantize__(Nx.to_tensor(tensor), opts)
     end
@@ -320,7 +325,7 @@ if Code.ensure_loaded?(Nx) do
     @doc """
     Loads an MLX-community checkpoint (directory or .safetensors file) as
     `%{name => Nx.Tensor}`: each quantized layer's `"NAME.weight"` a quantized tensor, every
-    other tensor dense (on the default backend). Options: `:only`, `:bits`, `:group_size`,
+    other tensor dense (on the default backend). Options: `:only`, `:mode`, `:bits`, `:group_size`, `:dtype`,
     `:mmap` (see `NxQuant.Checkpoint.load/2` and, for mmap's risk, `NxQuant.Safetensors`). For lazy loading use `NxQuant.Checkpoint.open/2` and
     `fetch_checkpoint!/2`.
     """

@@ -198,12 +198,11 @@ defmodule NxQuant.MicroscaledTest do
     end
   end
 
-  test "saving a microscaled tensor to a checkpoint is refused clearly (not supported yet)" do
+  test "a microscaled tensor is written as MLX's pair: weight and U8 scales, no biases" do
     qt = Core.quantize(dense(List.duplicate(1.0, 32), {1, 32}), mode: :nvfp4)
-
-    assert_raise ArgumentError, ~r/cannot write 'w': checkpoints of mode "nvfp4"/, fn ->
-      NxQuant.Safetensors.pieces("w", qt)
-    end
+    %{packed: p, scales: s} = Core.parts(qt)
+    assert NxQuant.Safetensors.pieces("w", qt) == [{"w.weight", p}, {"w.scales", s}]
+    assert s.type == {:u, 8}
   end
 
   test "describe (inspect) names the mode" do

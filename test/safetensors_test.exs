@@ -339,7 +339,7 @@ defmodule NxQuant.SafetensorsTest do
                "bits" => 4,
                "group_size" => 64,
                "mode" => "affine",
-               "z" => %{"bits" => 6, "group_size" => 128}
+               "z" => %{"bits" => 6, "group_size" => 128, "mode" => "affine"}
              }
 
       assert config["quantization_config"] == config["quantization"]

@@ -11,16 +11,19 @@
 #define NX_QUANT_NIF_FUNCTIONS(X)                                                      \
   X("quantize", 7, quantize_nif, 0)                                                    \
   X("quantize", 8, quantize_nif, 0)                                                    \
+  X("quantize", 9, quantize_nif, 0)                                                    \
   X("dequantize", 2, dequantize_nif, 0)                                                \
   X("quantized_matmul", 8, quantized_matmul_nif, 0)                                    \
   X("quantized_matmul_timed", 8, quantized_matmul_timed_nif, 0)                        \
   X("quantized_tensor", 8, quantized_tensor_nif, 0)                                    \
   X("quantized_tensor", 9, quantized_tensor_nif, 0)                                    \
+  X("quantized_tensor", 10, quantized_tensor_nif, 0)                                   \
   X("batched_matmul", 10, batched_matmul_nif, 0)                                       \
   X("gather_qmm", 12, gather_qmm_nif, 0)                                               \
   X("parts", 1, parts_nif, 0)                                                          \
   X("info", 1, info_nif, 0)                                                            \
   X("mode", 1, mode_nif, 0)                                                            \
+  X("global_scale", 1, global_scale_nif, 0)                                            \
   X("cpu_info", 0, cpu_info_nif, 0)                                                    \
   X("safetensors_open", 2, safetensors_open_nif, ERL_NIF_DIRTY_JOB_IO_BOUND)           \
   X("safetensors_tensor", 2, safetensors_tensor_nif, ERL_NIF_DIRTY_JOB_IO_BOUND)       \

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,21 +41,32 @@ ConstBuffer aligned_view(const ErlNifBinary& bin, size_t alignment, std::vector<
 
 }  // namespace
 
-// The spec from arguments bits (i), group_size (i + 1) and, when present, mode (mode_i): the
-// microscaled modes' fixed group_size and bits are checked by the kernel library's spec
+// The spec from arguments bits (i), group_size (i + 1) and, when present, mode (mode_i) and
+// nvfp4's global scale (mode_i + 1, a positive finite float): the microscaled modes' fixed
+// group_size and bits, and the global scale's mode, are checked by the kernel library's spec
 // validation (an InvalidArgument naming the mode).
 static QuantSpec spec_arg(const Args& args, int i, int argc, int mode_i) {
   const QuantMode mode = argc > mode_i ? args.mode(mode_i, "mode") : QuantMode::Affine;
-  if (mode == QuantMode::Affine)
+  float global_scale = 0.0f;
+  if (argc > mode_i + 1) {
+    double g = 0;
+    if (!enif_get_double(args.env(), args.term(mode_i + 1), &g) || !(g > 0) ||
+        g > std::numeric_limits<float>::max()) {
+      args.expected(mode_i + 1, "global_scale", "a positive finite float");
+    }
+    global_scale = static_cast<float>(g);
+  }
+  if (mode == QuantMode::Affine && global_scale == 0.0f)
     return {args.bits(i, "bits"), args.group_size(i + 1, "group_size")};
-  QuantSpec spec{args.integer(i, "bits", 0, 64), args.integer(i + 1, "group_size", 0, 1024), mode};
+  QuantSpec spec{args.integer(i, "bits", 0, 64), args.integer(i + 1, "group_size", 0, 1024), mode,
+                 global_scale};
   validate_spec(spec);
   return spec;
 }
 
-// quantize(dense, rows, cols, dtype, bits, group_size, threads[, mode]) -> ref
+// quantize(dense, rows, cols, dtype, bits, group_size, threads[, mode[, global_scale]]) -> ref
 ERL_NIF_TERM quantize_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
-  const char* fun = argc == 8 ? "quantize/8" : "quantize/7";
+  const char* fun = argc == 9 ? "quantize/9" : argc == 8 ? "quantize/8" : "quantize/7";
   return guarded(env, fun, [&] {
     const Args args(env, fun, argv);
     const ErlNifBinary dense = args.binary(0, "dense");
@@ -179,9 +191,12 @@ ERL_NIF_TERM quantized_matmul_timed_nif(ErlNifEnv* env, int argc, const ERL_NIF_
 // sub-binaries of a whole file read would pin the whole file and may be misaligned for the
 // kernels. The copy costs one memcpy of the packed size; the zero-copy checkpoint path is the
 // safetensors loader, which builds resources over mmap'd memory directly.
-// With a ninth argument, the mode (microscaled modes: uint8 scales, an empty biases binary).
+// With a ninth argument, the mode (microscaled modes: uint8 scales, an empty biases binary);
+// with a tenth, nvfp4's global scale.
 ERL_NIF_TERM quantized_tensor_nif(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
-  const char* fun = argc == 9 ? "quantized_tensor/9" : "quantized_tensor/8";
+  const char* fun = argc == 10  ? "quantized_tensor/10"
+                    : argc == 9 ? "quantized_tensor/9"
+                                : "quantized_tensor/8";
   return guarded(env, fun, [&] {
     const Args args(env, fun, argv);
     const ErlNifBinary packed = args.binary(0, "packed");
@@ -252,6 +267,14 @@ ERL_NIF_TERM info_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
                              make_dtype_atom(env, w.dtype), enif_make_int(env, w.spec.bits),
                              enif_make_int(env, w.spec.group_size)};
     return enif_make_tuple_from_array(env, items, 5);
+  });
+}
+
+// global_scale(ref) -> float: nvfp4's global scale, 0.0 when there is none.
+ERL_NIF_TERM global_scale_nif(ErlNifEnv* env, int /*argc*/, const ERL_NIF_TERM argv[]) {
+  return guarded(env, "global_scale/1", [&] {
+    const Args args(env, "global_scale/1", argv);
+    return enif_make_double(env, get_qtensor(args, 0, "tensor").matrix.spec.global_scale);
   });
 }
 

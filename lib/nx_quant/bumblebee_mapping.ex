@@ -75,11 +75,13 @@ defmodule NxQuant.BumblebeeMapping do
     info = fn name -> ckpt.files[ckpt.shard_of[name]].tensors[name] end
 
     Map.new(ckpt.layers, fn
-      {name, {:quantized, base, bits, gs}} ->
+      {name, {:quantized, base, bits, gs, mode}} ->
         w = info.("#{base}.weight").shape
         last = tuple_size(w) - 1
         shape = put_elem(w, last, div(elem(w, last) * 32, bits))
-        {name, {:quantized, shape, bits, gs, info.("#{base}.scales").type}}
+        # microscaled scales are uint8 codes: the layer's type is the checkpoint's dtype
+        type = if mode == "affine", do: info.("#{base}.scales").type, else: ckpt.dtype
+        {name, {:quantized, shape, bits, gs, type}}
 
       {name, {:dense, name}} ->
         %{shape: shape, type: type} = info.(name)

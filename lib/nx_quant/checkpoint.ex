@@ -1,11 +1,19 @@
 defmodule NxQuant.Checkpoint do
   @moduledoc """
   MLX-community checkpoints (Nx-free): a directory with `config.json` and either
-  `model.safetensors` or shards listed in `model.safetensors.index.json`. Every quantized
-  layer is a triplet `NAME.weight` (U32, packed), `NAME.scales`, `NAME.biases`; its bits and
-  group size come from config.json's `"quantization"` (or `"quantization_config"`):
-  `{"group_size": 64, "bits": 4, "model.layers.0.mlp.gate_proj": {"bits": 8, "group_size": 64}}`,
-  a per-layer `false` meaning the layer is dense.
+  `model.safetensors` or shards listed in `model.safetensors.index.json`. A quantized layer
+  is `NAME.weight` (U32, packed) with `NAME.scales`: an affine layer also has `NAME.biases`
+  (scales and biases of the model's float type); a microscaled one (`"mxfp4"`, `"mxfp8"`,
+  `"nvfp4"`) has U8 scales and no biases. Each layer's mode, bits and group size come from
+  config.json's `"quantization"` (or `"quantization_config"`) block, top level and per layer,
+  with mlx-lm's rules (`NxQuant.QuantizationConfig`):
+  `{"group_size": 32, "bits": 4, "mode": "mxfp4", "model.layers.0.mlp.router": {"bits": 8,
+  "group_size": 64}}`, a per-layer `false` meaning the layer is dense. A layer whose tensors
+  do not fit its declared format (biases in a microscaled layer, none in an affine one, scales
+  of the wrong dtype or shape, an unknown mode, bits or group size the mode does not have)
+  is an `ArgumentError` naming the layer, raised by `open/2` (or `fetch!/2` for shapes).
+  3-D (or higher) tensors, such as mlx-lm's `switch_mlp` experts `{E, N, K * bits / 32}`, are
+  batched quantized tensors `{E, N, K}`.
 
   `open/2` opens every shard and reads its header (cheap, whatever the size) and `fetch!/2`
   reads one tensor (lazy loading); `load/2` fetches all of them. Keys are tensor names as a
@@ -21,10 +29,10 @@ defmodule NxQuant.Checkpoint do
   mlx-lm load it, atomically (`NxQuant.OutputDir`).
   """
 
-  alias NxQuant.{Dense, NIF, OutputDir, QuantizedTensor, Safetensors}
+  alias NxQuant.{Dense, NIF, OutputDir, QuantizationConfig, QuantizedTensor, Safetensors}
 
   @enforce_keys [:dir, :config, :files, :shard_of, :layers]
-  defstruct [:dir, :config, :files, :shard_of, :layers]
+  defstruct [:dir, :config, :files, :shard_of, :layers, dtype: {:bf, 16}]
 
   @type t :: %__MODULE__{
           dir: String.t(),
@@ -33,16 +41,22 @@ defmodule NxQuant.Checkpoint do
           shard_of: %{String.t() => String.t()},
           layers: %{
             String.t() =>
-              {:quantized, String.t(), pos_integer(), pos_integer()} | {:dense, String.t()}
-          }
+              {:quantized, String.t(), pos_integer(), pos_integer(), String.t()}
+              | {:dense, String.t()}
+          },
+          dtype: {:f, 32} | {:f, 16} | {:bf, 16}
         }
 
   @index "model.safetensors.index.json"
+  @dtypes %{"float32" => {:f, 32}, "float16" => {:f, 16}, "bfloat16" => {:bf, 16}}
 
   @doc """
-  Opens a checkpoint directory (or a single .safetensors file). Options: `:bits` and
-  `:group_size` for quantized layers when config.json has no quantization block; `:mmap`
-  (default false) to map the shards instead of reading tensors into owned memory.
+  Opens a checkpoint directory (or a single .safetensors file). Options: `:mode`, `:bits` and
+  `:group_size`, the default format of quantized layers (when config.json has no quantization
+  block; they replace its top level otherwise); `:dtype`, the type microscaled layers
+  dequantize to (default: config.json's `"torch_dtype"` or `"dtype"`, else `{:bf, 16}`);
+  `:mmap` (default false) to map the shards instead of reading tensors into owned memory
+  (microscaled layers are then copied once into their native resource).
   """
   @spec open(Path.t(), keyword()) :: t()
   def open(path, opts \\ []) do
@@ -69,8 +83,17 @@ defmodule NxQuant.Checkpoint do
         end)
       end)
 
-    layers = layers(shard_of, config, opts, dir)
-    %__MODULE__{dir: dir, config: config, files: files, shard_of: shard_of, layers: layers}
+    layers = layers(files, shard_of, config, opts, dir)
+    dtype = microscaled_dtype(config, opts)
+
+    %__MODULE__{
+      dir: dir,
+      config: config,
+      files: files,
+      shard_of: shard_of,
+      layers: layers,
+      dtype: dtype
+    }
   end
 
   @doc "Names of the tensors `fetch!/2` and `load/2` give, sorted."
@@ -81,15 +104,18 @@ defmodule NxQuant.Checkpoint do
   @spec fetch!(t(), String.t()) :: QuantizedTensor.t() | Dense.t()
   def fetch!(%__MODULE__{} = ckpt, name) do
     case Map.fetch(ckpt.layers, name) do
-      {:ok, {:quantized, base, bits, group_size}} ->
+      {:ok, {:quantized, base, bits, group_size, mode}} ->
         shard = ckpt.shard_of["#{base}.weight"]
+        parts = if mode == "affine", do: ~w(scales biases), else: ~w(scales)
 
-        for part <- ~w(scales biases), ckpt.shard_of["#{base}.#{part}"] != shard do
+        for part <- parts, ckpt.shard_of["#{base}.#{part}"] != shard do
           raise ArgumentError,
                 "#{shown(ckpt.dir)}: '#{base}.#{part}' is not in the same shard as '#{base}.weight'"
         end
 
-        Safetensors.read_quantized(ckpt.files[shard], base, bits, group_size)
+        if mode == "affine",
+          do: Safetensors.read_quantized(ckpt.files[shard], base, bits, group_size),
+          else: Safetensors.read_microscaled(ckpt.files[shard], base, mode, ckpt.dtype)
 
       {:ok, {:dense, name}} ->
         Safetensors.read(ckpt.files[ckpt.shard_of[name]], name)
@@ -131,10 +157,15 @@ defmodule NxQuant.Checkpoint do
   end
 
   @doc """
-  Saves `%{name => tensor}` as a checkpoint directory: `model.safetensors`, and
-  `config.json` = `:config` (a map, default `%{}`) with a `"quantization"` block (and
-  mlx-lm's `"quantization_config"` copy): the most common bits/group_size as the default,
-  other quantized layers as per-layer overrides.
+  Saves `%{name => tensor}` as a checkpoint directory: `model.safetensors` in MLX's layout
+  (affine triplets, microscaled weight/scales pairs, batched tensors with their leading axes),
+  and `config.json` = `:config` (a map, default `%{}`) with a `"quantization"` block (and
+  mlx-lm's `"quantization_config"` copy): the most common mode/bits/group_size as the
+  default, other quantized layers as per-layer entries (`quantization_config/1`). When there
+  are microscaled tensors, all of one dtype, and `:config` has no `"torch_dtype"` or
+  `"dtype"`, `"torch_dtype"` records it, so that `load/2` gives it back. A quantization block
+  in `:config` is replaced (it may describe other tensors, e.g. those of a checkpoint the
+  tensors were loaded from and then dequantized).
 
   The directory is written atomically (`NxQuant.OutputDir`): a non-empty `dir` is refused
   unless `force: true`, which replaces it as a whole; config.json is encoded before anything
@@ -153,7 +184,14 @@ defmodule NxQuant.Checkpoint do
           raise ArgumentError, "the :config option must be a map, got: #{inspect(other)}"
       end
 
-    config_json = encode_config(Map.merge(config, quantization_config(entries)))
+    # A :config's own quantization block (say, a loaded checkpoint's) would describe other
+    # tensors: the block written is always the one of the tensors saved.
+    config_json =
+      config
+      |> Map.drop(["quantization", "quantization_config"])
+      |> Map.merge(dtype_config(config, entries))
+      |> Map.merge(quantization_config(entries))
+      |> encode_config()
 
     OutputDir.write!(dir, opts, fn tmp ->
       Safetensors.write(Path.join(tmp, "model.safetensors"), entries, %{"format" => "mlx"})
@@ -163,28 +201,43 @@ defmodule NxQuant.Checkpoint do
     :ok
   end
 
-  @doc "The quantization block for a set of tensors (empty map when none is quantized)."
+  @doc """
+  config.json's quantization keys for a set of tensors (`%{}` when none is quantized):
+  `"quantization"` and mlx-lm's `"quantization_config"` copy, as mlx-lm writes them
+  (`NxQuant.QuantizationConfig.encode/1`): the most common format as the top level, every
+  other quantized layer as an entry with its `"mode"`, `"bits"` and `"group_size"`.
+  """
   @spec quantization_config([{String.t(), term()}]) :: map()
   def quantization_config(entries) do
     formats =
-      for {name, %QuantizedTensor{config: c}} <- entries,
-          do: {String.replace_suffix(name, ".weight", ""), {c.bits, c.group_size}}
+      for {name, %QuantizedTensor{config: c}} <- entries do
+        {String.replace_suffix(name, ".weight", ""),
+         %{mode: c.mode, bits: c.bits, group_size: c.group_size}}
+      end
 
-    case formats do
-      [] ->
-        %{}
+    case QuantizationConfig.encode(formats) do
+      nil -> %{}
+      block -> %{"quantization" => block, "quantization_config" => block}
+    end
+  end
+
+  # "torch_dtype" for the type microscaled tensors dequantize to, which their files do not
+  # hold, when the config has no dtype of its own and they all share one.
+  defp dtype_config(config, entries) do
+    dtypes =
+      for {_, %QuantizedTensor{config: %{mode: mode}, dtype: dtype}} <- entries,
+          mode != "affine",
+          uniq: true,
+          do: dtype
+
+    names = Map.new(@dtypes, fn {name, type} -> {type, name} end)
+
+    case dtypes do
+      [dtype] when not is_map_key(config, "torch_dtype") and not is_map_key(config, "dtype") ->
+        %{"torch_dtype" => names[dtype]}
 
       _ ->
-        {{bits, gs}, _} =
-          formats |> Enum.frequencies_by(&elem(&1, 1)) |> Enum.max_by(fn {f, n} -> {n, f} end)
-
-        overrides =
-          for {base, {b, g}} <- formats, {b, g} != {bits, gs}, into: %{} do
-            {base, %{"bits" => b, "group_size" => g}}
-          end
-
-        block = Map.merge(%{"bits" => bits, "group_size" => gs, "mode" => "affine"}, overrides)
-        %{"quantization" => block, "quantization_config" => block}
+        %{}
     end
   end
 
@@ -302,16 +355,32 @@ defmodule NxQuant.Checkpoint do
     end
   end
 
-  defp layers(shard_of, config, opts, dir) do
-    quant = config["quantization"] || config["quantization_config"] || %{}
+  # The type microscaled layers dequantize to (their files hold only codes and uint8 scales):
+  # the :dtype option, else config.json's "torch_dtype" / "dtype" (also under "text_config"),
+  # else bfloat16 (MLX's default).
+  defp microscaled_dtype(config, opts) do
+    case Keyword.fetch(opts, :dtype) do
+      {:ok, type} ->
+        unless type in Map.values(@dtypes) do
+          raise ArgumentError,
+                "open/2 option :dtype must be {:f, 32}, {:f, 16} or {:bf, 16}, got: " <>
+                  NxQuant.Validate.describe(type)
+        end
 
-    unless is_map(quant) do
-      raise ArgumentError,
-            "#{dir}/config.json: \"quantization\" must be an object, got: #{inspect(quant)}"
+        type
+
+      :error ->
+        text = if is_map(config["text_config"]), do: config["text_config"], else: %{}
+
+        [config["torch_dtype"], config["dtype"], text["torch_dtype"], text["dtype"]]
+        |> Enum.find_value({:bf, 16}, &Map.get(@dtypes, &1))
     end
+  end
 
-    default_bits = Keyword.get(opts, :bits, quant["bits"])
-    default_gs = Keyword.get(opts, :group_size, quant["group_size"])
+  defp layers(files, shard_of, config, opts, dir) do
+    where = "#{shown(dir)}/config.json"
+    block = QuantizationConfig.block(config, where)
+    default = QuantizationConfig.default(block, opts, where)
 
     triplets =
       for name <- Map.keys(shard_of),
@@ -319,43 +388,36 @@ defmodule NxQuant.Checkpoint do
           base = String.replace_suffix(name, ".scales", ""),
           Map.has_key?(shard_of, "#{base}.weight"),
           into: %{} do
-        unless Map.has_key?(shard_of, "#{base}.biases") do
-          raise ArgumentError, "#{shown(dir)}: '#{base}' has scales but no '#{base}.biases'"
-        end
-
-        {bits, gs} =
-          case quant[base] do
-            false ->
+        format =
+          case QuantizationConfig.layer(block, base, where) do
+            :dense ->
               raise ArgumentError,
-                    "#{shown(dir)}: config.json marks '#{base}' dense (false) but it has scales"
+                    "#{shown(dir)}: config.json marks '#{shown(base)}' dense (false) but it has scales"
 
-            %{} = layer ->
-              {layer["bits"] || default_bits, layer["group_size"] || default_gs}
+            :default ->
+              QuantizationConfig.check!(
+                default,
+                "#{shown(dir)}: quantized layer '#{shown(base)}'",
+                "config.json's \"quantization\" or the :mode/:bits/:group_size options"
+              )
 
-            # Absent (the defaults apply) or true (quantized, with the defaults).
-            absent when absent in [nil, true] ->
-              {default_bits, default_gs}
-
-            other ->
-              raise ArgumentError,
-                    "#{dir}/config.json: the \"quantization\" entry for layer '#{base}' must " <>
-                      "be an object such as {\"bits\": 4, \"group_size\": 64} or false " <>
-                      "(dense), got: #{inspect(other)}"
+            {:format, format} ->
+              QuantizationConfig.check!(
+                format,
+                "#{shown(dir)}: quantized layer '#{shown(base)}'",
+                "its entry in config.json's \"quantization\""
+              )
           end
 
-        unless bits in [2, 3, 4, 5, 6, 8] and gs in [32, 64, 128] do
-          raise ArgumentError,
-                "#{shown(dir)}: quantized layer '#{base}' has bits #{inspect(bits)} and group_size " <>
-                  "#{inspect(gs)} (from config.json's \"quantization\" or the :bits/:group_size " <>
-                  "options); expected bits in 2..8 (not 7) and group_size 32, 64 or 128"
-        end
-
-        {base, {bits, gs}}
+        parts!(files, shard_of, base, format, dir)
+        {base, format}
       end
 
+    declared_without_scales!(block, shard_of, triplets, dir)
+
     consumed =
-      for base <- Map.keys(triplets),
-          part <- ~w(weight scales biases),
+      for {base, format} <- triplets,
+          part <- parts_of(format),
           into: MapSet.new(),
           do: "#{base}.#{part}"
 
@@ -363,10 +425,73 @@ defmodule NxQuant.Checkpoint do
       for name <- Map.keys(shard_of), name not in consumed, into: %{}, do: {name, {:dense, name}}
 
     quantized =
-      for {base, {bits, gs}} <- triplets,
+      for {base, %{mode: mode, bits: bits, group_size: gs}} <- triplets,
           into: %{},
-          do: {"#{base}.weight", {:quantized, base, bits, gs}}
+          do: {"#{base}.weight", {:quantized, base, bits, gs, mode}}
 
     Map.merge(dense, quantized)
+  end
+
+  defp parts_of(%{mode: "affine"}), do: ~w(weight scales biases)
+  defp parts_of(_microscaled), do: ~w(weight scales)
+
+  # The tensors a layer's format needs are there and no others: affine has biases, a
+  # microscaled mode has none and uint8 scales.
+  defp parts!(files, shard_of, base, %{mode: mode}, dir) do
+    has_biases = Map.has_key?(shard_of, "#{base}.biases")
+    layer = "#{shown(dir)}: layer '#{shown(base)}'"
+
+    case mode do
+      "affine" ->
+        unless has_biases do
+          hint =
+            if scales_dtype(files, shard_of, base) == "U8",
+              do:
+                " (its U8 scales look microscaled: config.json's \"quantization\" should " <>
+                  "give its \"mode\", e.g. \"mxfp4\")",
+              else: ""
+
+          raise ArgumentError, "#{layer} has scales but no '#{shown(base)}.biases'#{hint}"
+        end
+
+      _ ->
+        if has_biases do
+          raise ArgumentError,
+                "#{layer} is mode \"#{mode}\" in config.json, which has no biases, but the " <>
+                  "checkpoint has '#{shown(base)}.biases' (an affine layer? check its \"mode\")"
+        end
+
+        case scales_dtype(files, shard_of, base) do
+          "U8" ->
+            :ok
+
+          other ->
+            raise ArgumentError,
+                  "#{layer} is mode \"#{mode}\" in config.json, whose scales are U8, but " <>
+                    "'#{shown(base)}.scales' has dtype #{other}"
+        end
+    end
+  end
+
+  # The dtype of BASE.scales from its shard's header (no read).
+  defp scales_dtype(files, shard_of, base) do
+    name = "#{base}.scales"
+    files[shard_of[name]].tensors[name].dtype
+  end
+
+  # A layer config.json declares quantized (an object entry) whose weight is in the checkpoint
+  # without scales would otherwise load as a dense U32 tensor.
+  defp declared_without_scales!(nil, _shard_of, _triplets, _dir), do: :ok
+
+  defp declared_without_scales!(block, shard_of, triplets, dir) do
+    for {base, %{}} <- block,
+        not Map.has_key?(triplets, base),
+        Map.has_key?(shard_of, "#{base}.weight") do
+      raise ArgumentError,
+            "#{shown(dir)}: config.json's \"quantization\" declares layer '#{shown(base)}' " <>
+              "quantized but the checkpoint has no '#{shown(base)}.scales'"
+    end
+
+    :ok
   end
 end

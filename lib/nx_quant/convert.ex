@@ -7,8 +7,11 @@ defmodule NxQuant.Convert do
   whatever the checkpoint's size.
 
   Quantized: 2-D (or higher) float `*.weight` tensors whose last axis divides by the group
-  size. Kept dense: norms, biases, 1-D tensors, non-float tensors, names matching a `:skip`
-  pattern, and embeddings (`embed` in the name) unless `embeddings: true`.
+  size, in the run's format (`:mode`, `:bits`, `:group_size`) or the one a `:recipe` rule gives
+  them (`NxQuant.Recipe`); 3-D expert stacks become batched quantized tensors. Kept dense:
+  norms, biases, 1-D tensors, non-float tensors, names matching a `:skip` pattern, layers a
+  rule makes `dense`, and embeddings (`embed` in the name) unless `embeddings: true` or a rule
+  names them.
 
   The destination is written atomically (`NxQuant.OutputDir`): it must not be the source's
   directory, lie inside it or contain it; a non-empty destination is refused unless
@@ -20,7 +23,7 @@ defmodule NxQuant.Convert do
   explicitly: #{Enum.map_join(~w(generation_config.json tokenizer.json tokenizer_config.json special_tokens_map.json added_tokens.json tokenizer.model vocab.json vocab.txt merges.txt chat_template.jinja chat_template.json preprocessor_config.json), ", ", &"`#{&1}`")}.
   """
 
-  alias NxQuant.{Checkpoint, Core, OutputDir, Safetensors}
+  alias NxQuant.{Checkpoint, Core, OutputDir, Safetensors, Validate}
 
   # What a single-file source's directory contributes besides config.json (see the moduledoc).
   @model_files ~w(generation_config.json tokenizer.json tokenizer_config.json
@@ -41,19 +44,22 @@ defmodule NxQuant.Convert do
         }
 
   @doc """
-  Options: `:bits` (default 4), `:group_size` (64), `:skip` (list of substrings or regexes),
-  `:embeddings` (false), `:progress` (a fun receiving `{done_bytes, total_bytes}`, or nil),
-  `:force` (false: replace a non-empty destination), `:mmap` (false: read the source through
-  a mapping instead of into owned memory; see `NxQuant.Safetensors` for its risk).
+  Options: `:mode` (MLX's `:affine` (default), `:mxfp4`, `:mxfp8` or `:nvfp4`, or the
+  string), `:bits` and `:group_size` (default: the mode's, affine 4 and 64; the microscaled
+  modes fix both), `:recipe` (per-layer formats, see `NxQuant.Recipe`), `:skip` (list of
+  substrings or regexes), `:embeddings` (false), `:progress` (a fun receiving
+  `{done_bytes, total_bytes}`, or nil), `:force` (false: replace a non-empty destination),
+  `:mmap` (false: read the source through a mapping instead of into owned memory; see
+  `NxQuant.Safetensors` for its risk).
+
+  config.json gets mlx-lm's quantization block: the run's default format at the top level and
+  every layer quantized in another format (by the recipe) as an entry of its own.
   """
   @spec run(Path.t(), Path.t(), keyword()) :: stats()
   def run(src, dst, opts \\ []) do
     options!(opts)
-    bits = Keyword.get(opts, :bits, 4)
-    group_size = Keyword.get(opts, :group_size, 64)
-
-    {bits, group_size} =
-      NxQuant.Validate.quant_spec!([bits: bits, group_size: group_size], "convert")
+    default = default_format!(opts)
+    recipe = NxQuant.Recipe.parse!(Keyword.get(opts, :recipe))
 
     progress = Keyword.get(opts, :progress)
     started = System.monotonic_time()
@@ -64,7 +70,7 @@ defmodule NxQuant.Convert do
     ckpt = Checkpoint.open(src, mmap: Safetensors.mmap?(opts))
     OutputDir.check_apart!(ckpt.dir, dst)
 
-    if Enum.any?(ckpt.layers, &match?({_, {:quantized, _, _, _}}, &1)) do
+    if Enum.any?(ckpt.layers, &match?({_, {:quantized, _, _, _, _}}, &1)) do
       raise ArgumentError, "#{NxQuant.Validate.printable(ckpt.dir)} is already quantized"
     end
 
@@ -73,13 +79,22 @@ defmodule NxQuant.Convert do
     OutputDir.write!(
       dst,
       opts,
-      &convert_into(ckpt, &1, single_file, bits, group_size, opts, progress, started)
+      &convert_into(ckpt, &1, single_file, {default, recipe}, opts, progress, started)
     )
   end
 
-  defp convert_into(ckpt, dst, single_file, bits, group_size, opts, progress, started) do
+  defp default_format!(opts) do
+    mode = Validate.mode!(opts, "convert")
+
+    {bits, group_size} =
+      Validate.quant_spec!(Keyword.take(opts, [:bits, :group_size]), "convert", mode)
+
+    %{mode: Atom.to_string(mode), bits: bits, group_size: group_size}
+  end
+
+  defp convert_into(ckpt, dst, single_file, {default, recipe}, opts, progress, started) do
     total = ckpt.files |> Map.values() |> Enum.map(&File.stat!(&1.path).size) |> Enum.sum()
-    decide = &quantize?(&1, &2, group_size, opts)
+    decide = &format_for(&1, &2, default, recipe, opts)
 
     {weight_map, stats} =
       ckpt.files
@@ -87,11 +102,13 @@ defmodule NxQuant.Convert do
       |> Enum.reduce({%{}, %{bytes_in: 0, bytes_out: 0, quantized: 0, dense: 0}}, fn {shard, file},
                                                                                      {map, stats} ->
         out = Path.join(dst, shard)
-        {names, stats} = convert_file(file, out, bits, group_size, decide, progress, total, stats)
-        {Enum.reduce(names, map, &Map.put(&2, &1, shard)), stats}
+        {names, formats, stats} = convert_file(file, out, decide, progress, total, stats)
+        map = Enum.reduce(names, map, &Map.put(&2, &1, shard))
+        {map, Map.update(stats, :formats, formats, &(&1 ++ formats))}
       end)
 
-    config = Map.merge(ckpt.config, quantization(bits, group_size))
+    {formats, stats} = Map.pop(stats, :formats, [])
+    config = Map.merge(ckpt.config, quantization(default, formats))
     Checkpoint.write_config(dst, config)
 
     if map_size(ckpt.files) > 1 do
@@ -111,16 +128,34 @@ defmodule NxQuant.Convert do
     Map.put(stats, :seconds, seconds)
   end
 
-  @doc "Whether a tensor is quantized (see the module doc)."
-  def quantize?(name, %{dtype: dtype, shape: shape}, group_size, opts) do
-    skip = Keyword.get(opts, :skip, [])
+  @doc "Whether a tensor is quantized with `group_size` and no recipe (see the module doc)."
+  def quantize?(name, info, group_size, opts) do
+    format_for(name, info, %{mode: "affine", bits: 4, group_size: group_size}, [], opts) != nil
+  end
 
-    dtype in @float_dtypes and tuple_size(shape) >= 2 and String.ends_with?(name, ".weight") and
-      rem(elem(shape, tuple_size(shape) - 1), group_size) == 0 and
-      elem(shape, tuple_size(shape) - 1) > 0 and
-      not String.contains?(name, "norm") and
-      (Keyword.get(opts, :embeddings, false) or not String.contains?(name, "embed")) and
-      not Enum.any?(skip, &matches?(name, &1))
+  @doc """
+  The format a tensor is quantized in (`nil`: kept dense): the first matching recipe rule's,
+  else `default`, for tensors that can be quantized (see the module doc and `NxQuant.Recipe`).
+  """
+  def format_for(name, %{dtype: dtype, shape: shape} = info, default, recipe, opts) do
+    skip = Keyword.get(opts, :skip, [])
+    base = String.replace_suffix(name, ".weight", "")
+    cols = if tuple_size(shape) >= 2, do: elem(shape, tuple_size(shape) - 1), else: 0
+
+    candidate =
+      dtype in @float_dtypes and tuple_size(shape) >= 2 and String.ends_with?(name, ".weight") and
+        cols > 0 and not String.contains?(name, "norm") and
+        not Enum.any?(skip, &matches?(name, &1))
+
+    ruled = if candidate, do: NxQuant.Recipe.match(recipe, base, info)
+    format = if ruled in [nil, :dense], do: default, else: ruled
+
+    quantizable =
+      candidate and rem(cols, format.group_size) == 0 and
+        (ruled != nil or Keyword.get(opts, :embeddings, false) or
+           not String.contains?(name, "embed"))
+
+    if quantizable and ruled != :dense, do: format
   end
 
   # The options run/3 reads, checked before anything is opened or written.
@@ -154,36 +189,48 @@ defmodule NxQuant.Convert do
   defp matches?(name, %Regex{} = re), do: Regex.match?(re, name)
   defp matches?(name, text) when is_binary(text), do: String.contains?(name, text)
 
-  defp quantization(bits, group_size) do
-    block = %{"bits" => bits, "group_size" => group_size, "mode" => "affine"}
+  defp quantization(default, formats) do
+    block = NxQuant.QuantizationConfig.encode(formats, default)
     %{"quantization" => block, "quantization_config" => block}
   end
 
-  defp convert_file(file, out, bits, group_size, decide, progress, total, stats) do
+  defp convert_file(file, out, decide, progress, total, stats) do
     # Source order (by offset) keeps reads sequential.
     names =
       file.tensors
       |> Enum.sort_by(fn {name, info} -> {info.bytes == 0, name} end)
       |> Enum.map(&elem(&1, 0))
 
+    formats = Map.new(names, &{&1, decide.(&1, file.tensors[&1])})
+
     plan =
       Enum.flat_map(names, fn name ->
         info = file.tensors[name]
 
-        if decide.(name, info) do
-          base = String.replace_suffix(name, ".weight", "")
-          last = tuple_size(info.shape) - 1
-          cols = elem(info.shape, last)
-          words = put_elem(info.shape, last, div(cols * bits, 32))
-          groups = put_elem(info.shape, last, div(cols, group_size))
+        case formats[name] do
+          nil ->
+            [{name, info.type, info.shape, {:copy, name}}]
 
-          [
-            {"#{base}.weight", {:u, 32}, words, {:quantized, name}},
-            {"#{base}.scales", info.type, groups, {:scales, name}},
-            {"#{base}.biases", info.type, groups, {:biases, name}}
-          ]
-        else
-          [{name, info.type, info.shape, {:copy, name}}]
+          %{mode: mode, bits: bits, group_size: group_size} = format ->
+            base = String.replace_suffix(name, ".weight", "")
+            last = tuple_size(info.shape) - 1
+            cols = elem(info.shape, last)
+            words = put_elem(info.shape, last, div(cols * bits, 32))
+            groups = put_elem(info.shape, last, div(cols, group_size))
+
+            if mode == "affine" do
+              [
+                {"#{base}.weight", {:u, 32}, words, {:quantized, name, format}},
+                {"#{base}.scales", info.type, groups, {:scales, name}},
+                {"#{base}.biases", info.type, groups, {:biases, name}}
+              ]
+            else
+              # microscaled: uint8 scales, no biases
+              [
+                {"#{base}.weight", {:u, 32}, words, {:quantized, name, format}},
+                {"#{base}.scales", {:u, 8}, groups, {:last_scales, name}}
+              ]
+            end
         end
       end)
 
@@ -199,9 +246,16 @@ defmodule NxQuant.Convert do
           tick(progress, total, byte_size(data))
           data
 
-        {:quantized, name} ->
+        {:quantized, name, %{mode: mode, bits: bits, group_size: group_size}} ->
           dense = Safetensors.read(file, name)
-          qt = Core.quantize(dense, bits: bits, group_size: group_size)
+
+          qt =
+            Core.quantize(dense,
+              mode: String.to_existing_atom(mode),
+              bits: bits,
+              group_size: group_size
+            )
+
           parts = Core.parts(qt)
           Process.put({__MODULE__, :parts}, parts)
           tick(progress, total, byte_size(dense.data))
@@ -209,13 +263,14 @@ defmodule NxQuant.Convert do
 
         {part, _name} ->
           parts = Process.get({__MODULE__, :parts})
-          if part == :biases, do: Process.put({__MODULE__, :parts}, nil)
+          # the layer's last part: its native resource can go
+          if part in [:biases, :last_scales], do: Process.put({__MODULE__, :parts}, nil)
           :erlang.garbage_collect()
-          Map.fetch!(parts, part).data
+          Map.fetch!(parts, if(part == :last_scales, do: :scales, else: part)).data
       end
     end)
 
-    quantized = Enum.count(plan, &match?({_, _, _, {:quantized, _}}, &1))
+    quantized = Enum.count(plan, &match?({_, _, _, {:quantized, _, _}}, &1))
     copied = Enum.count(plan, &match?({_, _, _, {:copy, _}}, &1))
     bytes_in = file.tensors |> Map.values() |> Enum.map(& &1.bytes) |> Enum.sum()
 
@@ -227,7 +282,11 @@ defmodule NxQuant.Convert do
         dense: stats.dense + copied
     }
 
-    {Enum.map(specs, &elem(&1, 0)), stats}
+    used =
+      for {name, %{} = format} <- formats,
+          do: {String.replace_suffix(name, ".weight", ""), format}
+
+    {Enum.map(specs, &elem(&1, 0)), used, stats}
   end
 
   defp tick(nil, _total, _bytes), do: :ok

@@ -16,7 +16,9 @@ defmodule NxQuant.Core do
   Options: `:type` (`{:s, 2 | 3 | 4 | 5 | 6 | 8}`, default `{:s, 4}`) or `:bits`,
   `:group_size` (32, 64 or 128, default 64), `:threads` (0: the library default), `:mode`
   (MLX's `:affine` (default), `:mxfp4`, `:mxfp8` or `:nvfp4`; the microscaled modes fix bits
-  and group size (4/32, 8/32, 4/16) and options that disagree raise).
+  and group size (4/32, 8/32, 4/16) and options that disagree raise), `:global_scale`
+  (nvfp4 only: MLX's optional f32 global scale, a positive finite number; scales are encoded
+  times `448 * 6 / global_scale` and dequantize multiplies back by `global_scale / (448 * 6)`).
 
   A microscaled tensor's config has `{:u, 8}` scales (E8M0 exponents for mxfp4/mxfp8, E4M3
   for nvfp4) and `biases: nil`; its `dtype` is the input's type (dequantize's result type).
@@ -30,17 +32,28 @@ defmodule NxQuant.Core do
     fun = "quantize/2"
     %Dense{data: data, shape: shape, type: type} = Validate.float_dense!(tensor, "#{fun} tensor")
     Validate.dense!(data, shape, type, "#{fun} tensor")
-    opts = Validate.keyword!(opts, [:type, :bits, :group_size, :threads, :mode], fun)
+
+    opts =
+      Validate.keyword!(opts, [:type, :bits, :group_size, :threads, :mode, :global_scale], fun)
+
     mode = Validate.mode!(opts, fun)
     {bits, group_size} = Validate.quant_spec!(opts, fun, mode)
     threads = Validate.threads!(opts, fun)
+    global = global_scale!(opts, mode, fun)
     {rows, cols} = rows_cols!(shape, group_size, fun, "tensor")
     dtype = Validate.dtype_atom(type)
 
     ref =
-      if mode == :affine,
-        do: NIF.quantize(data, rows, cols, dtype, bits, group_size, threads),
-        else: NIF.quantize(data, rows, cols, dtype, bits, group_size, threads, mode)
+      cond do
+        global != nil ->
+          NIF.quantize(data, rows, cols, dtype, bits, group_size, threads, mode, global)
+
+        mode == :affine ->
+          NIF.quantize(data, rows, cols, dtype, bits, group_size, threads)
+
+        true ->
+          NIF.quantize(data, rows, cols, dtype, bits, group_size, threads, mode)
+      end
 
     wrap(ref, shape, type, bits, group_size, rows, cols, mode)
   end
@@ -220,13 +233,14 @@ defmodule NxQuant.Core do
   (see `quantize/2`). The parts are copied once into the native resource.
 
   Microscaled modes (`mode: :mxfp4 | :mxfp8 | :nvfp4`): `scales` is `{:u, 8}`, `biases` must
-  be `nil`, and option `:dtype` (default `{:bf, 16}`, MLX's) is the dequantized type.
+  be `nil`, and option `:dtype` (default `{:bf, 16}`, MLX's) is the dequantized type; nvfp4
+  takes `:global_scale` (see `quantize/2`).
   """
   @spec quantized_tensor(Dense.t() | binary(), Dense.t(), Dense.t(), tuple(), keyword()) ::
           QuantizedTensor.t()
   def quantized_tensor(packed, scales, biases, shape, opts \\ []) do
     fun = "quantized_tensor/5"
-    opts = Validate.keyword!(opts, [:type, :bits, :group_size, :mode, :dtype], fun)
+    opts = Validate.keyword!(opts, [:type, :bits, :group_size, :mode, :dtype, :global_scale], fun)
     mode = Validate.mode!(opts, fun)
 
     if mode != :affine do
@@ -239,6 +253,7 @@ defmodule NxQuant.Core do
   defp microscaled_tensor(packed, scales, biases, shape, mode, opts, fun) do
     {bits, group_size} = Validate.quant_spec!(opts, fun, mode)
     dtype = Validate.float_type_opt!(opts, :dtype, {:bf, 16}, fun)
+    global = global_scale!(opts, mode, fun)
 
     if biases != nil do
       raise ArgumentError,
@@ -272,17 +287,11 @@ defmodule NxQuant.Core do
                 "#{inspect(mode)}, got: #{Validate.describe(other)}"
     end
 
-    packed_data
-    |> NIF.quantized_tensor(
-      scales.data,
-      <<>>,
-      rows,
-      cols,
-      Validate.dtype_atom(dtype),
-      bits,
-      group_size,
-      mode
-    )
+    args = [packed_data, scales.data, <<>>, rows, cols, Validate.dtype_atom(dtype), bits]
+    args = args ++ [group_size, mode] ++ if(global, do: [global], else: [])
+
+    NIF
+    |> apply(:quantized_tensor, args)
     |> wrap(shape, dtype, bits, group_size, rows, cols, mode)
   end
 
@@ -435,8 +444,30 @@ defmodule NxQuant.Core do
             Validate.describe(other)
   end
 
+  # The :global_scale option: nil, or a positive finite number (nvfp4 only) as a float.
+  defp global_scale!(opts, mode, fun) do
+    case Keyword.get(opts, :global_scale) do
+      nil ->
+        nil
+
+      g when mode != :nvfp4 ->
+        raise ArgumentError,
+              "#{fun} option :global_scale is for mode :nvfp4 only, got #{inspect(g)} with " <>
+                "mode #{inspect(mode)}"
+
+      g when is_number(g) and g > 0 and g <= 3.4028234663852886e38 ->
+        g / 1
+
+      other ->
+        raise ArgumentError,
+              "#{fun} option :global_scale must be a positive finite number (an f32), got: " <>
+                Validate.describe(other)
+    end
+  end
+
   defp wrap(ref, shape, dtype, bits, group_size, rows, cols, mode \\ :affine) do
     {_packed, scales, biases} = NIF.parts(ref)
+    global = if mode == :nvfp4, do: NIF.global_scale(ref)
     groups_shape = {rows, div(cols, group_size)}
     affine = mode == :affine
 
@@ -454,7 +485,8 @@ defmodule NxQuant.Core do
         biases: if(affine, do: %Dense{data: biases, shape: groups_shape, type: dtype}),
         bits: bits,
         group_size: group_size,
-        mode: Atom.to_string(mode)
+        mode: Atom.to_string(mode),
+        global_scale: if(global != nil and global != 0.0, do: global)
       }
     }
   end

@@ -45,6 +45,11 @@ defmodule NxQuant.NIF do
   def quantize(_dense, _rows, _cols, _dtype, _bits, _group_size, _threads, _mode),
     do: not_loaded!()
 
+  # quantize/8 with nvfp4's global scale (a positive float) as the 9th argument.
+  @doc false
+  def quantize(_dense, _rows, _cols, _dtype, _bits, _group_size, _threads, _mode, _global),
+    do: not_loaded!()
+
   @doc false
   def dequantize(_ref, _transpose_out), do: not_loaded!()
 
@@ -95,6 +100,22 @@ defmodule NxQuant.NIF do
       ),
       do: not_loaded!()
 
+  # quantized_tensor/9 with nvfp4's global scale as the 10th argument.
+  @doc false
+  def quantized_tensor(
+        _packed,
+        _scales,
+        _biases,
+        _rows,
+        _cols,
+        _dtype,
+        _bits,
+        _group_size,
+        _mode,
+        _global_scale
+      ),
+      do: not_loaded!()
+
   @doc false
   def parts(_ref), do: not_loaded!()
 
@@ -104,6 +125,10 @@ defmodule NxQuant.NIF do
   # The resource's mode atom.
   @doc false
   def mode(_ref), do: not_loaded!()
+
+  # The resource's nvfp4 global scale (0.0: none).
+  @doc false
+  def global_scale(_ref), do: not_loaded!()
 
   # The CPU features kernel dispatch uses and the NX_QUANT_MAX_ISA cap (c_src/nif/cpu_nif.cpp).
   @doc false

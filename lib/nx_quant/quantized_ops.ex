@@ -82,7 +82,8 @@ defmodule NxQuant.QuantizedOps do
       if mode == "affine",
         do: "affine #{bits}-bit, group_size #{gs}, #{type_name(qt.dtype)} scales/biases",
         else:
-          "#{mode} (#{bits}-bit, group_size #{gs}, uint8 scales), #{type_name(qt.dtype)} values"
+          "#{mode} (#{bits}-bit, group_size #{gs}, uint8 scales#{global(qt.config)}), " <>
+            "#{type_name(qt.dtype)} values"
 
     "quantized #{format}, stored #{rows}x#{cols}#{view}#{broadcast}"
   end
@@ -359,8 +360,15 @@ defmodule NxQuant.QuantizedOps do
   defp spec_opts(%QuantizedTensor{config: %Config{bits: bits, group_size: gs, mode: "affine"}}),
     do: [bits: bits, group_size: gs]
 
-  defp spec_opts(%QuantizedTensor{config: %Config{mode: mode}, dtype: dtype}),
-    do: [mode: String.to_existing_atom(mode), dtype: dtype]
+  # nvfp4's global scale comes from the resource (the struct's field is informative only)
+  defp spec_opts(%QuantizedTensor{config: %Config{mode: mode}, dtype: dtype} = qt) do
+    opts = [mode: String.to_existing_atom(mode), dtype: dtype]
+    global = if mode == "nvfp4", do: NxQuant.NIF.global_scale(qt.ref), else: 0.0
+    if global != 0.0, do: Keyword.put(opts, :global_scale, global), else: opts
+  end
+
+  defp global(%Config{global_scale: g}) when is_float(g), do: ", global_scale #{g}"
+  defp global(_config), do: ""
 
   defp type_name({:bf, 16}), do: "bf16"
   defp type_name({kind, size}), do: "#{kind}#{size}"

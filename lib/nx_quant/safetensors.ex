@@ -20,7 +20,8 @@ defmodule NxQuant.Safetensors do
   followed), checked before it is opened.
 
   `write/3` writes dense and quantized tensors (a quantized `NAME.weight` becomes MLX's triplet
-  `NAME.weight` (U32), `NAME.scales`, `NAME.biases`); `write_planned/4` streams the data
+  `NAME.weight` (U32), `NAME.scales`, `NAME.biases`, or for a microscaled mode the pair
+  `NAME.weight`, `NAME.scales` (U8)); `write_planned/4` streams the data
   one tensor at a time for converters whose inputs do not fit in memory.
 
   Every problem is an `ArgumentError` naming the file and the tensor.
@@ -169,6 +170,73 @@ defmodule NxQuant.Safetensors do
   def read_quantized(file, base, _bits, _group_size),
     do: file_error!("read_quantized/4", file, base)
 
+  @doc """
+  The quantized tensor of a microscaled layer (MLX's `"mxfp4"`, `"mxfp8"` or `"nvfp4"`):
+  `BASE.weight` (U32) and `BASE.scales` (U8, one per group), no biases; `dtype` is the type it
+  dequantizes to (the file does not record it). Shapes are cross-checked as in
+  `read_quantized/4`. Both tensors are read (or, with mmap, taken from the mapping) and copied
+  once into the native resource.
+  """
+  @spec read_microscaled(t(), String.t(), String.t() | atom(), tuple()) :: QuantizedTensor.t()
+  def read_microscaled(%__MODULE__{} = file, base, mode, dtype) when is_binary(base) do
+    mode = Validate.mode!([mode: mode], "read_microscaled/4")
+
+    if mode == :affine do
+      raise ArgumentError, "read_microscaled/4 mode must be microscaled, got :affine"
+    end
+
+    {bits, group_size} = Validate.mode_spec(mode)
+    [w, s] = for part <- ~w(weight scales), do: "#{base}.#{part}"
+    wi = info!(file, w)
+    si = info!(file, s)
+    where = "#{Validate.printable(file.path)}: #{mode} layer '#{Validate.printable(base)}'"
+
+    cond do
+      wi.dtype != "U32" ->
+        raise ArgumentError, "#{where}: weight has dtype #{wi.dtype}, expected U32"
+
+      si.dtype != "U8" ->
+        raise ArgumentError, "#{where}: scales have dtype #{si.dtype}, expected U8"
+
+      tuple_size(wi.shape) < 1 or tuple_size(si.shape) != tuple_size(wi.shape) ->
+        raise ArgumentError,
+              "#{where}: weight #{inspect(wi.shape)} and scales #{inspect(si.shape)} must " <>
+                "have the same rank"
+
+      true ->
+        :ok
+    end
+
+    last = tuple_size(wi.shape) - 1
+    words = elem(wi.shape, last)
+    groups = elem(si.shape, last)
+    cols = div(words * 32, bits)
+
+    cond do
+      Tuple.delete_at(wi.shape, last) != Tuple.delete_at(si.shape, last) ->
+        raise ArgumentError,
+              "#{where}: weight #{inspect(wi.shape)} and scales #{inspect(si.shape)} differ " <>
+                "in their leading axes"
+
+      cols != groups * group_size or cols == 0 ->
+        raise ArgumentError,
+              "#{where}: weight has #{words} packed words per row (#{cols} values of " <>
+                "#{bits} bits) but scales have #{groups} groups of #{group_size} " <>
+                "(#{groups * group_size} values): not mode #{mode}'s layout"
+
+      true ->
+        shape = put_elem(wi.shape, last, cols)
+
+        Core.quantized_tensor(read(file, w), read(file, s), nil, shape,
+          mode: mode,
+          dtype: dtype
+        )
+    end
+  end
+
+  def read_microscaled(file, base, _mode, _dtype),
+    do: file_error!("read_microscaled/4", file, base)
+
   defp file_error!(fun, %__MODULE__{}, name) do
     raise ArgumentError,
           "#{fun} expects a tensor name (a binary), got: #{Validate.describe(name)}"
@@ -182,8 +250,8 @@ defmodule NxQuant.Safetensors do
   @doc """
   Writes `entries` (`[{name, tensor}]`, in order; tensors `NxQuant.Dense` or
   `NxQuant.QuantizedTensor`) to `path` with `metadata` (string map). A quantized tensor named
-  `BASE.weight` (or `BASE`) is written as `BASE.weight`/`BASE.scales`/`BASE.biases`, its
-  stored 2-D shape's leading axes restored.
+  `BASE.weight` (or `BASE`) is written as `BASE.weight`/`BASE.scales`/`BASE.biases` (a
+  microscaled one without biases), its stored 2-D shape's leading axes restored.
   """
   @spec write(Path.t(), [{String.t(), Dense.t() | QuantizedTensor.t()}], map()) :: :ok
   def write(path, entries, metadata \\ %{}) do
@@ -214,10 +282,11 @@ defmodule NxQuant.Safetensors do
             "cannot write '#{Validate.printable(name)}': a transposed view (write the original)"
     end
 
-    if b == nil do
+    # MLX's checkpoints have no place for nvfp4's global scale: written, it would be lost
+    if qt.config.mode == "nvfp4" and NIF.global_scale(qt.ref) != 0.0 do
       raise ArgumentError,
-            "cannot write '#{Validate.printable(name)}': checkpoints of mode " <>
-              "#{inspect(qt.config.mode)} (microscaled) are not supported yet"
+            "cannot write '#{Validate.printable(name)}': an nvfp4 tensor with a global scale " <>
+              "(MLX's checkpoint layout cannot hold it)"
     end
 
     base = String.replace_suffix(name, ".weight", "")
@@ -227,11 +296,9 @@ defmodule NxQuant.Safetensors do
       %{d | shape: Tuple.insert_at(leading, tuple_size(leading), n)}
     end
 
-    [
-      {"#{base}.weight", shaped.(p)},
-      {"#{base}.scales", shaped.(s)},
-      {"#{base}.biases", shaped.(b)}
-    ]
+    # microscaled modes (biases nil) are a pair: weight and uint8 scales
+    [{"#{base}.weight", shaped.(p)}, {"#{base}.scales", shaped.(s)}] ++
+      if b, do: [{"#{base}.biases", shaped.(b)}], else: []
   end
 
   def pieces(name, %Dense{shape: shape} = dense) when is_binary(name) do

@@ -4,7 +4,19 @@ defmodule Mix.Tasks.NxQuant.Convert do
   Quantizes a dense safetensors checkpoint (a file, or a directory with one file or shards)
   into an MLX-community quantized checkpoint that MLX, mlx-lm and nx_quant load.
 
-      mix nx_quant.convert SRC DST [--bits 4] [--group-size 64] [--skip PATTERN]... [--embeddings] [--force]
+      mix nx_quant.convert SRC DST [--mode affine|mxfp4|mxfp8|nvfp4] [--bits 4] [--group-size 64]
+        [--recipe RULES] [--skip PATTERN]... [--embeddings] [--force]
+
+  `--mode` is MLX's quantization mode (default `affine`); `--bits` and `--group-size` default
+  to the mode's (affine 4 and 64; mxfp4 4/32, mxfp8 8/32, nvfp4 4/16 are fixed). `--recipe`
+  gives layers other formats, as mlx-lm's mixed recipes do, e.g.
+
+      mix nx_quant.convert gpt-oss gpt-oss-mx --mode mxfp4 \\
+        --recipe 'self_attn=affine:8:64,router=affine:8,lm_head=dense'
+
+  (experts in mxfp4, attention and router in 8-bit affine, lm_head dense; embeddings and norms
+  stay dense). Rules are `PATTERN=FORMAT`, the first match wins; see `NxQuant.Recipe` for
+  the matching rule. config.json records each layer's mode, bits and group size as mlx-lm does.
 
   Memory stays around one tensor at a time (see `NxQuant.Convert`); a progress bar shows the
   bytes read and the rate. DST is written atomically: it must not be SRC's directory (or
@@ -13,6 +25,8 @@ defmodule Mix.Tasks.NxQuant.Convert do
   use Mix.Task
 
   @switches [
+    mode: :string,
+    recipe: :string,
     bits: :integer,
     group_size: :integer,
     skip: :keep,
@@ -27,18 +41,28 @@ defmodule Mix.Tasks.NxQuant.Convert do
 
     case {args, invalid} do
       {[src, dst], []} ->
+        if opts[:mode] && opts[:mode] not in NxQuant.QuantizationConfig.modes() do
+          Mix.raise(
+            "--mode must be one of #{Enum.join(NxQuant.QuantizationConfig.modes(), ", ")}, " <>
+              "got: #{opts[:mode]}"
+          )
+        end
+
         Mix.Task.run("app.start")
         skip = Keyword.get_values(opts, :skip)
         progress = if opts[:quiet], do: nil, else: progress_bar()
 
         stats =
-          NxQuant.Convert.run(src, dst,
-            bits: Keyword.get(opts, :bits, 4),
-            group_size: Keyword.get(opts, :group_size, 64),
-            skip: skip,
-            embeddings: Keyword.get(opts, :embeddings, false),
-            force: Keyword.get(opts, :force, false),
-            progress: progress
+          NxQuant.Convert.run(
+            src,
+            dst,
+            Keyword.take(opts, [:mode, :bits, :group_size, :recipe]) ++
+              [
+                skip: skip,
+                embeddings: Keyword.get(opts, :embeddings, false),
+                force: Keyword.get(opts, :force, false),
+                progress: progress
+              ]
           )
 
         mb = stats.bytes_in / 1.0e6
@@ -51,7 +75,8 @@ defmodule Mix.Tasks.NxQuant.Convert do
 
       _ ->
         Mix.raise(
-          "usage: mix nx_quant.convert SRC DST [--bits 4] [--group-size 64] [--skip PATTERN] [--embeddings] [--force]" <>
+          "usage: mix nx_quant.convert SRC DST [--mode affine|mxfp4|mxfp8|nvfp4] [--bits 4] " <>
+            "[--group-size 64] [--recipe RULES] [--skip PATTERN] [--embeddings] [--force]" <>
             if(invalid != [], do: " (bad options: #{inspect(invalid)})", else: "")
         )
     end
