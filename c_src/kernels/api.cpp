@@ -8,7 +8,7 @@
 #include "nx_quant/kernels.h"
 #include "nx_quant/reference.h"
 #include "parallel.h"
-#include "portable.h"
+#include "portable/portable.h"
 #if defined(__x86_64__)
 #include "simd_kernels.h"
 #include "x86/avx2/gemv_avx2.h"
