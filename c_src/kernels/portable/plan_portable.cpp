@@ -9,7 +9,7 @@ namespace nx_quant::portable {
 
 namespace {
 
-// Below this many rows of x the int8 mode applies (as kernels.h documents for every kernel).
+// Up to this many rows of x the int8 mode applies (as kernels.h documents for every kernel).
 constexpr size_t kInt8MaxRows = 8;
 
 void quantize_all(const void* dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
@@ -31,7 +31,7 @@ void quantized_matmul(const detail::Activations& x, const QuantizedMatrix& w, bo
   const size_t n_dim = transpose ? w.rows : w.cols;
   std::vector<float> scratch;
   const float* xf = x.f32(scratch);
-  if (options.precision == Precision::Int8 && transpose && m < kInt8MaxRows) {
+  if (options.precision == Precision::Int8 && transpose && m <= kInt8MaxRows) {
     const auto xa =
         detail::quantize_activations(xf, m, x.k, static_cast<size_t>(w.spec.group_size));
     detail::parallel_for(n_dim, 1, options.threads, [&](size_t begin, size_t end) {

@@ -12,9 +12,10 @@ namespace nx_quant::neon {
 namespace {
 
 // Decode-sized batches (fewer rows of x than this) stream W once per call; larger ones
-// dequantize f32 panels of W and reuse them across rows (GEMM). The int8 mode applies below
-// the same size, as kernels.h documents for every kernel.
+// dequantize f32 panels of W and reuse them across rows (GEMM).
 constexpr size_t kGemvMaxRows = 8;
+// Up to this many rows of x the int8 mode applies (as kernels.h documents for every kernel).
+constexpr size_t kInt8MaxRows = 8;
 
 void quantize(const void* dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
               uint32_t* packed, void* scales, void* biases, int threads) {
@@ -36,7 +37,7 @@ void quantized_matmul(const detail::Activations& xs, const QuantizedMatrix& w, b
   std::vector<float> scratch;
   const float* x = xs.f32(scratch);  // every NEON loop reads (or quantizes) f32 x
   const auto& cpu = detail::cpu_features();
-  if (options.precision == Precision::Int8 && transpose && m < kGemvMaxRows && cpu.neon_dotprod) {
+  if (options.precision == Precision::Int8 && transpose && m <= kInt8MaxRows && cpu.neon_dotprod) {
     const size_t gs = static_cast<size_t>(w.spec.group_size);
     const auto xa = detail::quantize_activations(x, m, k_dim, gs);
     if (cpu.neon_i8mm) {

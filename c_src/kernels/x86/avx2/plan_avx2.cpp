@@ -13,7 +13,7 @@ namespace nx_quant::avx2 {
 
 namespace {
 
-// Below this many rows of x the int8 mode applies (as kernels.h documents for every kernel).
+// Up to this many rows of x the int8 mode applies (as kernels.h documents for every kernel).
 constexpr size_t kInt8MaxRows = 8;
 
 void quantize(const void* dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
@@ -38,7 +38,7 @@ void quantized_matmul(const detail::Activations& x, const QuantizedMatrix& w, bo
   const int threads = options.threads;
   std::vector<float> scratch;
   const float* xf = x.f32(scratch);  // every AVX2 loop reads (or re-packs) f32 x
-  if (options.precision == Precision::Int8 && transpose && m < kInt8MaxRows &&
+  if (options.precision == Precision::Int8 && transpose && m <= kInt8MaxRows &&
       has_int8_path(w.spec.bits)) {
     const auto xa =
         detail::quantize_activations(xf, m, k_dim, static_cast<size_t>(w.spec.group_size));

@@ -13,8 +13,10 @@ namespace {
 
 // Below this many rows of x, transpose=false runs the [K, N] GEMV.
 constexpr size_t kGemvKnMaxRows = 8;
-// Below this many rows of x, transpose=true runs a GEMV kernel (and the int8 mode applies).
+// Below this many rows of x, transpose=true runs a GEMV kernel.
 constexpr size_t kGemvMaxRows = 8;
+// Up to this many rows of x the int8 mode applies (as kernels.h documents for every kernel).
+constexpr size_t kInt8MaxRows = 8;
 // The exact GEMV unpacks 4-bit weights cheaply enough to beat the GEMM panels up to m = 8 too
 // (measured: 4096 x 4096, m = 8, 2 threads: 2.1 ms vs 3.8 ms); other widths are faster through
 // the panels from m = 8 on (8 bits: 4.2 ms vs 5.5 ms).
@@ -64,7 +66,7 @@ void quantized_matmul(const detail::Activations& x, const QuantizedMatrix& w, bo
     detail::parallel_for(n_dim, grain, threads,
                          [&](size_t begin, size_t end) { kernel(begin, end); });
   };
-  if (options.precision == Precision::Int8 && transpose && m < kGemvMaxRows &&
+  if (options.precision == Precision::Int8 && transpose && m <= kInt8MaxRows &&
       detail::cpu_features().avx512_vnni) {
     const auto xa =
         detail::quantize_activations(xf, m, k_dim, static_cast<size_t>(w.spec.group_size));
