@@ -7,7 +7,12 @@
 # run first, when built): a difference there is the cost of sharing the cores with the BEAM.
 # x is random normal, as in the C++ bench: f32 x (every mantissa bit used) for :exact and the
 # opt-in :int8, and bf16 x for :exact (the dtype MLX-community models compute in).
-# Run: MIX_ENV=prod mix run bench/nif_bench.exs
+# On a loaded machine medians drift with the load: each row also gives the minimum over the
+# pairs (call and kernel), and the standalone figure is the minimum over repetitions; the load
+# average and the dirty CPU schedulers' busy share during the calls (0 when every call stayed on
+# a normal scheduler) are printed too.
+# Run: MIX_ENV=prod mix run bench/nif_bench.exs (NX_QUANT_MAX_ISA=avx2 caps both the NIF and
+# the standalone bench to the AVX2 kernels; NIF_BENCH_RUNS sets the pairs per row, default 1000)
 alias NxQuant.{Core, Dense, Validate}
 
 defmodule NifBench do
@@ -27,7 +32,8 @@ defmodule NifBench do
 
   def median(values), do: values |> Enum.sort() |> Enum.at(div(length(values), 2))
 
-  # {median call us, median kernel us} over `runs` interleaved pairs.
+  # {median call us, median kernel us, min call us, min kernel us} over `runs` interleaved
+  # pairs.
   def time_us(call, timed, runs) do
     for _ <- 1..20, do: {call.(), timed.()}
 
@@ -40,7 +46,35 @@ defmodule NifBench do
         {wall, kernel_ns / 1000}
       end
 
-    {median(Enum.map(pairs, &elem(&1, 0))), median(Enum.map(pairs, &elem(&1, 1)))}
+    walls = Enum.map(pairs, &elem(&1, 0))
+    kernels = Enum.map(pairs, &elem(&1, 1))
+    {median(walls), median(kernels), Enum.min(walls), Enum.min(kernels)}
+  end
+
+  # {fun's result, busy share of the dirty CPU schedulers while it ran (scheduler_wall_time)}.
+  def with_dirty_cpu_busy(fun) do
+    :erlang.system_flag(:scheduler_wall_time, true)
+    before = :erlang.statistics(:scheduler_wall_time_all)
+    result = fun.()
+    after_ = :erlang.statistics(:scheduler_wall_time_all)
+    normal = :erlang.system_info(:schedulers)
+    dirty = :erlang.system_info(:dirty_cpu_schedulers)
+    ids = (normal + 1)..(normal + dirty)
+
+    sum = fn stats ->
+      for {id, a, t} <- stats, id in ids, reduce: {0, 0}, do: ({sa, st} -> {sa + a, st + t})
+    end
+
+    {a0, t0} = sum.(before)
+    {a1, t1} = sum.(after_)
+    {result, if(t1 > t0, do: (a1 - a0) / (t1 - t0), else: 0.0)}
+  end
+
+  def load_average do
+    case File.read("/proc/loadavg") do
+      {:ok, text} -> text |> String.split() |> Enum.take(3) |> Enum.join(" ")
+      _ -> "unknown"
+    end
   end
 
   def raw_kernel_us do
@@ -50,21 +84,29 @@ defmodule NifBench do
       {out, 0} =
         System.cmd(bench, [
           "--benchmark_filter=BM_QuantizedCached/4096/4096/1/4/",
-          "--benchmark_min_time=0.5",
+          "--benchmark_min_time=0.05",
+          "--benchmark_repetitions=20",
           "--benchmark_format=csv"
         ])
 
       # Names: BM_QuantizedCached/N/K/M/bits/threads/kernel/precision/x dtype/real_time
-      for line <- String.split(out, "\n"),
-          String.starts_with?(line, "\"BM_QuantizedCached"),
-          into: %{} do
-        [name, _iters, real | _] = String.split(line, ",")
-        args = name |> String.trim("\"") |> String.split("/")
-        threads = args |> Enum.at(5) |> String.to_integer()
-        precision = if Enum.at(args, 7) == "1", do: :int8, else: :exact
-        x_type = if Enum.at(args, 8) == "2", do: {:bf, 16}, else: {:f, 32}
-        {{threads, precision, x_type}, String.to_float(real)}
-      end
+      # Kernel 0 (Auto) only: the minimum over the repetitions (aggregate rows skipped).
+      rows =
+        for line <- String.split(out, "\n"),
+            String.starts_with?(line, "\"BM_QuantizedCached"),
+            [name, _iters, real | _] = String.split(line, ","),
+            args = name |> String.trim("\"") |> String.split("/"),
+            Enum.at(args, 6) == "0",
+            not String.contains?(name, ["_mean", "_median", "_stddev", "_cv"]) do
+          threads = args |> Enum.at(5) |> String.to_integer()
+          precision = if Enum.at(args, 7) == "1", do: :int8, else: :exact
+          x_type = if Enum.at(args, 8) == "2", do: {:bf, 16}, else: {:f, 32}
+          {{threads, precision, x_type}, String.to_float(real)}
+        end
+
+      rows
+      |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+      |> Map.new(fn {k, v} -> {k, Enum.min(v)} end)
     else
       %{}
     end
@@ -97,6 +139,14 @@ xs = %{
 
 IO.puts("NIF path: Core.quantized_matmul, x {1, 4096}, W 4096 x 4096 4-bit g64 (bf16 scales)")
 
+IO.puts(
+  "  NX_QUANT_MAX_ISA=#{System.get_env("NX_QUANT_MAX_ISA", "(none)")}, load average " <>
+    "#{NifBench.load_average()}, schedulers #{:erlang.system_info(:schedulers_online)}, " <>
+    "bind #{inspect(:erlang.system_info(:scheduler_bind_type))}"
+)
+
+runs = String.to_integer(System.get_env("NIF_BENCH_RUNS", "1000"))
+
 cases = [{:exact, {:f, 32}}, {:exact, {:bf, 16}}, {:int8, {:f, 32}}]
 
 for {precision, x_type} <- cases, threads <- [1, 2] do
@@ -116,17 +166,21 @@ for {precision, x_type} <- cases, threads <- [1, 2] do
     )
   end
 
-  {call_us, kernel_us} = NifBench.time_us(call, timed, 1000)
+  {{call_us, kernel_us, call_min, kernel_min}, busy} =
+    NifBench.with_dirty_cpu_busy(fn -> NifBench.time_us(call, timed, runs) end)
 
   standalone =
     case raw[{threads, precision, x_type}] do
       nil -> ""
-      us -> "; standalone C++ bench #{Float.round(us, 1)} us"
+      us -> "; standalone C++ bench (min) #{Float.round(us, 1)} us"
     end
 
   IO.puts(
     "  #{precision}, x #{inspect(x_type)}, threads #{threads}: call #{Float.round(call_us, 1)} us, " <>
       "kernel #{Float.round(kernel_us, 1)} us -> NIF overhead " <>
-      "#{Float.round((call_us / kernel_us - 1) * 100, 1)}%#{standalone}"
+      "#{Float.round((call_us / kernel_us - 1) * 100, 1)}%; min call #{Float.round(call_min, 1)} " <>
+      "us, min kernel #{Float.round(kernel_min, 1)} us -> " <>
+      "#{Float.round((call_min / kernel_min - 1) * 100, 1)}%; dirty CPU busy " <>
+      "#{Float.round(busy * 100, 1)}%#{standalone}"
   )
 end

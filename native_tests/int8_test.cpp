@@ -68,7 +68,7 @@ std::vector<Int8Case> int8_cases() {
 // Whether Precision::Int8 approximates with `kernel` on the CPU features in force for `bits`-bit
 // weights, as quantized_matmul dispatches it (c_src/kernels/api.cpp): the portable int8 loop,
 // AVX-512 with VNNI, NEON with dotprod, AVX2 (with or without AVX-VNNI) for 2, 4 and 8 bits;
-// every other kernel computes exactly. (Decode shapes only: transpose, m < 8.)
+// every other kernel computes exactly. (Decode shapes only: transpose, m <= 8.)
 bool int8_approximates(KernelChoice kernel, int bits) {
   const auto& cpu = detail::cpu_features();
   if (kernel == KernelChoice::Auto) {
@@ -180,7 +180,7 @@ TEST(Int8Matmul, EveryKernelMatchesTheInt8FormulaAllBitsGroupsDtypes) {
       for (int gs : kAllGroupSizes) {
         for (DType wt : kAllDtypes) {
           // K = 3 * 128 + gs: not a multiple of 64 when gs = 32 (a final half chunk).
-          const size_t k = 3 * 128 + gs, n = 37, m = bits == 4 ? 7 : 3;
+          const size_t k = 3 * 128 + gs, n = 37, m = bits == 4 ? 8 : bits == 2 ? 7 : 3;
           TypedBuffer dense(wt, random_values(n * k, bits * 7 + gs, k));
           OwnedQuantized w(dense, n, k, {bits, gs});
           const auto x = random_values(m * k, 5 + bits);
@@ -270,11 +270,11 @@ TEST(Int8Matmul, BitIdenticalAcrossThreadCounts) {
 }
 
 TEST(Int8Matmul, OtherShapesComputeExactly) {
-  // transpose = false, or m >= 8, is unaffected by Precision::Int8: same bits as Exact.
+  // transpose = false, or m > 8, is unaffected by Precision::Int8: same bits as Exact.
   TypedBuffer dense(DType::F32, random_values(128 * 256, 9, 256));
   OwnedQuantized w(dense, 128, 256, {4, 64});
   for (bool transpose : {true, false}) {
-    const size_t m = transpose ? 8 : 1, k = transpose ? 256 : 128, n = transpose ? 128 : 256;
+    const size_t m = transpose ? 9 : 1, k = transpose ? 256 : 128, n = transpose ? 128 : 256;
     const auto x = random_values(m * k, 10);
     std::vector<float> exact(m * n), fast(m * n);
     ExecOptions options;

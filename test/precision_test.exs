@@ -90,8 +90,8 @@ defmodule NxQuant.PrecisionTest do
     assert Core.quantized_matmul(x, qt, transpose: false, precision: :int8) ==
              Core.quantized_matmul(x, qt, transpose: false, precision: :exact)
 
-    # 8 rows of x: beyond the int8 mode's decode shapes (m < 8)
-    x = Ref.random_dense({8, 128}, {:f, 32}, 9)
+    # 9 rows of x: beyond the int8 mode's decode shapes (m <= 8)
+    x = Ref.random_dense({9, 128}, {:f, 32}, 9)
 
     assert Core.quantized_matmul(x, qt, precision: :int8) ==
              Core.quantized_matmul(x, qt, precision: :exact)

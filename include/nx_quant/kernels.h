@@ -51,7 +51,7 @@ enum class KernelChoice : uint8_t {
 
 // How quantized_matmul treats the activations x.
 //   Exact: x stays f32; the result is the dequantize-then-matmul within f32 accumulation error.
-//   Int8:  opt-in fast mode for decode-shaped calls (transpose = true, m < 8), as llama.cpp's
+//   Int8:  opt-in fast mode for decode-shaped calls (transpose = true, m <= 8), as llama.cpp's
 //          Q8 activations: each row of x is quantized in blocks of 32 values to int8
 //          (d = max|x| / 127, x_q = round(x / d)) and multiplied with the raw q values by
 //          integer dot products (AVX-512 VNNI; AVX2 vpmaddubsw or AVX-VNNI for 2, 4 and 8

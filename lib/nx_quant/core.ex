@@ -87,7 +87,7 @@ defmodule NxQuant.Core do
 
     * `:exact` (the default): x stays f32; the result is dequantize-then-matmul within f32
       accumulation error.
-    * `:int8`: opt-in fast mode for decode-shaped calls (`transpose: true` and fewer than 8
+    * `:int8`: opt-in fast mode for decode-shaped calls (`transpose: true` and at most 8
       rows of x), as llama.cpp does: x is quantized to int8 in blocks of 32 values and
       multiplied with the packed values by integer dot products (AVX-512 VNNI), about 2x
       faster; the added error per output is at most `sum_k |scale_k * q_k| * d_k / 2`

@@ -1,23 +1,21 @@
-// The NEON module's plan for each operation (api.cpp validates the arguments, converts x to f32
-// and hands NEON calls here): which loop runs, with which thresholds and thread splits, and
-// what the activations need.
-#include "arm/neon/plan_neon.h"
-
+// The NEON module's plan for each operation (see plan.h; api.cpp validates the arguments and
+// hands NEON calls here): which loop runs, with which thresholds and thread splits, and what
+// the activations need.
 #include "arm/neon/neon_kernels.h"
 #include "cpu_features.h"
 #include "int8_activations.h"
 #include "parallel.h"
+#include "plan.h"
 
 namespace nx_quant::neon {
 
 namespace {
 
 // Decode-sized batches (fewer rows of x than this) stream W once per call; larger ones
-// dequantize f32 panels of W and reuse them across rows (GEMM). The int8 mode applies below
-// the same size, as kernels.h documents for every kernel.
+// dequantize f32 panels of W and reuse them across rows (GEMM).
 constexpr size_t kGemvMaxRows = 8;
-
-}  // namespace
+// Up to this many rows of x the int8 mode applies (as kernels.h documents for every kernel).
+constexpr size_t kInt8MaxRows = 8;
 
 void quantize(const void* dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
               uint32_t* packed, void* scales, void* biases, int threads) {
@@ -32,12 +30,14 @@ void dequantize(const QuantizedMatrix& w, bool transpose_out, void* out, int thr
   });
 }
 
-void quantized_matmul(const float* x, size_t m, const QuantizedMatrix& w, bool transpose,
+void quantized_matmul(const detail::Activations& xs, const QuantizedMatrix& w, bool transpose,
                       DType out_dtype, void* out, const ExecOptions& options) {
-  const size_t k_dim = transpose ? w.cols : w.rows;
+  const size_t m = xs.m, k_dim = xs.k;
   const size_t n_dim = transpose ? w.rows : w.cols;
+  std::vector<float> scratch;
+  const float* x = xs.f32(scratch);  // every NEON loop reads (or quantizes) f32 x
   const auto& cpu = detail::cpu_features();
-  if (options.precision == Precision::Int8 && transpose && m < kGemvMaxRows && cpu.neon_dotprod) {
+  if (options.precision == Precision::Int8 && transpose && m <= kInt8MaxRows && cpu.neon_dotprod) {
     const size_t gs = static_cast<size_t>(w.spec.group_size);
     const auto xa = detail::quantize_activations(x, m, k_dim, gs);
     if (cpu.neon_i8mm) {
@@ -67,5 +67,17 @@ void quantized_matmul(const float* x, size_t m, const QuantizedMatrix& w, bool t
     });
   }
 }
+
+double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose) {
+  // Not measured (no aarch64 machine; QEMU says nothing about speed). 128-bit vectors, two FMA
+  // pipes on common server cores: taken as about twice AVX2, high rather than low.
+  return detail::avx512_calibrated_matmul_ns(m, w, transpose) * 3.5;
+}
+
+}  // namespace
+
+// Quantize and dequantize: not measured either; 4 lanes instead of 8 assumed.
+const detail::KernelPlan kPlan = {quantize, dequantize, quantized_matmul, estimated_matmul_ns,
+                                  1.5,      1.5};
 
 }  // namespace nx_quant::neon
