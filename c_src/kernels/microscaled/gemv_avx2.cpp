@@ -4,6 +4,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "microscaled/codec.h"
 #include "microscaled/microscaled.h"
@@ -15,11 +18,14 @@ namespace {
 
 constexpr size_t kBlock = 32;  // columns per step: one mxfp group, two nvfp4 groups
 
-// One block of 32 columns into acc (one accumulator per row of x).
+constexpr int kNW = 2;                 // W rows per block (16 ymm registers)
+constexpr size_t kPrefetchBlocks = 4;  // W (and its scales) prefetched this many blocks ahead
+
+// One block of 32 columns of W row `bytes` into acc (one accumulator per row of x).
 template <int MR, int Bits, bool Nv>
-inline __attribute__((always_inline)) void block(const float* x, size_t k, const uint8_t* bytes,
-                                                 const uint8_t* scales, size_t b, const Tables& t,
-                                                 __m256 (&acc)[MR]) {
+inline __attribute__((always_inline)) void block(const float* const* xr, const uint8_t* bytes,
+                                                 size_t row_bytes, const uint8_t* scales, size_t b,
+                                                 const Tables& t, __m256 (&acc)[MR]) {
   // E2M1 values times 2 as int8: vpshufb looks a 4-bit code up directly.
   const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
   const __m128i nibble = _mm_set1_epi8(0x0F);
@@ -27,8 +33,10 @@ inline __attribute__((always_inline)) void block(const float* x, size_t k, const
   // de-interleaved x (bytes 0-7, 8-15), v[2], v[3] the odd ones; scale per half block.
   __m256 v[4];
   __m256 scale_a, scale_b;
-  // Two KB ahead (prefetches never fault; past the matrix they are wasted, not wrong).
-  _mm_prefetch(reinterpret_cast<const char*>(bytes + Bits * 4 * b + 2048), _MM_HINT_T0);
+  // The rows are contiguous: the same place kPrefetchBlocks blocks on is a later row's.
+  _mm_prefetch(
+      reinterpret_cast<const char*>(bytes + Bits * 4 * b + kPrefetchBlocks * kNW * row_bytes),
+      _MM_HINT_T1);
   if constexpr (Bits == 4) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 16 * b));
     const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, nibble));
@@ -48,16 +56,15 @@ inline __attribute__((always_inline)) void block(const float* x, size_t k, const
       const __m256i w16 = _mm256_cvtepu8_epi16(
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 32 * b + 16 * h)));
       // f16 bits: sign at bit 15, exponent and mantissa at bits 7..13 (value / 256).
-      const __m256i f16 =
-          _mm256_or_si256(_mm256_and_si256(_mm256_slli_epi16(w16, 8), _mm256_set1_epi16(-32768)),
-                          _mm256_and_si256(_mm256_slli_epi16(w16, 7), _mm256_set1_epi16(0x3F80)));
+      const __m256i f16 = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w16, 8), 1),
+                                           _mm256_set1_epi16(-16512));
       v[2 * h] = _mm256_cvtph_ps(_mm256_castsi256_si128(f16));
       v[2 * h + 1] = _mm256_cvtph_ps(_mm256_extracti128_si256(f16, 1));
     }
     scale_a = scale_b = _mm256_set1_ps(t.e8m0[scales[b]]);
   }
   for (int i = 0; i < MR; ++i) {
-    const float* xb = x + i * k + kBlock * b;
+    const float* xb = xr[i] + kBlock * b;
     __m256 sa, sb;
     if constexpr (Bits == 4) {  // x: 16 even then 16 odd columns
       sa =
@@ -73,33 +80,133 @@ inline __attribute__((always_inline)) void block(const float* x, size_t k, const
   }
 }
 
-template <int MR, int Bits, bool Nv>
-void rows_dot(const float* x, size_t k, const uint8_t* bytes, const uint8_t* scales, float global,
-              float* sums) {
+inline float hsum(__m256 a) {
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
+}
+
+// NW rows of W (row_bytes apart, scales `groups` apart) against MR rows of x: sums[i * NW + v].
+template <int MR, int NW, int Bits, bool Nv>
+void rows_dot(const float* x, size_t k, const uint8_t* bytes, size_t row_bytes,
+              const uint8_t* scales, size_t groups, float* sums) {
   const Tables& t = tables();
-  // Two accumulator sets (even and odd blocks): two independent FMA chains per row.
-  __m256 acc0[MR], acc1[MR];
-  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm256_setzero_ps();
+  const float* xr[MR];
+  for (int i = 0; i < MR; ++i) xr[i] = x + i * k;
+  __m256 acc[NW][MR];
+  for (int v = 0; v < NW; ++v)
+    for (int i = 0; i < MR; ++i) acc[v][i] = _mm256_setzero_ps();
+  // Scale bytes of later blocks, into L2 with the packed words.
+  for (size_t s = 0; s < NW * groups; s += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchBlocks * kNW * groups + s),
+                 _MM_HINT_T1);
+  }
   const size_t blocks = k / kBlock;
-  size_t b = 0;
-  for (; b + 2 <= blocks; b += 2) {
-    block<MR, Bits, Nv>(x, k, bytes, scales, b, t, acc0);
-    block<MR, Bits, Nv>(x, k, bytes, scales, b + 1, t, acc1);
-  }
-  if (b < blocks) block<MR, Bits, Nv>(x, k, bytes, scales, b, t, acc0);
-  for (int i = 0; i < MR; ++i) {
-    const __m256 a = _mm256_add_ps(acc0[i], acc1[i]);
-    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    float sum = _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
-    sum *= Bits == 8 ? 256.0f : 0.5f;
-    // An nvfp4 tail group of 16 columns (K % 32 == 16), in natural order.
-    for (size_t c = blocks * kBlock; c < k; ++c) {
-      const float element = kE2m1Values[(bytes[c / 2] >> (4 * (c % 2))) & 0xF];
-      sum += x[i * k + c] * element * t.e4m3[scales[c / 16]];
+  for (size_t b = 0; b < blocks; ++b) {
+    for (int v = 0; v < NW; ++v) {
+      block<MR, Bits, Nv>(xr, bytes + v * row_bytes, row_bytes, scales + v * groups, b, t, acc[v]);
     }
-    sums[i] = sum * global;
   }
+  for (int v = 0; v < NW; ++v) {
+    const uint8_t* rb = bytes + v * row_bytes;
+    const uint8_t* rs = scales + v * groups;
+    for (int i = 0; i < MR; ++i) {
+      float sum = hsum(acc[v][i]) * (Bits == 8 ? 256.0f : 0.5f);
+      // An nvfp4 tail group of 16 columns (K % 32 == 16), in natural order.
+      for (size_t c = blocks * kBlock; c < k; ++c) {
+        const float element = kE2m1Values[(rb[c / 2] >> (4 * (c % 2))) & 0xF];
+        sum += x[i * k + c] * element * t.e4m3[rs[c / 16]];
+      }
+      sums[i * NW + v] = sum;
+    }
+  }
+}
+
+// 4-bit rows, 64 columns (32 bytes) per step, with no shuffle per weight (the shuffle port is
+// what limits a vpshufb + vpmovsxbd decode): vpshufb looks the low and high nibbles of all 32
+// bytes up at once in a table of t(c) = 2 * E2M1(c) + 12 (0..24, unsigned), so lane L (bytes
+// 4L .. 4L+3) holds t of columns 8L + 2p + h in byte p (h: high nibble); one AND isolates byte p
+// and vcvtdq2ps converts t * 2^(8p) exactly. x comes multiplied by 2^(-8p) / 2 in that order
+// (prepare_x4), so each FMA adds x * (E2M1 + 6) exactly, and per lane 6 * (its 8 columns' x),
+// prepared alongside, is taken off before the group's scale multiplies the lane. (The scaled x
+// is exact unless |x| < 2^-100, where it is subnormal: inside the documented error bound.)
+template <int MR, int NW, bool Nv>
+void rows_dot4(const float* x, size_t x_stride, size_t k, const uint8_t* bytes, size_t row_bytes,
+               const uint8_t* scales, size_t groups, float* sums) {
+  const __m256i lut = _mm256_broadcastsi128_si256(
+      _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  __m256 acc[NW][MR];
+  for (int v = 0; v < NW; ++v)
+    for (int i = 0; i < MR; ++i) acc[v][i] = _mm256_setzero_ps();
+  for (size_t s = 0; s < NW * groups; s += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchBlocks * kNW * groups + s),
+                 _MM_HINT_T1);
+  }
+  const size_t full = k / 64, steps = (k + 63) / 64;
+  constexpr size_t kGroups = Nv ? 4 : 2;  // per step
+  // Lane L's group within the step: L / 4 (mxfp4), L / 2 (nvfp4).
+  const __m128i spread = Nv ? _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0)
+                            : _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  alignas(32) uint8_t tail[32];
+  for (size_t c = 0; c < steps; ++c) {
+    for (int v = 0; v < NW; ++v) {
+      const uint8_t* p = bytes + v * row_bytes + 32 * c;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * kNW * row_bytes),
+                   _MM_HINT_T1);
+      __m256i raw;
+      if (c < full) {
+        raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      } else {  // code 8 (-0) has t = 12, as code 0: the padding adds 12 * 0 (x is 0 there)
+        std::memset(tail, 0, sizeof tail);
+        std::memcpy(tail, p, k % 64 / 2);
+        raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+      }
+      const __m256i t_even = _mm256_shuffle_epi8(lut, _mm256_and_si256(raw, nibble));
+      const __m256i t_odd =
+          _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble));
+      // The step's scales as 8 lanes; groups past the row read 0 (their lanes are 0 anyway).
+      const uint8_t* rs = scales + v * groups + kGroups * c;
+      uint32_t four = 0;  // (one load: bytes copied one by one would stall the vector load)
+      if (kGroups * (c + 1) <= groups) {
+        if constexpr (Nv) {
+          std::memcpy(&four, rs, 4);
+        } else {
+          uint16_t two;
+          std::memcpy(&two, rs, 2);
+          four = two;
+        }
+      } else {
+        for (size_t g = 0; g < groups - kGroups * c; ++g) four |= uint32_t{rs[g]} << (8 * g);
+      }
+      const __m128i sb = _mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(four)), spread);
+      __m256 scale;
+      if constexpr (Nv) {  // E4M3 as f16 bits (value / 256)
+        const __m128i w16 = _mm_cvtepu8_epi16(sb);
+        scale = _mm256_cvtph_ps(
+            _mm_and_si128(_mm_srai_epi16(_mm_slli_epi16(w16, 8), 1), _mm_set1_epi16(-16512)));
+      } else {  // E8M0 as the exponent field; 0 is the subnormal 2^-127
+        const __m256i b = _mm256_cvtepu8_epi32(sb);
+        scale = _mm256_castsi256_ps(
+            _mm256_blendv_epi8(_mm256_slli_epi32(b, 23), _mm256_set1_epi32(0x00400000),
+                               _mm256_cmpeq_epi32(b, _mm256_setzero_si256())));
+      }
+      for (int i = 0; i < MR; ++i) {
+        const float* xc = x + i * x_stride + 72 * c;
+        __m256 t = _mm256_setzero_ps();
+        for (int pos = 0; pos < 4; ++pos) {
+          const __m256i mask = _mm256_set1_epi32(static_cast<int>(0xFFu << (8 * pos)));
+          t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(t_even, mask)),
+                              _mm256_loadu_ps(xc + 16 * pos), t);
+          t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(t_odd, mask)),
+                              _mm256_loadu_ps(xc + 16 * pos + 8), t);
+        }
+        acc[v][i] = _mm256_fmadd_ps(_mm256_sub_ps(t, _mm256_loadu_ps(xc + 64)), scale, acc[v][i]);
+      }
+    }
+  }
+  for (int v = 0; v < NW; ++v)
+    for (int i = 0; i < MR; ++i) sums[i * NW + v] = hsum(acc[v][i]) * (Nv ? 256.0f : 1.0f);
 }
 
 template <int Bits, bool Nv>
@@ -111,35 +218,66 @@ void gemv_rows(const float* x, size_t m, const QuantizedMatrix& w, DType out_dty
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
   const auto* scales = static_cast<const uint8_t*>(w.scales.data);
   const float global = Nv && w.spec.global_scale != 0.0f ? w.spec.global_scale / 2688.0f : 1.0f;
-  float sums[4];
-  for (size_t i0 = 0; i0 < m; i0 += 4) {
-    const size_t mr = std::min<size_t>(4, m - i0);
-    const float* xi = x + i0 * k;
-    for (size_t n = n_begin; n < n_end; ++n) {
-      const uint8_t* rb = bytes + n * row_bytes;
-      const uint8_t* rs = scales + n * groups;
-      switch (mr) {
-        case 1:
-          rows_dot<1, Bits, Nv>(xi, k, rb, rs, global, sums);
-          break;
-        case 2:
-          rows_dot<2, Bits, Nv>(xi, k, rb, rs, global, sums);
-          break;
-        case 3:
-          rows_dot<3, Bits, Nv>(xi, k, rb, rs, global, sums);
-          break;
-        default:
-          rows_dot<4, Bits, Nv>(xi, k, rb, rs, global, sums);
-          break;
+  float sums[2 * kNW];
+  auto rows_of_w = [&](auto nw, size_t n) {
+    constexpr int NW = decltype(nw)::value;
+    const uint8_t* rb = bytes + n * row_bytes;
+    const uint8_t* rs = scales + n * groups;
+    for (size_t i0 = 0; i0 < m; i0 += 2) {
+      const size_t mr = std::min<size_t>(2, m - i0);
+      if constexpr (Bits == 4) {
+        const size_t stride = (k + 63) / 64 * 72;  // x from prepare_x4
+        if (mr == 2) {
+          rows_dot4<2, NW, Nv>(x + i0 * stride, stride, k, rb, row_bytes, rs, groups, sums);
+        } else {
+          rows_dot4<1, NW, Nv>(x + i0 * stride, stride, k, rb, row_bytes, rs, groups, sums);
+        }
+      } else if (mr == 2) {
+        rows_dot<2, NW, Bits, Nv>(x + i0 * k, k, rb, row_bytes, rs, groups, sums);
+      } else {
+        rows_dot<1, NW, Bits, Nv>(x + i0 * k, k, rb, row_bytes, rs, groups, sums);
       }
       for (size_t i = 0; i < mr; ++i) {
-        store_from_f32(out, out_dtype, (i0 + i) * w.rows + n, sums[i]);
+        for (int v = 0; v < NW; ++v) {
+          store_from_f32(out, out_dtype, (i0 + i) * w.rows + n + v, sums[i * NW + v] * global);
+        }
       }
     }
-  }
+  };
+  size_t n = n_begin;
+  for (; n + kNW <= n_end; n += kNW) rows_of_w(std::integral_constant<int, kNW>{}, n);
+  for (; n < n_end; ++n) rows_of_w(std::integral_constant<int, 1>{}, n);
 }
 
 }  // namespace
+
+std::vector<float> prepare_x4(const float* x, size_t m, size_t k) {
+  const size_t steps = (k + 63) / 64, stride = steps * 72;
+  std::vector<float> out(m * stride, 0.0f);
+  for (size_t i = 0; i < m; ++i) {
+    for (size_t c = 0; c < steps; ++c) {
+      float* dst = out.data() + i * stride + 72 * c;
+      for (size_t pos = 0; pos < 4; ++pos) {
+        for (size_t h = 0; h < 2; ++h) {
+          for (size_t lane = 0; lane < 8; ++lane) {
+            const size_t col = 64 * c + 8 * lane + 2 * pos + h;
+            if (col < k)
+              dst[16 * pos + 8 * h + lane] = std::ldexp(x[i * k + col], -8 * int(pos) - 1);
+          }
+        }
+      }
+      for (size_t lane = 0; lane < 8; ++lane) {
+        double sum = 0;  // 6 * the lane's columns, rounded once
+        for (size_t j = 0; j < 8; ++j) {
+          const size_t col = 64 * c + 8 * lane + j;
+          if (col < k) sum += x[i * k + col];
+        }
+        dst[64 + lane] = static_cast<float>(6.0 * sum);
+      }
+    }
+  }
+  return out;
+}
 
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out) {
