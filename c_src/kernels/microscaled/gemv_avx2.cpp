@@ -11,6 +11,7 @@
 #include "microscaled/codec.h"
 #include "microscaled/microscaled.h"
 #include "microscaled/tables.h"
+#include "unroll.h"
 
 namespace nx_quant::microscaled::avx2 {
 
@@ -137,8 +138,9 @@ void rows_dot4(const float* x, size_t x_stride, size_t k, const uint8_t* bytes, 
       _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   __m256 acc[NW][MR];
-  for (int v = 0; v < NW; ++v)
-    for (int i = 0; i < MR; ++i) acc[v][i] = _mm256_setzero_ps();
+  NXQ_UNROLL
+  for (int v = 0; v < NW; ++v) NXQ_UNROLL
+  for (int i = 0; i < MR; ++i) acc[v][i] = _mm256_setzero_ps();
   for (size_t s = 0; s < NW * groups; s += 64) {
     _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchBlocks * kNW * groups + s),
                  _MM_HINT_T1);
@@ -150,6 +152,7 @@ void rows_dot4(const float* x, size_t x_stride, size_t k, const uint8_t* bytes, 
                             : _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   alignas(32) uint8_t tail[32];
   for (size_t c = 0; c < steps; ++c) {
+    NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
       const uint8_t* p = bytes + v * row_bytes + 32 * c;
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * kNW * row_bytes),
@@ -191,9 +194,11 @@ void rows_dot4(const float* x, size_t x_stride, size_t k, const uint8_t* bytes, 
             _mm256_blendv_epi8(_mm256_slli_epi32(b, 23), _mm256_set1_epi32(0x00400000),
                                _mm256_cmpeq_epi32(b, _mm256_setzero_si256())));
       }
+      NXQ_UNROLL
       for (int i = 0; i < MR; ++i) {
         const float* xc = x + i * x_stride + 72 * c;
         __m256 t = _mm256_setzero_ps();
+        NXQ_UNROLL
         for (int pos = 0; pos < 4; ++pos) {
           const __m256i mask = _mm256_set1_epi32(static_cast<int>(0xFFu << (8 * pos)));
           t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(t_even, mask)),
@@ -205,8 +210,9 @@ void rows_dot4(const float* x, size_t x_stride, size_t k, const uint8_t* bytes, 
       }
     }
   }
-  for (int v = 0; v < NW; ++v)
-    for (int i = 0; i < MR; ++i) sums[i * NW + v] = hsum(acc[v][i]) * (Nv ? 256.0f : 1.0f);
+  NXQ_UNROLL
+  for (int v = 0; v < NW; ++v) NXQ_UNROLL
+  for (int i = 0; i < MR; ++i) sums[i * NW + v] = hsum(acc[v][i]) * (Nv ? 256.0f : 1.0f);
 }
 
 template <int Bits, bool Nv>
@@ -252,6 +258,7 @@ void gemv_rows(const float* x, size_t m, const QuantizedMatrix& w, DType out_dty
 }  // namespace
 
 std::vector<float> prepare_x4(const float* x, size_t m, size_t k) {
+  static constexpr float kPositionScale[4] = {0x1p-1f, 0x1p-9f, 0x1p-17f, 0x1p-25f};  // 2^(-8p-1)
   const size_t steps = (k + 63) / 64, stride = steps * 72;
   std::vector<float> out(m * stride, 0.0f);
   for (size_t i = 0; i < m; ++i) {
@@ -261,8 +268,7 @@ std::vector<float> prepare_x4(const float* x, size_t m, size_t k) {
         for (size_t h = 0; h < 2; ++h) {
           for (size_t lane = 0; lane < 8; ++lane) {
             const size_t col = 64 * c + 8 * lane + 2 * pos + h;
-            if (col < k)
-              dst[16 * pos + 8 * h + lane] = std::ldexp(x[i * k + col], -8 * int(pos) - 1);
+            if (col < k) dst[16 * pos + 8 * h + lane] = x[i * k + col] * kPositionScale[pos];
           }
         }
       }
