@@ -45,6 +45,7 @@ struct Decoder {
   size_t row_bytes, groups;
   const Tables& t;
   float global;
+  int group_shift;  // log2 of the group size (16 or 32)
 
   explicit Decoder(const QuantizedMatrix& m)
       : w(m),
@@ -53,10 +54,11 @@ struct Decoder {
         row_bytes(m.cols * static_cast<size_t>(m.spec.bits) / 8),
         groups(m.cols / static_cast<size_t>(m.spec.group_size)),
         t(tables()),
-        global(m.spec.global_scale != 0.0f ? m.spec.global_scale / 2688.0f : 1.0f) {}
+        global(m.spec.global_scale != 0.0f ? m.spec.global_scale / 2688.0f : 1.0f),
+        group_shift(m.spec.group_size == 16 ? 4 : 5) {}
 
   float scale(size_t row, size_t col) const {
-    const uint8_t b = scales[row * groups + col / static_cast<size_t>(w.spec.group_size)];
+    const uint8_t b = scales[row * groups + (col >> group_shift)];
     if (w.spec.mode == QuantMode::Nvfp4) {
       const float s = t.e4m3[b];
       return w.spec.global_scale != 0.0f ? s * global : s;

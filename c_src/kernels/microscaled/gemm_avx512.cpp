@@ -54,6 +54,7 @@ struct Decoder {
   size_t row_bytes, groups;
   const Tables& t;
   float global;
+  int group_shift;  // log2 of the group size (16 or 32)
   __m512 lut;
   __m512i even_odd_lo, even_odd_hi;
 
@@ -64,7 +65,8 @@ struct Decoder {
         row_bytes(m.cols * static_cast<size_t>(m.spec.bits) / 8),
         groups(m.cols / static_cast<size_t>(m.spec.group_size)),
         t(tables()),
-        global(m.spec.global_scale != 0.0f ? m.spec.global_scale / 2688.0f : 1.0f) {
+        global(m.spec.global_scale != 0.0f ? m.spec.global_scale / 2688.0f : 1.0f),
+        group_shift(m.spec.group_size == 16 ? 4 : 5) {
     lut = _mm512_loadu_ps(kE2m1Values);
     alignas(64) int32_t lo[16], hi[16];
     for (int i = 0; i < 16; ++i) {
@@ -76,7 +78,7 @@ struct Decoder {
   }
 
   float scale(size_t row, size_t col) const {
-    const uint8_t b = scales[row * groups + col / static_cast<size_t>(w.spec.group_size)];
+    const uint8_t b = scales[row * groups + (col >> group_shift)];
     if (w.spec.mode == QuantMode::Nvfp4) {
       const float s = t.e4m3[b];
       return w.spec.global_scale != 0.0f ? s * global : s;
