@@ -145,11 +145,9 @@ void rows_dot4(const float* x, size_t x_stride, size_t k, const uint8_t* bytes, 
     _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchBlocks * kNW * groups + s),
                  _MM_HINT_T1);
   }
+  const Tables& t = tables();
   const size_t full = k / 64, steps = (k + 63) / 64;
   constexpr size_t kGroups = Nv ? 4 : 2;  // per step
-  // Lane L's group within the step: L / 4 (mxfp4), L / 2 (nvfp4).
-  const __m128i spread = Nv ? _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0)
-                            : _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   alignas(32) uint8_t tail[32];
   for (size_t c = 0; c < steps; ++c) {
     NXQ_UNROLL
@@ -170,29 +168,23 @@ void rows_dot4(const float* x, size_t x_stride, size_t k, const uint8_t* bytes, 
           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble));
       // The step's scales as 8 lanes; groups past the row read 0 (their lanes are 0 anyway).
       const uint8_t* rs = scales + v * groups + kGroups * c;
-      uint32_t four = 0;  // (one load: bytes copied one by one would stall the vector load)
-      if (kGroups * (c + 1) <= groups) {
-        if constexpr (Nv) {
-          std::memcpy(&four, rs, 4);
-        } else {
-          uint16_t two;
-          std::memcpy(&two, rs, 2);
-          four = two;
-        }
-      } else {
-        for (size_t g = 0; g < groups - kGroups * c; ++g) four |= uint32_t{rs[g]} << (8 * g);
-      }
-      const __m128i sb = _mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(four)), spread);
+      // The step's scales as 8 lanes (lane L: group L / 4 for mxfp4, L / 2 for nvfp4), each a
+      // broadcast of its decoded value; groups past the row are 0 (their lanes are 0 anyway).
       __m256 scale;
-      if constexpr (Nv) {  // E4M3 as f16 bits (value / 256)
-        const __m128i w16 = _mm_cvtepu8_epi16(sb);
-        scale = _mm256_cvtph_ps(
-            _mm_and_si128(_mm_srai_epi16(_mm_slli_epi16(w16, 8), 1), _mm_set1_epi16(-16512)));
-      } else {  // E8M0 as the exponent field; 0 is the subnormal 2^-127
-        const __m256i b = _mm256_cvtepu8_epi32(sb);
-        scale = _mm256_castsi256_ps(
-            _mm256_blendv_epi8(_mm256_slli_epi32(b, 23), _mm256_set1_epi32(0x00400000),
-                               _mm256_cmpeq_epi32(b, _mm256_setzero_si256())));
+      {
+        const float* table = Nv ? t.e4m3 : t.e8m0;
+        __m256 s[kGroups];
+        NXQ_UNROLL
+        for (size_t g = 0; g < kGroups; ++g) {
+          s[g] =
+              kGroups * c + g < groups ? _mm256_broadcast_ss(table + rs[g]) : _mm256_setzero_ps();
+        }
+        if constexpr (Nv) {
+          scale = _mm256_blend_ps(_mm256_blend_ps(s[0], s[1], 0x0C),
+                                  _mm256_blend_ps(s[2], s[3], 0xC0), 0xF0);
+        } else {
+          scale = _mm256_blend_ps(s[0], s[1], 0xF0);
+        }
       }
       NXQ_UNROLL
       for (int i = 0; i < MR; ++i) {
@@ -212,7 +204,7 @@ void rows_dot4(const float* x, size_t x_stride, size_t k, const uint8_t* bytes, 
   }
   NXQ_UNROLL
   for (int v = 0; v < NW; ++v) NXQ_UNROLL
-  for (int i = 0; i < MR; ++i) sums[i * NW + v] = hsum(acc[v][i]) * (Nv ? 256.0f : 1.0f);
+  for (int i = 0; i < MR; ++i) sums[i * NW + v] = hsum(acc[v][i]);
 }
 
 template <int Bits, bool Nv>
