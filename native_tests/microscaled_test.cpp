@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -520,6 +521,72 @@ TEST(Microscaled, F32ActivationsThatAreBf16ValuesOnEveryKernel) {
         for (size_t i = 0; i < 2 * n; ++i) {
           ASSERT_NEAR(out.at(i), expected.at(i), 1e-4f * (1.0f + std::fabs(expected.at(i))))
               << mode_name(spec.mode) << " all_bf16 " << all_bf16 << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(Microscaled, EveryElementCodeAndScaleByteOnEveryKernel) {
+  // Packed words and scale bytes drawn directly (not from quantize): every E2M1 code and every
+  // E4M3 byte (subnormals, -0, the 0x7F/0xFF that MLX decodes as +-480) with scales from tiny
+  // (E8M0 0 is 2^-127; E4M3 subnormals) to large, through every kernel's decoder. Scales that far
+  // apart cancel, so the bound is relative to sum |x * w| (the reference run on |x| and |W|: the
+  // codes with their sign bits cleared), as within_f32_gemv_bound's.
+  std::mt19937 rng(77);
+  for (QuantSpec spec : {kMxfp4, kMxfp8, kNvfp4}) {
+    for (bool transpose : {true, false}) {
+      const size_t rows = transpose ? 24 : 256, cols = transpose ? 256 : 96;
+      Quantized q, a;
+      q.packed.resize(rows * cols * spec.bits / 32);
+      q.scales.resize(rows * cols / spec.group_size);
+      for (auto& word : q.packed) word = static_cast<uint32_t>(rng());
+      for (size_t i = 0; i < q.scales.size(); ++i) {
+        const uint32_t r = static_cast<uint32_t>(rng());
+        if (spec.mode == QuantMode::Nvfp4) {
+          q.scales[i] = static_cast<uint8_t>(r % 0x7F);  // E4M3 0 .. 448, subnormals included
+        } else {
+          q.scales[i] =
+              i % 17 == 0 ? 0 : static_cast<uint8_t>(100 + r % 50);  // 2^-127, 2^-27..2^22
+        }
+      }
+      a.packed = q.packed;
+      for (auto& word : a.packed) word &= spec.bits == 4 ? 0x77777777u : 0x7F7F7F7Fu;
+      a.scales = q.scales;
+      for (Quantized* t : {&q, &a}) {
+        t->matrix.packed = {t->packed.data(), t->packed.size() * 4};
+        t->matrix.scales = {t->scales.data(), t->scales.size()};
+        t->matrix.dtype = DType::F32;
+        t->matrix.rows = rows;
+        t->matrix.cols = cols;
+        t->matrix.spec = spec;
+      }
+      const size_t k_dim = transpose ? cols : rows, n_dim = transpose ? rows : cols;
+      for (size_t m : {1, 3, 9}) {
+        for (DType x_dtype : {DType::BF16, DType::F32}) {
+          std::vector<float> xv = random_values(m * k_dim, 40 + m);
+          TypedBuffer x(x_dtype, xv);
+          for (float& v : xv) v = std::fabs(v);
+          TypedBuffer x_abs(x_dtype, xv);
+          ExecOptions ref;
+          ref.kernel = KernelChoice::Reference;
+          TypedBuffer expected(DType::F32, m * n_dim), sum_abs(DType::F32, m * n_dim);
+          quantized_matmul(x.cbuf(), x_dtype, m, q.matrix, transpose, DType::F32, expected.mbuf(),
+                           ref);
+          quantized_matmul(x_abs.cbuf(), x_dtype, m, a.matrix, transpose, DType::F32,
+                           sum_abs.mbuf(), ref);
+          for (KernelChoice kernel : runnable_kernels()) {
+            ExecOptions options;
+            options.kernel = kernel;
+            TypedBuffer out(DType::F32, m * n_dim);
+            quantized_matmul(x.cbuf(), x_dtype, m, q.matrix, transpose, DType::F32, out.mbuf(),
+                             options);
+            for (size_t i = 0; i < m * n_dim; ++i) {
+              ASSERT_LE(std::fabs(out.at(i) - expected.at(i)), 1e-5f * sum_abs.at(i) + 1e-30f)
+                  << mode_name(spec.mode) << " transpose " << transpose << " m " << m << " x "
+                  << dtype_name(x_dtype) << " i " << i << " kernel " << static_cast<int>(kernel);
+            }
+          }
         }
       }
     }
