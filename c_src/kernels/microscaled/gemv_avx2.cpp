@@ -1,6 +1,7 @@
-// AVX2 matmul of the microscaled modes with transpose = true (w is [N, K]), for any m in passes
-// of up to 4 rows of x: as gemv_avx512.cpp with 8-lane vectors, E2M1 codes looked up by vpshufb
-// in a table of twice their values (int8), E4M3 bytes through vcvtph2ps.
+// AVX2 GEMV of the microscaled modes with transpose = true (w is [N, K]), any m (rows of x in
+// pairs), W in blocks of 2 rows prefetched into L2 (scale bytes too): 4-bit rows through a
+// vpshufb table lookup and one AND + vcvtdq2ps per weight position (rows_dot4), mxfp8 bytes as
+// f16 bit patterns through vcvtph2ps (rows_dot8). f32 FMAs, exact products, f32 sums.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -17,67 +18,36 @@ namespace nx_quant::microscaled::avx2 {
 
 namespace {
 
-constexpr size_t kBlock = 32;  // columns per step: one mxfp group, two nvfp4 groups
-
+constexpr size_t kBlock = 32;          // mxfp8 columns per step: one group
 constexpr int kNW = 2;                 // W rows per block (16 ymm registers)
 constexpr size_t kPrefetchBlocks = 4;  // W (and its scales) prefetched this many blocks ahead
 
-// One block of 32 columns of W row `bytes` into acc (one accumulator per row of x).
-template <int MR, int Bits, bool Nv>
-inline __attribute__((always_inline)) void block(const float* const* xr, const uint8_t* bytes,
-                                                 size_t row_bytes, const uint8_t* scales, size_t b,
-                                                 const Tables& t, __m256 (&acc)[MR]) {
-  // E2M1 values times 2 as int8: vpshufb looks a 4-bit code up directly.
-  const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
-  const __m128i nibble = _mm_set1_epi8(0x0F);
-  // Per block four vectors of 8 columns: v[0], v[1] even columns 0-7 and 8-15 of the block's
-  // de-interleaved x (bytes 0-7, 8-15), v[2], v[3] the odd ones; scale per half block.
+// mxfp8: one block of 32 columns (one group) of W row `bytes` into acc (one per row of x).
+template <int MR>
+inline __attribute__((always_inline)) void block8(const float* const* xr, const uint8_t* bytes,
+                                                  size_t row_bytes, const uint8_t* scales, size_t b,
+                                                  const Tables& t, __m256 (&acc)[MR]) {
   __m256 v[4];
-  __m256 scale_a, scale_b;
   // The rows are contiguous: the same place kPrefetchBlocks blocks on is a later row's.
-  _mm_prefetch(
-      reinterpret_cast<const char*>(bytes + Bits * 4 * b + kPrefetchBlocks * kNW * row_bytes),
-      _MM_HINT_T1);
-  if constexpr (Bits == 4) {
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 16 * b));
-    const __m128i lo = _mm_shuffle_epi8(lut, _mm_and_si128(raw, nibble));
-    const __m128i hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(raw, 4), nibble));
-    v[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-    v[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-    v[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-    v[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-    if constexpr (Nv) {
-      scale_a = _mm256_set1_ps(t.e4m3[scales[2 * b]]);
-      scale_b = _mm256_set1_ps(t.e4m3[scales[2 * b + 1]]);
-    } else {
-      scale_a = scale_b = _mm256_set1_ps(t.e8m0[scales[b]]);
-    }
-  } else {
-    for (int h = 0; h < 2; ++h) {
-      const __m256i w16 = _mm256_cvtepu8_epi16(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 32 * b + 16 * h)));
-      // f16 bits: sign at bit 15, exponent and mantissa at bits 7..13 (value / 256).
-      const __m256i f16 = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w16, 8), 1),
-                                           _mm256_set1_epi16(-16512));
-      v[2 * h] = _mm256_cvtph_ps(_mm256_castsi256_si128(f16));
-      v[2 * h + 1] = _mm256_cvtph_ps(_mm256_extracti128_si256(f16, 1));
-    }
-    scale_a = scale_b = _mm256_set1_ps(t.e8m0[scales[b]]);
+  _mm_prefetch(reinterpret_cast<const char*>(bytes + 32 * b + kPrefetchBlocks * kNW * row_bytes),
+               _MM_HINT_T1);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i w16 = _mm256_cvtepu8_epi16(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + 32 * b + 16 * h)));
+    // f16 bits: sign at bit 15, exponent and mantissa at bits 7..13 (value / 256).
+    const __m256i f16 = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w16, 8), 1),
+                                         _mm256_set1_epi16(-16512));
+    v[2 * h] = _mm256_cvtph_ps(_mm256_castsi256_si128(f16));
+    v[2 * h + 1] = _mm256_cvtph_ps(_mm256_extracti128_si256(f16, 1));
   }
+  const __m256 scale = _mm256_set1_ps(t.e8m0[scales[b]]);
   for (int i = 0; i < MR; ++i) {
     const float* xb = xr[i] + kBlock * b;
-    __m256 sa, sb;
-    if constexpr (Bits == 4) {  // x: 16 even then 16 odd columns
-      sa =
-          _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), _mm256_mul_ps(v[0], _mm256_loadu_ps(xb)));
-      sb = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24),
-                           _mm256_mul_ps(v[1], _mm256_loadu_ps(xb + 8)));
-    } else {  // natural order
-      sa = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xb + 8), _mm256_mul_ps(v[0], _mm256_loadu_ps(xb)));
-      sb = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24),
-                           _mm256_mul_ps(v[2], _mm256_loadu_ps(xb + 16)));
-    }
-    acc[i] = _mm256_fmadd_ps(sa, scale_a, _mm256_fmadd_ps(sb, scale_b, acc[i]));
+    const __m256 sa =
+        _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xb + 8), _mm256_mul_ps(v[0], _mm256_loadu_ps(xb)));
+    const __m256 sb = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24),
+                                      _mm256_mul_ps(v[2], _mm256_loadu_ps(xb + 16)));
+    acc[i] = _mm256_fmadd_ps(sa, scale, _mm256_fmadd_ps(sb, scale, acc[i]));
   }
 }
 
@@ -87,10 +57,11 @@ inline float hsum(__m256 a) {
   return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
 }
 
-// NW rows of W (row_bytes apart, scales `groups` apart) against MR rows of x: sums[i * NW + v].
-template <int MR, int NW, int Bits, bool Nv>
-void rows_dot(const float* x, size_t k, const uint8_t* bytes, size_t row_bytes,
-              const uint8_t* scales, size_t groups, float* sums) {
+// mxfp8: NW rows of W (row_bytes apart, scales `groups` apart) against MR rows of x:
+// sums[i * NW + v].
+template <int MR, int NW>
+void rows_dot8(const float* x, size_t k, const uint8_t* bytes, size_t row_bytes,
+               const uint8_t* scales, size_t groups, float* sums) {
   const Tables& t = tables();
   const float* xr[MR];
   for (int i = 0; i < MR; ++i) xr[i] = x + i * k;
@@ -102,25 +73,14 @@ void rows_dot(const float* x, size_t k, const uint8_t* bytes, size_t row_bytes,
     _mm_prefetch(reinterpret_cast<const char*>(scales + kPrefetchBlocks * kNW * groups + s),
                  _MM_HINT_T1);
   }
-  const size_t blocks = k / kBlock;
+  const size_t blocks = k / kBlock;  // K is a multiple of the group size, 32
   for (size_t b = 0; b < blocks; ++b) {
     for (int v = 0; v < NW; ++v) {
-      block<MR, Bits, Nv>(xr, bytes + v * row_bytes, row_bytes, scales + v * groups, b, t, acc[v]);
+      block8<MR>(xr, bytes + v * row_bytes, row_bytes, scales + v * groups, b, t, acc[v]);
     }
   }
-  for (int v = 0; v < NW; ++v) {
-    const uint8_t* rb = bytes + v * row_bytes;
-    const uint8_t* rs = scales + v * groups;
-    for (int i = 0; i < MR; ++i) {
-      float sum = hsum(acc[v][i]) * (Bits == 8 ? 256.0f : 0.5f);
-      // An nvfp4 tail group of 16 columns (K % 32 == 16), in natural order.
-      for (size_t c = blocks * kBlock; c < k; ++c) {
-        const float element = kE2m1Values[(rb[c / 2] >> (4 * (c % 2))) & 0xF];
-        sum += x[i * k + c] * element * t.e4m3[rs[c / 16]];
-      }
-      sums[i * NW + v] = sum;
-    }
-  }
+  for (int v = 0; v < NW; ++v)
+    for (int i = 0; i < MR; ++i) sums[i * NW + v] = hsum(acc[v][i]) * 256.0f;
 }
 
 // 4-bit rows, 64 columns (32 bytes) per step, with no shuffle per weight (the shuffle port is
@@ -231,9 +191,9 @@ void gemv_rows(const float* x, size_t m, const QuantizedMatrix& w, DType out_dty
           rows_dot4<1, NW, Nv>(x + i0 * stride, stride, k, rb, row_bytes, rs, groups, sums);
         }
       } else if (mr == 2) {
-        rows_dot<2, NW, Bits, Nv>(x + i0 * k, k, rb, row_bytes, rs, groups, sums);
+        rows_dot8<2, NW>(x + i0 * k, k, rb, row_bytes, rs, groups, sums);
       } else {
-        rows_dot<1, NW, Bits, Nv>(x + i0 * k, k, rb, row_bytes, rs, groups, sums);
+        rows_dot8<1, NW>(x + i0 * k, k, rb, row_bytes, rs, groups, sums);
       }
       for (size_t i = 0; i < mr; ++i) {
         for (int v = 0; v < NW; ++v) {
