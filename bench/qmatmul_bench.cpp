@@ -633,10 +633,10 @@ class PairedReader {
 // runs, in this VM), 1 wakes the pool with an empty job (untimed) just before the timed call,
 // as in a decode loop whose matmuls follow each other. The reads' threads meet at a barrier
 // before their timer starts, so only the second compares like with like.
-void BM_GemvVsRead(benchmark::State& state) {
+void gemv_vs_read(benchmark::State& state, bool transpose) {
   if (!kernel_available(state, static_cast<KernelChoice>(state.range(5)))) return;
   static PairedReader reader;
-  MatmulCase c(state, true, true);
+  MatmulCase c(state, true, transpose);
   const int threads = c.options.threads;
   const bool warm_pool = state.range(8) != 0;
   const size_t bytes = c.bytes();
@@ -646,7 +646,7 @@ void BM_GemvVsRead(benchmark::State& state) {
   for (auto _ : state) {
     if (warm_pool) detail::parallel_for(threads, 1, threads, [](size_t, size_t) {});
     const auto t0 = std::chrono::steady_clock::now();
-    c.run(i++, true);
+    c.run(i++, transpose);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     state.SetIterationTime(dt);
     kernel_s += dt;
@@ -663,6 +663,15 @@ void BM_GemvVsRead(benchmark::State& state) {
   state.counters["GB/s"] = kernel_gbs;
   state.counters["read GB/s"] = read_gbs;
   state.counters["% of read"] = 100.0 * kernel_gbs / read_gbs;
+}
+
+void BM_GemvVsRead(benchmark::State& state) {
+  gemv_vs_read(state, true);
+}
+
+// The same with transpose = false (W stored [K, N]; n and k name the logical shape).
+void BM_GemvVsReadKn(benchmark::State& state) {
+  gemv_vs_read(state, false);
 }
 
 constexpr int kAuto = static_cast<int>(KernelChoice::Auto);
@@ -705,6 +714,16 @@ void PairedMicroscaledShapes(benchmark::internal::Benchmark* b) {
       b->Args({n, k, 1, mode, 2, kAuto, kExact, kF32, 1});
       b->Args({n, k, 1, mode, 2, kAvx2, kExact, kBF16, 1});
     }
+    b->Args({4096, 4096, 1, mode, 2, kAvx2, kExact, kF32, 1});
+    b->Args({4096, 4096, 8, mode, 2, kAuto, kExact, kBF16, 1});
+  }
+}
+
+// transpose = false (W stored [K, N]) for the microscaled modes, M = 1, 2 threads, pool awake.
+void PairedMicroscaledKnShapes(benchmark::internal::Benchmark* b) {
+  for (int mode : {101, 102, 103}) {
+    b->Args({4096, 4096, 1, mode, 2, kAuto, kExact, kBF16, 1});
+    b->Args({4096, 4096, 1, mode, 2, kAvx2, kExact, kBF16, 1});
   }
 }
 
@@ -800,6 +819,11 @@ BENCHMARK(BM_GemvVsRead)
 BENCHMARK(BM_GemvVsRead)
     ->Name("BM_MicroscaledGemvVsRead")
     ->Apply(PairedMicroscaledShapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvVsReadKn)
+    ->Name("BM_MicroscaledKnVsRead")
+    ->Apply(PairedMicroscaledKnShapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemvVsRead)

@@ -5,8 +5,11 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
+#include <string>
 #include <vector>
 
+#include "cpu_features.h"
 #include "microscaled/codec.h"
 #include "nx_quant/kernels.h"
 #include "test_util.h"
@@ -427,6 +430,163 @@ TEST(Microscaled, SimdStepTailsOnEveryKernel) {
         for (size_t i = 0; i < m * n; ++i) {
           ASSERT_NEAR(out.at(i), expected.at(i), 1e-4f * (1.0f + std::fabs(expected.at(i))))
               << mode_name(spec.mode) << " k " << k << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+// quantized_matmul of every runnable kernel (and the AVX-512 one again with AVX512_BF16 off,
+// so its 4-bit GEMV takes the f32 path for bf16 x too) against the scalar reference.
+void expect_every_kernel_matches(const Quantized& q, bool transpose, size_t m, DType x_dtype,
+                                 DType out_dtype, uint32_t seed, const std::string& label) {
+  const size_t k_dim = transpose ? q.matrix.cols : q.matrix.rows;
+  const size_t n_dim = transpose ? q.matrix.rows : q.matrix.cols;
+  TypedBuffer x(x_dtype, random_values(m * k_dim, seed));
+  TypedBuffer expected(out_dtype, m * n_dim);
+  ExecOptions ref;
+  ref.kernel = KernelChoice::Reference;
+  quantized_matmul(x.cbuf(), x_dtype, m, q.matrix, transpose, out_dtype, expected.mbuf(), ref);
+  const float out_eps = out_dtype == DType::F32 ? 0.0f : out_dtype == DType::F16 ? 1e-3f : 8e-3f;
+  auto check = [&](KernelChoice kernel, const char* variant) {
+    ExecOptions options;
+    options.kernel = kernel;
+    TypedBuffer out(out_dtype, m * n_dim);
+    quantized_matmul(x.cbuf(), x_dtype, m, q.matrix, transpose, out_dtype, out.mbuf(), options);
+    for (size_t i = 0; i < m * n_dim; ++i) {
+      const float e = expected.at(i);
+      ASSERT_NEAR(out.at(i), e, 2e-4f * (1.0f + std::fabs(e)) + out_eps * std::fabs(e))
+          << label << " transpose " << transpose << " m " << m << " x " << dtype_name(x_dtype)
+          << " i " << i << " kernel " << static_cast<int>(kernel) << variant;
+    }
+  };
+  for (KernelChoice kernel : runnable_kernels()) {
+    check(kernel, "");
+    if (kernel == KernelChoice::Avx512 && detail::cpu_features().avx512_bf16) {
+      detail::CpuFeatures no_bf16;
+      no_bf16.avx2_fma = no_bf16.avx512 = no_bf16.avx512_vnni = true;
+      detail::ScopedCpuFeatures scoped(no_bf16);
+      check(kernel, " (no AVX512_BF16)");
+    }
+  }
+}
+
+}  // namespace
+
+TEST(Microscaled, GemvAndGemmSizedMBothLayoutsOnEveryKernel) {
+  // m across the GEMV (<= 8) and GEMM paths (several 6-row microkernel passes); K past one
+  // 256-column panel and not a multiple of 128; N with 16-column (nvfp4) and 32-column tails.
+  for (QuantSpec spec : {kMxfp4, kMxfp8, kNvfp4}) {
+    for (bool transpose : {true, false}) {
+      const size_t k = spec.mode == QuantMode::Nvfp4 ? 336 : 352;
+      const size_t n = spec.mode == QuantMode::Nvfp4 ? 80 : 96;
+      const size_t rows = transpose ? n : k, cols = transpose ? k : n;
+      QuantSpec s = spec;
+      if (spec.mode == QuantMode::Nvfp4 && transpose) s.global_scale = 37.0f;
+      auto q = quantize_values(random_values(rows * cols, 21 + cols, cols), rows, s, DType::BF16);
+      for (size_t m : {1, 2, 7, 8, 9, 20}) {
+        for (DType x_dtype : kAllDtypes) {
+          expect_every_kernel_matches(q, transpose, m, x_dtype, DType::F32, 5 + m,
+                                      mode_name(spec.mode));
+        }
+      }
+      expect_every_kernel_matches(q, transpose, 3, DType::BF16, DType::BF16, 99,
+                                  mode_name(spec.mode));
+    }
+  }
+}
+
+TEST(Microscaled, F32ActivationsThatAreBf16ValuesOnEveryKernel) {
+  // f32 x whose values are all bf16 numbers (the AVX-512 4-bit GEMV then uses bf16 dot
+  // products), and the same x with one value that is not (f32 FMAs).
+  for (QuantSpec spec : {kMxfp4, kNvfp4}) {
+    const size_t n = 12, k = 512;
+    auto q = quantize_values(random_values(n * k, 31, k), n, spec, DType::F32);
+    for (bool all_bf16 : {true, false}) {
+      std::vector<float> xv = random_values(2 * k, 32);
+      for (float& v : xv) v = bf16_bits_to_f32(f32_to_bf16_bits(v));
+      if (!all_bf16) xv[77] = 1.0f + 1.0f / 1024;
+      TypedBuffer x(DType::F32, xv);
+      TypedBuffer expected(DType::F32, 2 * n);
+      ExecOptions ref;
+      ref.kernel = KernelChoice::Reference;
+      quantized_matmul(x.cbuf(), DType::F32, 2, q.matrix, true, DType::F32, expected.mbuf(), ref);
+      for (KernelChoice kernel : runnable_kernels()) {
+        ExecOptions options;
+        options.kernel = kernel;
+        TypedBuffer out(DType::F32, 2 * n);
+        quantized_matmul(x.cbuf(), DType::F32, 2, q.matrix, true, DType::F32, out.mbuf(), options);
+        for (size_t i = 0; i < 2 * n; ++i) {
+          ASSERT_NEAR(out.at(i), expected.at(i), 1e-4f * (1.0f + std::fabs(expected.at(i))))
+              << mode_name(spec.mode) << " all_bf16 " << all_bf16 << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(Microscaled, EveryElementCodeAndScaleByteOnEveryKernel) {
+  // Packed words and scale bytes drawn directly (not from quantize): every E2M1 code and every
+  // E4M3 byte (subnormals, -0, the 0x7F/0xFF that MLX decodes as +-480) with scales from tiny
+  // (E8M0 0 is 2^-127; E4M3 subnormals) to large, through every kernel's decoder. Scales that far
+  // apart cancel, so the bound is relative to sum |x * w| (the reference run on |x| and |W|: the
+  // codes with their sign bits cleared), as within_f32_gemv_bound's.
+  std::mt19937 rng(77);
+  for (QuantSpec spec : {kMxfp4, kMxfp8, kNvfp4}) {
+    for (bool transpose : {true, false}) {
+      const size_t rows = transpose ? 24 : 256, cols = transpose ? 256 : 96;
+      Quantized q, a;
+      q.packed.resize(rows * cols * spec.bits / 32);
+      q.scales.resize(rows * cols / spec.group_size);
+      for (auto& word : q.packed) word = static_cast<uint32_t>(rng());
+      for (size_t i = 0; i < q.scales.size(); ++i) {
+        const uint32_t r = static_cast<uint32_t>(rng());
+        if (spec.mode == QuantMode::Nvfp4) {
+          q.scales[i] = static_cast<uint8_t>(r % 0x7F);  // E4M3 0 .. 448, subnormals included
+        } else {
+          q.scales[i] =
+              i % 17 == 0 ? 0 : static_cast<uint8_t>(100 + r % 50);  // 2^-127, 2^-27..2^22
+        }
+      }
+      a.packed = q.packed;
+      for (auto& word : a.packed) word &= spec.bits == 4 ? 0x77777777u : 0x7F7F7F7Fu;
+      a.scales = q.scales;
+      for (Quantized* t : {&q, &a}) {
+        t->matrix.packed = {t->packed.data(), t->packed.size() * 4};
+        t->matrix.scales = {t->scales.data(), t->scales.size()};
+        t->matrix.dtype = DType::F32;
+        t->matrix.rows = rows;
+        t->matrix.cols = cols;
+        t->matrix.spec = spec;
+      }
+      const size_t k_dim = transpose ? cols : rows, n_dim = transpose ? rows : cols;
+      for (size_t m : {1, 3, 9}) {
+        for (DType x_dtype : {DType::BF16, DType::F32}) {
+          std::vector<float> xv = random_values(m * k_dim, 40 + m);
+          TypedBuffer x(x_dtype, xv);
+          for (float& v : xv) v = std::fabs(v);
+          TypedBuffer x_abs(x_dtype, xv);
+          ExecOptions ref;
+          ref.kernel = KernelChoice::Reference;
+          TypedBuffer expected(DType::F32, m * n_dim), sum_abs(DType::F32, m * n_dim);
+          quantized_matmul(x.cbuf(), x_dtype, m, q.matrix, transpose, DType::F32, expected.mbuf(),
+                           ref);
+          quantized_matmul(x_abs.cbuf(), x_dtype, m, a.matrix, transpose, DType::F32,
+                           sum_abs.mbuf(), ref);
+          for (KernelChoice kernel : runnable_kernels()) {
+            ExecOptions options;
+            options.kernel = kernel;
+            TypedBuffer out(DType::F32, m * n_dim);
+            quantized_matmul(x.cbuf(), x_dtype, m, q.matrix, transpose, DType::F32, out.mbuf(),
+                             options);
+            for (size_t i = 0; i < m * n_dim; ++i) {
+              ASSERT_LE(std::fabs(out.at(i) - expected.at(i)), 1e-5f * sum_abs.at(i) + 1e-30f)
+                  << mode_name(spec.mode) << " transpose " << transpose << " m " << m << " x "
+                  << dtype_name(x_dtype) << " i " << i << " kernel " << static_cast<int>(kernel);
+            }
+          }
         }
       }
     }

@@ -39,16 +39,45 @@ void quantized_matmul(const void* x, DType x_dtype, size_t m, const QuantizedMat
   std::vector<float> xf(m * k_dim);
   for (size_t i = 0; i < xf.size(); ++i) xf[i] = load_as_f32(x, x_dtype, i);
 #if defined(__x86_64__)
-  if (transpose && (kernel == KernelChoice::Avx512 || kernel == KernelChoice::Avx2)) {
-    if (w.spec.bits == 4) {
-      xf = kernel == KernelChoice::Avx512 ? avx512::prepare_x4(xf.data(), m, k_dim)
-                                          : deinterleave_blocks(xf.data(), m, k_dim);
+  if (kernel == KernelChoice::Avx512 || kernel == KernelChoice::Avx2) {
+    const bool avx512 = kernel == KernelChoice::Avx512;
+    if (!transpose || m > kGemvMaxRows) {
+      // 64-column pieces for transpose = false: whole groups, whole 32-column panels.
+      detail::parallel_for(n_dim, transpose ? 32 : 64, threads, [&](size_t begin, size_t end) {
+        if (!transpose) {
+          (avx512 ? avx512::matmul_kn : avx2::matmul_kn)(xf.data(), m, w, out_dtype, begin, end,
+                                                         out);
+        } else {
+          (avx512 ? avx512::gemm_nk : avx2::gemm_nk)(xf.data(), m, w, out_dtype, begin, end, out);
+        }
+      });
+      return;
     }
+  }
+  if (transpose && kernel == KernelChoice::Avx512) {
+    const avx512::XOperand xo = avx512::prepare_x(xf.data(), m, w);
     detail::parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
-      if (kernel == KernelChoice::Avx512) {
-        avx512::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);
+      avx512::gemv_nk(xo, w, out_dtype, begin, end, out);
+    });
+    return;
+  }
+  if (transpose && kernel == KernelChoice::Avx2) {
+    if (w.spec.bits == 4) xf = avx2::prepare_x4(xf.data(), m, k_dim);
+    detail::parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
+      avx2::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);
+    });
+    return;
+  }
+#endif
+#if defined(__aarch64__)
+  if (kernel == KernelChoice::Neon) {
+    detail::parallel_for(n_dim, transpose ? 8 : 64, threads, [&](size_t begin, size_t end) {
+      if (!transpose) {
+        neon::matmul_kn(xf.data(), m, w, out_dtype, begin, end, out);
+      } else if (m > kGemvMaxRows) {
+        neon::gemm_nk(xf.data(), m, w, out_dtype, begin, end, out);
       } else {
-        avx2::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);
+        neon::gemv_nk(xf.data(), m, w, out_dtype, begin, end, out);
       }
     });
     return;

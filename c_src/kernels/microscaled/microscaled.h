@@ -60,26 +60,58 @@ void matmul(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, 
 
 }  // namespace portable
 
-// Rows of x for the 4-bit SIMD kernels: each full block of 32 columns reordered to its 16 even
-// then 16 odd columns (byte j of a block holds columns 2j and 2j+1); a tail of 16 (nvfp4,
-// K % 32 == 16) stays as it is.
-std::vector<float> deinterleave_blocks(const float* x, size_t m, size_t k);
-
 #if defined(__x86_64__)
-// transpose = true (w is [N, K]), output rows [n_begin, n_end), any m; E2M1 decoded by
-// vpermps (AVX-512) / vpshufb (AVX2) table lookups, E4M3 through the f16 converter. For 4-bit
-// modes x comes from avx512::prepare_x4 / deinterleave_blocks (AVX2).
+// transpose = true (w is [N, K]), output rows [n_begin, n_end), any m (gemv_avx512.cpp,
+// gemv_avx2.cpp: E2M1 decoded by vpermw / vpermps (AVX-512) or vpshufb (AVX2) table lookups,
+// E4M3 through the f16 converter).
 namespace avx512 {
-// x for the AVX-512 4-bit kernel: each full step of 128 columns as 8 vectors of 16, vector j
-// holding columns 8w + j (w = 0..15); columns past the last step stay in place.
-std::vector<float> prepare_x4(const float* x, size_t m, size_t k);
-void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+// x rearranged once per call for gemv_nk (w's mode fixes the order); bf16: 4-bit w and every x
+// exactly a bf16 on a CPU with AVX512_BF16 (words, for vdpbf16ps), else f32 values.
+struct XOperand {
+  size_t m = 0, k = 0, row_stride = 0;  // row_stride: k rounded up to the 64/128-column chunk
+  bool bf16 = false;
+  std::vector<float> values;
+  std::vector<uint16_t> words;
+};
+XOperand prepare_x(const float* x, size_t m, const QuantizedMatrix& w);
+void gemv_nk(const XOperand& x, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+             size_t n_end, void* out);
+// Panels-then-FMA (gemm_avx512.cpp): transpose = false (w is [K, N]), output columns
+// [n_begin, n_end) on 32-column boundaries (a last 16 for nvfp4), any m; and transpose = true
+// for GEMM-sized m, output columns (w's rows) [n_begin, n_end).
+void matmul_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+               size_t n_end, void* out);
+void gemm_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out);
 }  // namespace avx512
 namespace avx2 {
+// x for the 4-bit gemv_nk: per 64 columns 9 vectors of 8, vector 2p + h holding columns
+// 8l + 2p + h times 2^(-8p) / 2, the last 6 * the sum of columns 8l .. 8l+7; zero past K.
+// mxfp8 takes x as it is.
+std::vector<float> prepare_x4(const float* x, size_t m, size_t k);
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
              size_t n_end, void* out);
-}
+// As avx512:: (gemm_avx2.cpp); transpose = false splits on 16-column boundaries.
+void matmul_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+               size_t n_end, void* out);
+void gemm_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+             size_t n_end, void* out);
+}  // namespace avx2
 #endif
+#if defined(__aarch64__)
+// matmul_neon.cpp: gemv_nk for transpose = true and small m; matmul_kn (transpose = false,
+// columns on 16-column boundaries) and gemm_nk as on x86.
+namespace neon {
+void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+             size_t n_end, void* out);
+void matmul_kn(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+               size_t n_end, void* out);
+void gemm_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
+             size_t n_end, void* out);
+}  // namespace neon
+#endif
+// Above this many rows of x, transpose = true runs gemm_nk instead of gemv_nk (which reads W
+// once per pair of x rows).
+constexpr size_t kGemvMaxRows = 8;
 
 }  // namespace nx_quant::microscaled

@@ -47,19 +47,6 @@ void decode_row_f32(const QuantizedMatrix& w, size_t row, size_t col_begin, size
   }
 }
 
-std::vector<float> deinterleave_blocks(const float* x, size_t m, size_t k) {
-  std::vector<float> out(x, x + m * k);
-  for (size_t i = 0; i < m; ++i) {
-    for (size_t b = 0; b + 32 <= k; b += 32) {
-      for (size_t j = 0; j < 16; ++j) {
-        out[i * k + b + j] = x[i * k + b + 2 * j];
-        out[i * k + b + 16 + j] = x[i * k + b + 2 * j + 1];
-      }
-    }
-  }
-  return out;
-}
-
 namespace portable {
 
 void dequantize_rows(const QuantizedMatrix& w, bool transpose_out, size_t row_begin, size_t row_end,
