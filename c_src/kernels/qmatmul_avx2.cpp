@@ -424,6 +424,18 @@ void gemm_nk_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_
         const size_t kb = std::min(kKB, k_dim - k0);
         pack_x(x, k_dim, i0, i1, k0, kb, xp.get());
         for (size_t n = nb0; n < nb1; n += kWR) {
+          // The next panel's W bytes and parameters: a panel's rows are row_bytes apart, too
+          // short a run for the hardware prefetchers.
+          for (size_t j = n + kWR; j < std::min(n + 2 * kWR, n_dim); ++j) {
+            const uint8_t* p = packed.bytes + j * packed.row_bytes + k0 * Bits / 8;
+            const size_t skew = reinterpret_cast<uintptr_t>(p) % 64;  // every line it touches
+            for (size_t b = 0; b < skew + kb * Bits / 8; b += 64) {
+              _mm_prefetch(reinterpret_cast<const char*>(p - skew + b), _MM_HINT_T0);
+            }
+            const size_t g = j * groups + k0 / GS, size = dtype_size(w.dtype);
+            _mm_prefetch(static_cast<const char*>(w.scales.data) + g * size, _MM_HINT_T0);
+            _mm_prefetch(static_cast<const char*>(w.biases.data) + g * size, _MM_HINT_T0);
+          }
           for (int j = 0; j < kWR && n + j < nb1; ++j) {
             const size_t g = (n + j) * groups + k0 / GS;
             params_to_f32(w.scales.data, w.dtype, g, kb / GS, scales + j * (kKB / 32));
