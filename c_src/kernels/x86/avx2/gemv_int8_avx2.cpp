@@ -281,25 +281,33 @@ Int8Operand prepare_int8(const detail::Int8Activations& xa, int bits) {
     p.q.assign(xa.m * p.q_stride, 0);
     p.d.assign(xa.m * p.d_stride, 0.0f);
     const size_t blocks = xa.k_padded / detail::kInt8Block;
-    // The value of the pair that byte i of dword p of T_t holds in plane j.
-    auto value = [](int t, int pos, int i, int j) {
-      return source_chunk<B>(pos) * L::kValues + P * (4 * source_dword<B>(t, pos) + i) + j;
-    };
-    for (size_t r = 0; r < xa.m; ++r) {
-      const int8_t* src = xa.q.data() + r * xa.k_padded;
-      for (size_t c = 0; c < pairs; ++c) {
-        const size_t base = c * L::kPairValues;
-        int8_t* dst = p.q.data() + (c * xa.m + r) * L::kPairValues - base;
-        for (int t = 0; t < 2; ++t) {
-          for (int j = 0; j < P; ++j) {
-            for (int byte = 0; byte < 32; ++byte) {
-              const size_t v = base + value(t, byte / 4, byte % 4, j);
-              dst[base + 32 * (t * P + j) + byte] = v < xa.k_padded ? src[v] : 0;
-            }
+    // perm[b]: the value of the pair that byte b of the pair's x holds (byte i of dword p of T_t
+    // in plane j at 32 * (t * P + j) + 4 * p + i).
+    int perm[L::kPairValues];
+    for (int t = 0; t < 2; ++t) {
+      for (int j = 0; j < P; ++j) {
+        for (int byte = 0; byte < 32; ++byte) {
+          const int pos = byte / 4, i = byte % 4;
+          perm[32 * (t * P + j) + byte] =
+              source_chunk<B>(pos) * L::kValues + P * (4 * source_dword<B>(t, pos) + i) + j;
+        }
+      }
+    }
+    for (size_t c = 0; c < pairs; ++c) {
+      const size_t base = c * L::kPairValues;
+      const bool whole = base + L::kPairValues <= xa.k_padded;
+      for (size_t r = 0; r < xa.m; ++r) {
+        const int8_t* src = xa.q.data() + r * xa.k_padded + base;
+        int8_t* dst = p.q.data() + (c * xa.m + r) * L::kPairValues;
+        if (whole) {
+          for (int b = 0; b < L::kPairValues; ++b) dst[b] = src[perm[b]];
+        } else {
+          for (int b = 0; b < L::kPairValues; ++b) {
+            dst[b] = base + perm[b] < xa.k_padded ? src[perm[b]] : 0;
           }
         }
         for (int pos = 0; pos < 8; ++pos) {
-          const size_t v = base + value(0, pos, 0, 0);
+          const size_t v = base + perm[4 * pos];  // T0, plane 0, byte 0 of dword pos
           p.d[(c * xa.m + r) * 8 + pos] =
               v < xa.k_padded ? xa.d[r * blocks + v / detail::kInt8Block] : 0.0f;
         }
