@@ -247,7 +247,7 @@ TEST(Avx2Int8Gemv, AvxVnniAndMaddubswGiveTheSameBitsAndRowsDoNotDependOnM) {
       if (k % gs != 0) continue;
       TypedBuffer dense(DType::F16, random_values(n * k, 40 + bits, k));
       OwnedQuantized w(dense, n, k, {bits, gs});
-      const std::vector<float> x = random_values(7 * k, 41);
+      const std::vector<float> x = random_values(8 * k, 41);
       auto run = [&](size_t m, const float* xp, bool vnni) {
         const auto xa = detail::quantize_activations(xp, m, k, gs);
         const auto operand = avx2::prepare_int8(xa, bits);
@@ -255,15 +255,70 @@ TEST(Avx2Int8Gemv, AvxVnniAndMaddubswGiveTheSameBitsAndRowsDoNotDependOnM) {
         avx2::gemv_nk_int8(operand, w.matrix, DType::F32, 0, n, out.data(), vnni);
         return out;
       };
-      const auto all = run(7, x.data(), false);
+      // 8 rows: one pass of 8 rows of x per W row; 7: passes of 4, 2 and 1.
+      const auto all = run(8, x.data(), false);
+      const auto seven = run(7, x.data(), false);
+      for (size_t j = 0; j < 7 * n; ++j)
+        ASSERT_TRUE(same_bits(seven[j], all[j])) << bits << " " << gs;
       if (detail::cpu_features().avx_vnni) {
-        const auto vnni = run(7, x.data(), true);
+        const auto vnni = run(8, x.data(), true);
         ASSERT_EQ(0, std::memcmp(all.data(), vnni.data(), all.size() * 4)) << bits << " " << gs;
       }
-      for (size_t i = 0; i < 7; ++i) {
+      for (size_t i = 0; i < 8; ++i) {
         const auto one = run(1, x.data() + i * k, false);
         for (size_t j = 0; j < n; ++j) {
           ASSERT_TRUE(same_bits(one[j], all[i * n + j])) << bits << " gs " << gs << " row " << i;
+        }
+      }
+    }
+  }
+}
+// The int8 GEMV at every m up to 8 (m = 8 included, whatever the dispatch sends there) and both
+// dot-product paths against the int8 formula evaluated in double: per group, scale_g * sum_b d_b
+// * sum_j q_j * xq_j + bias_g * sum(x_g); partial last pairs of chunks at every width.
+TEST(Avx2Int8Gemv, MatchesTheInt8FormulaUpToEightRows) {
+  if (!have_avx2()) GTEST_SKIP() << "no AVX2 (or capped by NX_QUANT_MAX_ISA)";
+  const size_t n = 13;
+  for (int bits : {2, 4, 8}) {
+    for (int gs : kAllGroupSizes) {
+      for (size_t k : {128, 384, 640}) {
+        if (k % gs != 0) continue;
+        TypedBuffer dense(DType::BF16, random_values(n * k, 50 + bits + gs, k));
+        OwnedQuantized w(dense, n, k, {bits, gs});
+        const auto* words = static_cast<const uint32_t*>(w.matrix.packed.data);
+        const size_t groups = k / gs;
+        for (size_t m = 1; m <= 8; ++m) {
+          const std::vector<float> x = random_values(m * k, 60 + m);
+          const auto xa = detail::quantize_activations(x.data(), m, k, gs);
+          const auto operand = avx2::prepare_int8(xa, bits);
+          for (bool vnni : {false, true}) {
+            if (vnni && !detail::cpu_features().avx_vnni) continue;
+            std::vector<float> out(m * n);
+            avx2::gemv_nk_int8(operand, w.matrix, DType::F32, 0, n, out.data(), vnni);
+            for (size_t i = 0; i < m; ++i) {
+              for (size_t j = 0; j < n; ++j) {
+                double e = 0.0, sum_abs = 0.0;
+                for (size_t g = 0; g < groups; ++g) {
+                  const double scale =
+                      load_as_f32(w.matrix.scales.data, DType::BF16, j * groups + g);
+                  const double bias =
+                      load_as_f32(w.matrix.biases.data, DType::BF16, j * groups + g);
+                  for (size_t c = g * gs; c < (g + 1) * gs; ++c) {
+                    const double q = reference::unpack_value(words + j * k * bits / 32, c, bits);
+                    const double term = scale * xa.d[i * (xa.k_padded / 32) + c / 32] *
+                                        xa.q[i * xa.k_padded + c] * q;
+                    e += term;
+                    sum_abs += std::abs(term);
+                  }
+                  e += bias * xa.group_sum[i * groups + g];
+                  sum_abs += std::abs(bias * xa.group_sum[i * groups + g]);
+                }
+                ASSERT_NEAR(out[i * n + j], e, 2e-6 * sum_abs + 1e-30)
+                    << bits << " bits, gs " << gs << ", k " << k << ", m " << m << ", vnni " << vnni
+                    << " at (" << i << ", " << j << ")";
+              }
+            }
+          }
         }
       }
     }

@@ -43,9 +43,9 @@ bool has_int8_path(int bits);
 struct Int8Operand {
   const detail::Int8Activations* source = nullptr;  // must outlive the operand
   int bits = 4;
-  std::vector<int8_t> q;  // per row: the int8 values in the order the kernel reads W
-  std::vector<float> d;   // per row: one step per 32 values
-  size_t q_stride = 0, d_stride = 0;
+  std::vector<int8_t> q;  // per pair of W chunks, per row: the int8 values in W's read order
+  std::vector<float> d;   // per pair of W chunks, per row: the 8 lanes' steps
+  size_t q_stride = 0, d_stride = 0;  // values and steps per row
 };
 Int8Operand prepare_int8(const detail::Int8Activations& xa, int bits);
 

@@ -3,20 +3,24 @@
 // AVX2 has no per-byte shift to pull them apart: those widths compute exactly, which Int8
 // permits.)
 //
-// A 32-byte load of a W row holds 32 * P values, P = 8 / bits per byte; plane j (a 16-bit shift
-// by bits * j and a byte mask) leaves in byte B value P*B + j. x's int8 values are stored once
-// per call in that order, plane by plane, so one unsigned x signed byte dot product per plane
-// sums, in int32 lane L, the 4P values 4P*L .. 4P*L + 4P-1 (all in one 32-value block of x and
-// one group of W): on AVX-VNNI one vpdpbusd per plane; otherwise vpmaddubsw per plane (pairs
-// to int16: at most 2 * 15 * 127 per pair and 4 planes of 2 bits, no saturation), the planes
-// added in int16, then vpmaddwd by ones to int32. 8-bit bytes would saturate vpmaddubsw, so
-// there the low and high nibbles go through it separately and the high sum is shifted by 4.
-// Both give the same exact integers, hence the same bits.
+// A 32-byte load (a chunk) of a W row holds 32 * P values, P = 8 / bits per byte; plane j (a
+// 16-bit shift by bits * j and a byte mask) leaves in byte B value P*B + j. W is read 64 bytes
+// (a pair of chunks) at a time, the two chunks' dwords regrouped by one in-lane shuffle so that
+// dword p of both halves lies in one 32-value block of x and one group of W (see regroup). x's
+// int8 values are stored once per call in that order, plane by plane, pair by pair with the m
+// rows of a pair together, so one unsigned x signed byte dot product per plane and half sums,
+// in int32 lane p, 8P values of one block: on AVX-VNNI one vpdpbusd each; otherwise vpmaddubsw
+// (pairs to int16: at most 2 * 15 * 127 per pair, and 2 * 4 planes of 2 bits or 2 * 2 of 4
+// bits add up below 2^15), added in int16, then vpmaddwd by ones to int32. 8-bit bytes would
+// saturate vpmaddubsw, so there the low and high nibbles go through it separately and the high
+// sum is shifted by 4. Both give the same exact integers, hence the same bits.
 //
-// Then, per chunk and lane, as the AVX-512 VNNI kernel: acc += float(dot) * (d_block *
-// scale_group), and the result is the 8 lanes reduced in a fixed order plus sum_g bias_g *
-// sum(x_g) (x's exact f32 group sums). Every output is computed in the same order whatever m,
-// its row block or thread: a row's result depends on that row of x only.
+// Then, per pair and lane: acc += float(dot) * (d_block * scale_group) (one conversion per row
+// of x and 64 bytes of W), and the result is the 8 lanes reduced in a fixed order plus sum_g
+// bias_g * sum(x_g) (x's exact f32 group sums). Every output is computed in the same order
+// whatever m, its row block or thread: a row's result depends on that row of x only. For
+// m >= 2 one W row meets up to 8 rows of x at a time (8 accumulators and the row's planes fit
+// in the 16 registers).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -37,8 +41,36 @@ template <int Bits>
 struct Int8Layout {
   static constexpr int kPlanes = 8 / Bits;         // values per byte
   static constexpr int kValues = 32 * kPlanes;     // values per 32-byte chunk: 128, 64 or 32
-  static constexpr int kLaneValues = 4 * kPlanes;  // values summed in one int32 lane
+  static constexpr int kPairValues = 2 * kValues;  // values per pair of chunks (one 64-byte line)
 };
+
+// A pair of chunks R0, R1 (64 bytes of a W row) is regrouped by one in-lane shuffle into T0, T1
+// so that dword p of T0 and of T1 come from one 32-value block of x (one d): 2 bits (blocks of
+// 2 dwords) T_t = (R0[4h + t], R0[4h + 2 + t], R1[4h + t], R1[4h + 2 + t]) in each half h; 4 and
+// 8 bits (blocks of 4 and 8 dwords) T_t = (R0[4h + 2t], R0[4h + 2t + 1], R1[..], R1[..]). The
+// integer dots of T0 and T1 then add up in one lane before a single conversion to f32: one
+// cvt + mul + fma per row of x and 64 bytes of W instead of per 32.
+template <int Bits>
+NXQ_ALWAYS_INLINE inline void regroup(__m256i r0, __m256i r1, __m256i* t0, __m256i* t1) {
+  const __m256 a = _mm256_castsi256_ps(r0), b = _mm256_castsi256_ps(r1);
+  if constexpr (Bits == 2) {
+    *t0 = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    *t1 = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  } else {
+    *t0 = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)));
+    *t1 = _mm256_castps_si256(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+}
+
+// The chunk (0 = R0, 1 = R1) and dword of the pair that dword p of T_t holds (see regroup).
+template <int Bits>
+constexpr int source_chunk(int p) {
+  return (p % 4) / 2;
+}
+template <int Bits>
+constexpr int source_dword(int t, int p) {
+  return Bits == 2 ? 4 * (p / 4) + 2 * (p % 2) + t : 4 * (p / 4) + (p % 2) + 2 * t;
+}
 
 // acc + sum of the 4 byte products w (unsigned) x x (signed) in each int32 lane: AVX-VNNI's
 // vpdpbusd (VEX-encoded: the AVX-512 EVEX form needs AVX512_VNNI), as inline assembly so that
@@ -48,38 +80,50 @@ NXQ_ALWAYS_INLINE inline __m256i dpbusd_vex(__m256i acc, __m256i w, __m256i x) {
   return acc;
 }
 
-// The int32 dots of one chunk: lane L sums values 4P*L .. 4P*L + 4P-1 of the chunk `raw`
-// times x's int8 values `xq` (stored plane by plane).
+// The int32 dots of one pair: lane p sums the values of T0's and T1's dword p times x's int8
+// values `xq` (stored per t, plane by plane: 2 * P runs of 32 bytes).
 template <int Bits, bool Vnni>
-NXQ_ALWAYS_INLINE inline __m256i chunk_dot(__m256i raw, const int8_t* xq) {
+NXQ_ALWAYS_INLINE inline __m256i pair_dot(__m256i t0, __m256i t1, const int8_t* xq) {
   using L = Int8Layout<Bits>;
+  constexpr int P = L::kPlanes;
   const __m256i mask = _mm256_set1_epi8(static_cast<char>((1 << Bits) - 1));
-  auto plane = [&](int j) NXQ_ALWAYS_INLINE {
+  auto plane = [&](__m256i raw, int j) NXQ_ALWAYS_INLINE {
     if (Bits == 8) return raw;
     return _mm256_and_si256(j == 0 ? raw : _mm256_srli_epi16(raw, Bits * j), mask);
   };
-  auto xplane = [&](int j) NXQ_ALWAYS_INLINE {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * j));
+  auto xplane = [&](int t, int j) NXQ_ALWAYS_INLINE {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32 * (t * P + j)));
   };
   if constexpr (Vnni) {
     __m256i acc = _mm256_setzero_si256();
     NXQ_UNROLL
-    for (int j = 0; j < L::kPlanes; ++j) acc = dpbusd_vex(acc, plane(j), xplane(j));
+    for (int j = 0; j < P; ++j) acc = dpbusd_vex(acc, plane(t0, j), xplane(0, j));
+    NXQ_UNROLL
+    for (int j = 0; j < P; ++j) acc = dpbusd_vex(acc, plane(t1, j), xplane(1, j));
     return acc;
   } else {
+    // int16 sums stay below 2^15: at most 2 * P planes of pairs <= 2 * (2^Bits - 1) * 127
+    // (8 bits: nibbles, 2 of them per t).
     const __m256i ones = _mm256_set1_epi16(1);
     if constexpr (Bits == 8) {
       const __m256i low = _mm256_set1_epi8(0x0F);
-      const __m256i x0 = xplane(0);
-      const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(raw, low), x0);
-      const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low), x0);
+      const __m256i x0 = xplane(0, 0), x1 = xplane(1, 0);
+      const __m256i lo = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(t0, low), x0),
+                                          _mm256_maddubs_epi16(_mm256_and_si256(t1, low), x1));
+      const __m256i hi = _mm256_add_epi16(
+          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(t0, 4), low), x0),
+          _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(t1, 4), low), x1));
       return _mm256_add_epi32(_mm256_madd_epi16(lo, ones),
                               _mm256_slli_epi32(_mm256_madd_epi16(hi, ones), 4));
     } else {
-      __m256i s16 = _mm256_maddubs_epi16(plane(0), xplane(0));
+      __m256i s16 = _mm256_maddubs_epi16(plane(t0, 0), xplane(0, 0));
       NXQ_UNROLL
-      for (int j = 1; j < L::kPlanes; ++j) {
-        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(plane(j), xplane(j)));
+      for (int j = 1; j < P; ++j) {
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(plane(t0, j), xplane(0, j)));
+      }
+      NXQ_UNROLL
+      for (int j = 0; j < P; ++j) {
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(plane(t1, j), xplane(1, j)));
       }
       return _mm256_madd_epi16(s16, ones);
     }
@@ -88,61 +132,57 @@ NXQ_ALWAYS_INLINE inline __m256i chunk_dot(__m256i raw, const int8_t* xq) {
 
 // W rows `rows` .. + NW against rows i0 .. i0+MR of x; results to out[r * out_stride + v].
 template <int Bits, int GS, int MR, int NW, bool Vnni>
-NXQ_ALWAYS_INLINE inline void int8_block(const Int8Operand& x, size_t i0, size_t chunks,
+NXQ_ALWAYS_INLINE inline void int8_block(const Int8Operand& x, size_t i0, size_t pairs,
                                          __m256i group_of_lane, const uint8_t* rows,
                                          size_t row_bytes, const uint8_t* end, const float* scales,
                                          const float* biases, size_t pstride, size_t groups,
                                          float* out, size_t out_stride) {
   using L = Int8Layout<Bits>;
-  constexpr int kGroupsPerChunk = L::kValues >= GS ? L::kValues / GS : 1;
-  const int8_t* xq[MR];
-  const float* xd[MR];
-  NXQ_UNROLL
-  for (int r = 0; r < MR; ++r) {
-    xq[r] = x.q.data() + (i0 + r) * x.q_stride;
-    xd[r] = x.d.data() + (i0 + r) * x.d_stride;
-  }
+  constexpr int kGroupsPerPair = L::kPairValues / GS;  // 0: a pair inside one group
+  const size_t m = x.source->m;  // x is stored pair by pair, the m rows of a pair together
+  const int8_t* xq = x.q.data() + i0 * L::kPairValues;
+  const float* xd = x.d.data() + i0 * 8;
   __m256 acc[MR][NW];
   NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
     NXQ_UNROLL
     for (int v = 0; v < NW; ++v) acc[r][v] = _mm256_setzero_ps();
   }
-  alignas(32) uint8_t tmp[32];
-  for (size_t c = 0; c < chunks; ++c) {
-    __m256i raw[NW];
+  alignas(32) uint8_t tmp[64];
+  for (size_t c = 0; c < pairs; ++c) {
+    __m256i t0[NW], t1[NW];
     __m256 scale[NW];
     NXQ_UNROLL
     for (int v = 0; v < NW; ++v) {
-      const uint8_t* p = rows + v * row_bytes + c * 32;
-      if (c % 2 == 0) {  // once per cache line
-        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * NW * row_bytes),
-                     _MM_HINT_T1);
-      }
-      if (__builtin_expect(p + 32 > end, 0)) {  // the load would leave the packed buffer
+      const uint8_t* p = rows + v * row_bytes + c * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBlocks * NW * row_bytes),
+                   _MM_HINT_T1);
+      if (__builtin_expect(p + 64 > end, 0)) {  // the loads would leave the packed buffer
         std::memset(tmp, 0, sizeof(tmp));
-        std::memcpy(tmp, p, static_cast<size_t>(end - p));
+        if (p < end) std::memcpy(tmp, p, static_cast<size_t>(end - p));
         p = tmp;
       }
-      raw[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      regroup<Bits>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32)), &t0[v], &t1[v]);
       const float* row_scales = scales + v * pstride;
-      const size_t first = c * L::kValues / GS;
-      if constexpr (kGroupsPerChunk == 1) {
-        scale[v] = _mm256_broadcast_ss(row_scales + first);
+      if constexpr (kGroupsPerPair <= 1) {
+        scale[v] = _mm256_broadcast_ss(row_scales + c * L::kPairValues / GS);
       } else {
-        scale[v] = _mm256_permutevar8x32_ps(
-            _mm256_castps128_ps256(_mm_loadu_ps(row_scales + first)), group_of_lane);
+        scale[v] = _mm256_permutevar8x32_ps(_mm256_loadu_ps(row_scales + c * kGroupsPerPair),
+                                            group_of_lane);
       }
     }
     NXQ_UNROLL
     for (int r = 0; r < MR; ++r) {
-      const __m256 d = _mm256_loadu_ps(xd[r] + c * 8);
+      const __m256 d = _mm256_loadu_ps(xd + r * 8);
       NXQ_UNROLL
       for (int v = 0; v < NW; ++v) {
-        const __m256i dot = chunk_dot<Bits, Vnni>(raw[v], xq[r] + c * L::kValues);
+        const __m256i dot = pair_dot<Bits, Vnni>(t0[v], t1[v], xq + r * L::kPairValues);
         acc[r][v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(d, scale[v]), acc[r][v]);
       }
     }
+    xq += m * L::kPairValues;
+    xd += m * 8;
   }
   NXQ_UNROLL
   for (int r = 0; r < MR; ++r) {
@@ -161,11 +201,15 @@ void gemv_int8_impl(const Int8Operand& x, const QuantizedMatrix& w, DType out_dt
   const size_t m = x.source->m, k_dim = w.cols;
   const size_t groups = k_dim / GS;
   const size_t row_bytes = k_dim * Bits / 8;
-  const size_t chunks = x.q_stride / L::kValues;
+  const size_t pairs = x.q_stride / L::kPairValues;
   const auto* bytes = static_cast<const uint8_t*>(w.packed.data);
   const uint8_t* end = bytes + w.packed.bytes;
   alignas(32) int32_t lanes[8];
-  for (int l = 0; l < 8; ++l) lanes[l] = L::kLaneValues * l / GS;
+  for (int p = 0; p < 8; ++p) {
+    const int value =
+        source_chunk<Bits>(p) * L::kValues + 4 * L::kPlanes * source_dword<Bits>(0, p);
+    lanes[p] = value / GS;
+  }
   const __m256i group_of_lane = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
   BlockParams params(groups);
   const size_t ps = params.stride;
@@ -177,19 +221,28 @@ void gemv_int8_impl(const Int8Operand& x, const QuantizedMatrix& w, DType out_dt
     const float* s = params.scales.data() + v0 * ps;
     const float* b = params.biases.data() + v0 * ps;
     float* res = result.data() + v0;
-    size_t i0 = 0;
-    for (; i0 + 4 <= m; i0 += 4) {
-      int8_block<Bits, GS, 4, NW, Vnni>(x, i0, chunks, group_of_lane, rows, row_bytes, end, s, b,
-                                        ps, groups, res + i0 * kMaxBlockRows, kMaxBlockRows);
+    if (m == 1) {
+      int8_block<Bits, GS, 1, NW, Vnni>(x, 0, pairs, group_of_lane, rows, row_bytes, end, s, b, ps,
+                                        groups, res, kMaxBlockRows);
+      return;
     }
-    if (m - i0 >= 2) {
-      int8_block<Bits, GS, 2, NW, Vnni>(x, i0, chunks, group_of_lane, rows, row_bytes, end, s, b,
-                                        ps, groups, res + i0 * kMaxBlockRows, kMaxBlockRows);
-      i0 += 2;
-    }
-    if (i0 < m) {
-      int8_block<Bits, GS, 1, NW, Vnni>(x, i0, chunks, group_of_lane, rows, row_bytes, end, s, b,
-                                        ps, groups, res + i0 * kMaxBlockRows, kMaxBlockRows);
+    // m >= 2: one W row against up to 8 rows of x at a time (8 accumulators, the row's
+    // planes, its scales and x's steps fit in the 16 registers; the row stays in L1 between
+    // passes).
+    for (int v = 0; v < NW; ++v) {
+      const uint8_t* row = rows + v * row_bytes;
+      size_t i0 = 0;
+      auto pass = [&](auto mr) {
+        constexpr int MR = decltype(mr)::value;
+        int8_block<Bits, GS, MR, 1, Vnni>(x, i0, pairs, group_of_lane, row, row_bytes, end,
+                                          s + v * ps, b + v * ps, ps, groups,
+                                          res + v + i0 * kMaxBlockRows, kMaxBlockRows);
+        i0 += MR;
+      };
+      while (m - i0 >= 8) pass(detail::Int<8>{});
+      if (m - i0 >= 4) pass(detail::Int<4>{});
+      if (m - i0 >= 2) pass(detail::Int<2>{});
+      if (m - i0 >= 1) pass(detail::Int<1>{});
     }
   };
   const size_t block = m == 1 ? 4 : 2;
@@ -219,26 +272,44 @@ Int8Operand prepare_int8(const detail::Int8Activations& xa, int bits) {
   p.source = &xa;
   p.bits = bits;
   with_int8_bits(bits, [&](auto b) {
-    using L = Int8Layout<decltype(b)::value>;
+    constexpr int B = decltype(b)::value;
+    using L = Int8Layout<B>;
     constexpr int P = L::kPlanes;
-    const size_t chunks = (xa.k + L::kValues - 1) / L::kValues;
-    p.q_stride = chunks * L::kValues;  // <= k_padded: every kValues divides 128
-    p.d_stride = chunks * 8;
+    const size_t pairs = (xa.k + L::kPairValues - 1) / L::kPairValues;
+    p.q_stride = pairs * L::kPairValues;  // per row; stored [pair][row][kPairValues]
+    p.d_stride = pairs * 8;               // per row; stored [pair][row][8]
     p.q.assign(xa.m * p.q_stride, 0);
     p.d.assign(xa.m * p.d_stride, 0.0f);
     const size_t blocks = xa.k_padded / detail::kInt8Block;
-    for (size_t i = 0; i < xa.m; ++i) {
-      const int8_t* src = xa.q.data() + i * xa.k_padded;
-      int8_t* dst = p.q.data() + i * p.q_stride;
-      for (size_t c = 0; c < chunks; ++c) {
-        for (int j = 0; j < P; ++j) {
-          for (int byte = 0; byte < 32; ++byte) {
-            dst[c * L::kValues + 32 * j + byte] = src[c * L::kValues + P * byte + j];
+    // perm[b]: the value of the pair that byte b of the pair's x holds (byte i of dword p of T_t
+    // in plane j at 32 * (t * P + j) + 4 * p + i).
+    int perm[L::kPairValues];
+    for (int t = 0; t < 2; ++t) {
+      for (int j = 0; j < P; ++j) {
+        for (int byte = 0; byte < 32; ++byte) {
+          const int pos = byte / 4, i = byte % 4;
+          perm[32 * (t * P + j) + byte] =
+              source_chunk<B>(pos) * L::kValues + P * (4 * source_dword<B>(t, pos) + i) + j;
+        }
+      }
+    }
+    for (size_t c = 0; c < pairs; ++c) {
+      const size_t base = c * L::kPairValues;
+      const bool whole = base + L::kPairValues <= xa.k_padded;
+      for (size_t r = 0; r < xa.m; ++r) {
+        const int8_t* src = xa.q.data() + r * xa.k_padded + base;
+        int8_t* dst = p.q.data() + (c * xa.m + r) * L::kPairValues;
+        if (whole) {
+          for (int b = 0; b < L::kPairValues; ++b) dst[b] = src[perm[b]];
+        } else {
+          for (int b = 0; b < L::kPairValues; ++b) {
+            dst[b] = base + perm[b] < xa.k_padded ? src[perm[b]] : 0;
           }
         }
-        for (int l = 0; l < 8; ++l) {
-          const size_t block = (c * L::kValues + L::kLaneValues * l) / detail::kInt8Block;
-          p.d[i * p.d_stride + c * 8 + l] = xa.d[i * blocks + block];
+        for (int pos = 0; pos < 8; ++pos) {
+          const size_t v = base + perm[4 * pos];  // T0, plane 0, byte 0 of dword pos
+          p.d[(c * xa.m + r) * 8 + pos] =
+              v < xa.k_padded ? xa.d[r * blocks + v / detail::kInt8Block] : 0.0f;
         }
       }
     }

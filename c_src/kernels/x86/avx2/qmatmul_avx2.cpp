@@ -27,6 +27,7 @@
 #include "gemv_loops.h"
 #include "simd_kernels.h"
 #include "unroll.h"
+#include "x86/avx2/gemv_common_avx2.h"
 
 namespace nx_quant::avx2 {
 
@@ -180,57 +181,6 @@ inline void transpose8(__m256 r[8]) {
   }
 }
 
-// panel[k][0..32) = W[k0 + k][n0 .. n0 + 32) (W logical [K, N]), as f32 scale * q + bias.
-// transpose = true: W is stored [N, K]; rows past N are zero. kb is a multiple of 32 (K is a
-// multiple of the group size) and k0 of 256, so 16-value chunks never straddle groups.
-template <int Bits>
-void dequantize_panel_nk(const QuantizedMatrix& w, const Packed& packed,
-                         const Unpacker<Bits>& unpack, size_t n0, size_t k0, size_t kb,
-                         float* panel) {
-  using U = Unpacker<Bits>;
-  const Params params{w.scales.data, w.biases.data, w.dtype};
-  const size_t gs = static_cast<size_t>(w.spec.group_size);
-  const size_t groups = w.cols / gs;
-  // Scale and bias of every (column, group) the panel touches.
-  const size_t g0 = k0 / gs, g1 = (k0 + kb + gs - 1) / gs;
-  float scale[kNR][kKB / 32], bias[kNR][kKB / 32];
-  size_t live = 0;  // columns present (< N)
-  for (size_t j = 0; j < kNR && n0 + j < w.rows; ++j, ++live) {
-    for (size_t g = g0; g < g1; ++g) {
-      scale[j][g - g0] = params.scale((n0 + j) * groups + g);
-      bias[j][g - g0] = params.bias((n0 + j) * groups + g);
-    }
-  }
-  alignas(32) uint8_t tmp[kTmpBytes] = {};
-  for (size_t block = 0; block < kNR / 8; ++block) {
-    for (size_t kc = 0; kc < kb; kc += 16) {
-      const size_t k = k0 + kc;
-      const size_t gi = k / gs - g0;
-      NXQ_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        __m256 r[8];
-        NXQ_UNROLL
-        for (size_t j = 0; j < 8; ++j) {
-          const size_t col = block * 8 + j;
-          if (col >= live) {
-            r[j] = _mm256_setzero_ps();
-            continue;
-          }
-          const uint8_t* p =
-              packed.bytes + (n0 + col) * packed.row_bytes + (k / 16) * U::kChunkBytes;
-          p = guarded<Bits>(p, U::kChunkBytes, packed.bytes, packed.total, tmp);
-          const __m256 q = h == 0 ? unpack.lo(p) : unpack.hi(p);
-          r[j] = _mm256_fmadd_ps(q, _mm256_set1_ps(scale[col][gi]), _mm256_set1_ps(bias[col][gi]));
-        }
-        transpose8(r);
-        NXQ_UNROLL
-        for (size_t i = 0; i < 8; ++i)
-          _mm256_store_ps(panel + (kc + 8 * h + i) * kNR + block * 8, r[i]);
-      }
-    }
-  }
-}
-
 // transpose = false: W is stored [K, N] packed along N; n0 is a multiple of 32 and N of the
 // group size (>= 32), so a panel's 32 columns are always present and inside one group.
 template <int Bits>
@@ -317,12 +267,14 @@ void store_row(const float* values, size_t count, DType dtype, void* out, size_t
   }
 }
 
+// transpose = false: W stored [K, N]; panels of 32 output columns x 256 K, rows of x
+// broadcast against them.
 template <int Bits>
-void gemm_impl(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
-               size_t n_begin, size_t n_end, void* out) {
+void gemm_kn_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype,
+                  size_t n_begin, size_t n_end, void* out) {
   const Unpacker<Bits> unpack;
-  const size_t k_dim = transpose ? w.cols : w.rows;
-  const size_t n_dim = transpose ? w.rows : w.cols;
+  const size_t k_dim = w.rows;
+  const size_t n_dim = w.cols;
   const Packed packed{static_cast<const uint8_t*>(w.packed.data), w.packed.bytes,
                       w.cols * static_cast<size_t>(Bits) / 8};
   AlignedBuffer<float> panel(kKB * kNR);
@@ -332,11 +284,7 @@ void gemm_impl(const float* x, size_t m, const QuantizedMatrix& w, bool transpos
     std::fill(c.get(), c.get() + m * kNR, 0.0f);
     for (size_t k0 = 0; k0 < k_dim; k0 += kKB) {
       const size_t kb = std::min(kKB, k_dim - k0);
-      if (transpose) {
-        dequantize_panel_nk<Bits>(w, packed, unpack, n0, k0, kb, panel.get());
-      } else {
-        dequantize_panel_kn<Bits>(w, packed, unpack, n0, k0, kb, panel.get());
-      }
+      dequantize_panel_kn<Bits>(w, packed, unpack, n0, k0, kb, panel.get());
       for (size_t i0 = 0; i0 < m; i0 += kMR) {
         const int rows = static_cast<int>(std::min<size_t>(kMR, m - i0));
         for (size_t half = 0; half < 2; ++half) {
@@ -349,13 +297,196 @@ void gemm_impl(const float* x, size_t m, const QuantizedMatrix& w, bool transpos
   }
 }
 
+// ---- GEMM, transpose = true (W stored [N, K]) ------------------------------------------------
+// Vectors run along the rows of x, broadcasts along W's rows, so that W is dequantized row by
+// row as it is stored (no transposition) and x once per block into the microkernel's order:
+//   for each block of kNB output columns and kXB rows of x (x block: kXB x 256 f32 = 256 KB),
+//     for each 256-deep K block: pack x (slivers of 16 rows, k-major), then for each group of
+//       6 W rows: dequantize them (6 x 256 f32 = 6 KB, stays in L1) and run the 16 x 6
+//       microkernel over every sliver (12 accumulators, 2 loads of x + 6 broadcasts of W per
+//       12 FMAs), accumulating into a column-major block of the result.
+// Each output is sum over K blocks in order of (sum over k in order of x * w): the same order
+// as the kn GEMM above, exact f32 products.
+constexpr int kWR = 6;             // W rows (output columns) per microkernel
+constexpr size_t kXR = 16;         // rows of x per sliver (two vectors)
+constexpr size_t kXB = 256;        // rows of x per block
+constexpr size_t kNB = 128 * kWR;  // output columns per block (768)
+
+// The f32 values of W rows n .. n+6 (those < n_end; zeros past it) at k0 .. k0 + kb into
+// panel[j * kKB + k]. params: the f32 scales then biases of those rows' groups at k0 ...
+template <int Bits, int GS>
+void dequantize_rows_nk(const Packed& packed, const Unpacker<Bits>& unpack, size_t n, size_t n_end,
+                        size_t k0, size_t kb, const float* scales, const float* biases,
+                        float* panel, uint8_t* tmp) {
+  using U = Unpacker<Bits>;
+  for (int j = 0; j < kWR; ++j) {
+    float* dst = panel + j * kKB;
+    if (n + j >= n_end) {
+      std::fill(dst, dst + kb, 0.0f);
+      continue;
+    }
+    const uint8_t* row = packed.bytes + (n + j) * packed.row_bytes + (k0 / 16) * U::kChunkBytes;
+    for (size_t g = 0; g < kb / GS; ++g) {
+      const __m256 scale = _mm256_set1_ps(scales[j * (kKB / 32) + g]);
+      const __m256 bias = _mm256_set1_ps(biases[j * (kKB / 32) + g]);
+      NXQ_UNROLL
+      for (size_t c = 0; c < GS / 16; ++c) {
+        const size_t k = g * GS + 16 * c;
+        const uint8_t* p = guarded<Bits>(row + (k / 16) * U::kChunkBytes, U::kChunkBytes,
+                                         packed.bytes, packed.total, tmp);
+        _mm256_store_ps(dst + k, _mm256_fmadd_ps(unpack.lo(p), scale, bias));
+        _mm256_store_ps(dst + k + 8, _mm256_fmadd_ps(unpack.hi(p), scale, bias));
+      }
+    }
+  }
+}
+
+// xp[s][k][0..16) = x[i0 + 16 s + r][k0 + k] for the rows of [i0, i1) (zero past i1), k < kb.
+void pack_x(const float* x, size_t k_dim, size_t i0, size_t i1, size_t k0, size_t kb, float* xp) {
+  for (size_t s0 = i0; s0 < i1; s0 += kXR) {
+    float* sliver = xp + ((s0 - i0) / kXR) * kb * kXR;
+    for (size_t h = 0; h < 2; ++h) {
+      const size_t r0 = s0 + 8 * h;
+      for (size_t kc = 0; kc < kb; kc += 8) {
+        __m256 r[8];
+        NXQ_UNROLL
+        for (size_t i = 0; i < 8; ++i) {
+          r[i] =
+              r0 + i < i1 ? _mm256_loadu_ps(x + (r0 + i) * k_dim + k0 + kc) : _mm256_setzero_ps();
+        }
+        transpose8(r);
+        NXQ_UNROLL
+        for (size_t j = 0; j < 8; ++j) _mm256_store_ps(sliver + (kc + j) * kXR + 8 * h, r[j]);
+      }
+    }
+  }
+}
+
+// c[j * ldc + v * 8 .. + 8) += sum_k w[j][k] * x[k][v * 8 .. + 8) for j < 6, v < V, k < kb in
+// order. x: one sliver (16 floats per k), w: a dequantized panel (row stride kKB). Not inlined:
+// it needs 15 of the 16 ymm registers, which the caller's loop constants would take.
+template <int V>
+__attribute__((noinline)) void microkernel_nk(const float* xp, const float* wp, size_t kb, float* c,
+                                              size_t ldc) {
+  __m256 acc[kWR][V];
+  NXQ_UNROLL
+  for (int j = 0; j < kWR; ++j) {
+    NXQ_UNROLL
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm256_load_ps(c + j * ldc + 8 * v);
+  }
+  for (size_t k0 = 0; k0 < kb; k0 += 4) {  // kb is a multiple of 32; unrolled: ~95% of peak
+    NXQ_UNROLL
+    for (size_t k = k0; k < k0 + 4; ++k) {
+      __m256 xv[V];
+      NXQ_UNROLL
+      for (int v = 0; v < V; ++v) xv[v] = _mm256_load_ps(xp + k * kXR + 8 * v);
+      NXQ_UNROLL
+      for (int j = 0; j < kWR; ++j) {
+        const __m256 wj = _mm256_broadcast_ss(wp + j * kKB + k);
+        NXQ_UNROLL
+        for (int v = 0; v < V; ++v) acc[j][v] = _mm256_fmadd_ps(xv[v], wj, acc[j][v]);
+      }
+    }
+  }
+  NXQ_UNROLL
+  for (int j = 0; j < kWR; ++j) {
+    NXQ_UNROLL
+    for (int v = 0; v < V; ++v) _mm256_store_ps(c + j * ldc + 8 * v, acc[j][v]);
+  }
+}
+
+template <int Bits, int GS>
+void gemm_nk_impl(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype,
+                  size_t n_begin, size_t n_end, void* out) {
+  const Unpacker<Bits> unpack;
+  const size_t k_dim = w.cols, n_dim = w.rows, groups = k_dim / GS;
+  const Packed packed{static_cast<const uint8_t*>(w.packed.data), w.packed.bytes,
+                      w.cols * static_cast<size_t>(Bits) / 8};
+  // x blocks of at most kXB rows, as even as slivers allow.
+  const size_t x_blocks = (m + kXB - 1) / kXB;
+  const size_t xb = ((m + x_blocks - 1) / x_blocks + kXR - 1) / kXR * kXR;
+  // c[col][row]: columns padded to whole microkernels and to 8 for the final transposition.
+  const size_t nb_max = std::min(kNB, (n_end - n_begin + kWR - 1) / kWR * kWR);
+  const size_t c_cols = (nb_max + 7) / 8 * 8;
+  AlignedBuffer<float> xp(xb * kKB);
+  AlignedBuffer<float> panel(kWR * kKB);
+  AlignedBuffer<float> c(c_cols * xb);
+  AlignedBuffer<float> rows8(8 * c_cols);  // 8 rows of the result, row-major
+  float scales[kWR * (kKB / 32)], biases[kWR * (kKB / 32)];
+  alignas(32) uint8_t tmp[kTmpBytes] = {};
+  for (size_t nb0 = n_begin; nb0 < n_end; nb0 += kNB) {
+    const size_t nb1 = std::min(nb0 + kNB, n_end);
+    for (size_t i0 = 0; i0 < m; i0 += xb) {
+      const size_t i1 = std::min(i0 + xb, m);
+      const size_t rows = (i1 - i0 + kXR - 1) / kXR * kXR;  // ldc: rows of c per column
+      std::fill(c.get(), c.get() + c_cols * rows, 0.0f);
+      for (size_t k0 = 0; k0 < k_dim; k0 += kKB) {
+        const size_t kb = std::min(kKB, k_dim - k0);
+        pack_x(x, k_dim, i0, i1, k0, kb, xp.get());
+        for (size_t n = nb0; n < nb1; n += kWR) {
+          // The next panel's W bytes and parameters: a panel's rows are row_bytes apart, too
+          // short a run for the hardware prefetchers.
+          for (size_t j = n + kWR; j < std::min(n + 2 * kWR, n_dim); ++j) {
+            const uint8_t* p = packed.bytes + j * packed.row_bytes + k0 * Bits / 8;
+            const size_t skew = reinterpret_cast<uintptr_t>(p) % 64;  // every line it touches
+            for (size_t b = 0; b < skew + kb * Bits / 8; b += 64) {
+              _mm_prefetch(reinterpret_cast<const char*>(p - skew + b), _MM_HINT_T0);
+            }
+            const size_t g = j * groups + k0 / GS, size = dtype_size(w.dtype);
+            _mm_prefetch(static_cast<const char*>(w.scales.data) + g * size, _MM_HINT_T0);
+            _mm_prefetch(static_cast<const char*>(w.biases.data) + g * size, _MM_HINT_T0);
+          }
+          for (int j = 0; j < kWR && n + j < nb1; ++j) {
+            const size_t g = (n + j) * groups + k0 / GS;
+            params_to_f32(w.scales.data, w.dtype, g, kb / GS, scales + j * (kKB / 32));
+            params_to_f32(w.biases.data, w.dtype, g, kb / GS, biases + j * (kKB / 32));
+          }
+          dequantize_rows_nk<Bits, GS>(packed, unpack, n, nb1, k0, kb, scales, biases, panel.get(),
+                                       tmp);
+          float* cn = c.get() + (n - nb0) * rows;
+          for (size_t s = 0; s < rows; s += kXR) {
+            const float* sliver = xp.get() + (s / kXR) * kb * kXR;
+            if (i1 - i0 - s > 8) {
+              microkernel_nk<2>(sliver, panel.get(), kb, cn + s, rows);
+            } else {
+              microkernel_nk<1>(sliver, panel.get(), kb, cn + s, rows);
+            }
+          }
+        }
+      }
+      // Back to row-major, 8 x 8 blocks at a time.
+      for (size_t r0 = i0; r0 < i1; r0 += 8) {
+        for (size_t col = 0; col < c_cols; col += 8) {
+          __m256 v[8];
+          NXQ_UNROLL
+          for (size_t j = 0; j < 8; ++j)
+            v[j] = _mm256_load_ps(c.get() + (col + j) * rows + r0 - i0);
+          transpose8(v);
+          NXQ_UNROLL
+          for (size_t i = 0; i < 8; ++i) _mm256_store_ps(rows8.get() + i * c_cols + col, v[i]);
+        }
+        for (size_t i = r0; i < std::min(r0 + 8, i1); ++i) {
+          store_row(rows8.get() + (i - r0) * c_cols, nb1 - nb0, out_dtype, out, i * n_dim + nb0);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void gemm(const float* x, size_t m, const QuantizedMatrix& w, bool transpose, DType out_dtype,
           size_t n_begin, size_t n_end, void* out) {
   if (m == 0 || n_begin >= n_end) return;
   detail::with_bits(w.spec.bits, [&](auto bits) {
-    gemm_impl<decltype(bits)::value>(x, m, w, transpose, out_dtype, n_begin, n_end, out);
+    constexpr int B = decltype(bits)::value;
+    if (transpose) {
+      detail::with_group_size(static_cast<size_t>(w.spec.group_size), [&](auto gs) {
+        gemm_nk_impl<B, decltype(gs)::value>(x, m, w, out_dtype, n_begin, n_end, out);
+      });
+    } else {
+      gemm_kn_impl<B>(x, m, w, out_dtype, n_begin, n_end, out);
+    }
   });
 }
 
