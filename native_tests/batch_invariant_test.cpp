@@ -56,7 +56,22 @@ struct Case {
   DType x_dtype;
   Precision precision = Precision::Exact;
   size_t k, n;
+  QuantMode mode = QuantMode::Affine;
 };
+
+// An affine quantized W for the case, [N, K] or [K, N] (bf16 scales and biases).
+OwnedQuantized affine_weight(const Case& s, uint32_t seed) {
+  const size_t w_rows = s.transpose ? s.n : s.k, w_cols = s.transpose ? s.k : s.n;
+  TypedBuffer dense(DType::BF16, random_values(w_rows * w_cols, seed, w_cols));
+  return OwnedQuantized(dense, w_rows, w_cols, {s.bits, s.group_size});
+}
+
+void check_invariant(const Case& s, const QuantizedMatrix& w, uint32_t seed);
+
+void check_invariant(const Case& s, uint32_t seed) {
+  const OwnedQuantized w = affine_weight(s, seed);
+  check_invariant(s, w.matrix, seed);
+}
 
 // out = x[rows] . W with batch_invariant set, as f32 values (the call's out dtype is f32).
 std::vector<float> run(const Case& s, const QuantizedMatrix& w, const TypedBuffer& x, size_t row0,
@@ -74,22 +89,20 @@ std::vector<float> run(const Case& s, const QuantizedMatrix& w, const TypedBuffe
 }
 
 std::string describe(const Case& s) {
-  return std::string(kernel_name(s.kernel)) + " " + std::to_string(s.bits) + " bits gs " +
-         std::to_string(s.group_size) + (s.transpose ? " [N, K]" : " [K, N]") + " x " +
-         dtype_name(s.x_dtype) + (s.precision == Precision::Int8 ? " int8" : "");
+  return std::string(kernel_name(s.kernel)) + " " + mode_name(s.mode) + " " +
+         std::to_string(s.bits) + " bits gs " + std::to_string(s.group_size) +
+         (s.transpose ? " [N, K]" : " [K, N]") + " x " + dtype_name(s.x_dtype) +
+         (s.precision == Precision::Int8 ? " int8" : "");
 }
 
 constexpr size_t kRows = 100;  // rows of x; every call below takes some of them
 
 // Each row alone (m = 1, one thread) is the standard; every other call must match it.
-void check_invariant(const Case& s, uint32_t seed) {
-  const size_t w_rows = s.transpose ? s.n : s.k, w_cols = s.transpose ? s.k : s.n;
-  TypedBuffer dense(DType::BF16, random_values(w_rows * w_cols, seed, w_cols));
-  OwnedQuantized w(dense, w_rows, w_cols, {s.bits, s.group_size});
+void check_invariant(const Case& s, const QuantizedMatrix& w, uint32_t seed) {
   TypedBuffer x(s.x_dtype, random_values(kRows * s.k, seed + 1, s.k));
   std::vector<float> alone(kRows * s.n);
   for (size_t i = 0; i < kRows; ++i) {
-    const auto row = run(s, w.matrix, x, i, 1, 1);
+    const auto row = run(s, w, x, i, 1, 1);
     std::copy(row.begin(), row.end(), alone.begin() + i * s.n);
   }
   const std::string what = describe(s);
@@ -105,7 +118,7 @@ void check_invariant(const Case& s, uint32_t seed) {
   // The first m rows in one call, m on both sides of every GEMV/GEMM boundary.
   for (size_t m : {3, 8, 9, 33, 100}) {
     const int threads = 1 + static_cast<int>(rng() % 4);
-    expect_rows(run(s, w.matrix, x, 0, m, threads), 0, m,
+    expect_rows(run(s, w, x, 0, m, threads), 0, m,
                 "m " + std::to_string(m) + ", " + std::to_string(threads) + " threads");
     if (::testing::Test::HasFatalFailure()) return;
   }
@@ -113,7 +126,7 @@ void check_invariant(const Case& s, uint32_t seed) {
   for (size_t row0 = 0; row0 < kRows;) {
     const size_t rows = std::min<size_t>(kRows - row0, 1 + rng() % 20);
     const int threads = 1 + static_cast<int>(rng() % 4);
-    expect_rows(run(s, w.matrix, x, row0, rows, threads), row0, rows,
+    expect_rows(run(s, w, x, row0, rows, threads), row0, rows,
                 "rows [" + std::to_string(row0) + ", " + std::to_string(row0 + rows) + ")");
     if (::testing::Test::HasFatalFailure()) return;
     row0 += rows;
@@ -238,6 +251,36 @@ TEST_P(BatchInvariant, WithinTheBoundOfTheExactResult) {
     const Case s8{kernel, bits, 64, true, DType::F32, Precision::Int8, 512, 40};
     check_bound(s8, 400 + bits, has_int8_path(kernel, bits));
     if (HasFatalFailure()) return;
+  }
+}
+
+// The microscaled modes (uint8 scales, no biases) under the option: their GEMVs take every m.
+TEST(BatchInvariantMicroscaled, EveryModeBothLayoutsEveryKernel) {
+  for (QuantSpec spec : {QuantSpec{4, 32, QuantMode::Mxfp4}, QuantSpec{8, 32, QuantMode::Mxfp8},
+                         QuantSpec{4, 16, QuantMode::Nvfp4}}) {
+    for (bool transpose : {true, false}) {
+      const size_t k = 256, n = transpose ? 37 : 128;
+      const size_t rows = transpose ? n : k, cols = transpose ? k : n;
+      TypedBuffer dense(DType::BF16, random_values(rows * cols, 7, cols));
+      std::vector<uint32_t> packed(rows * cols * spec.bits / 32);
+      std::vector<uint8_t> scales(rows * cols / spec.group_size);
+      quantize(dense.cbuf(), DType::BF16, rows, cols, spec, {packed.data(), packed.size() * 4},
+               {scales.data(), scales.size()}, {nullptr, 0});
+      QuantizedMatrix w;
+      w.packed = {packed.data(), packed.size() * 4};
+      w.scales = {scales.data(), scales.size()};
+      w.dtype = DType::BF16;
+      w.rows = rows;
+      w.cols = cols;
+      w.spec = spec;
+      for (KernelChoice kernel : kernels_here()) {
+        Case s{kernel, spec.bits, spec.group_size, transpose, DType::F32, Precision::Exact,
+               k,      n,         spec.mode};
+        SCOPED_TRACE(describe(s));
+        check_invariant(s, w, 8);
+        if (HasFatalFailure()) return;
+      }
+    }
   }
 }
 
