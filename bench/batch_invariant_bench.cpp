@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <vector>
 
@@ -87,22 +88,36 @@ void BM_BatchInvariantCost(benchmark::State& state) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (size_t i = 0; i < m * k; ++i) store_from_f32(x.data(), x_dtype, i, normal(rng));
   std::vector<float> out(m * n);
-  auto call = [&](size_t copy, const ExecOptions& options) {
+  // Wall time, and the calling thread's CPU time: with one thread the latter leaves out the
+  // time the thread was descheduled, the most robust figure on a shared machine.
+  auto cpu_now = [] {
+    timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+  };
+  auto call = [&](size_t copy, const ExecOptions& options, double& cpu) {
+    const double c0 = cpu_now();
     const auto t0 = std::chrono::steady_clock::now();
     quantized_matmul({x.data(), x.size()}, x_dtype, m, w.matrix(copy), transpose, DType::F32,
                      {out.data(), out.size() * 4}, options);
     benchmark::DoNotOptimize(out.data());
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    cpu = cpu_now() - c0;
+    return wall;
   };
-  std::vector<double> t_off, t_on;
+  std::vector<double> t_off, t_on, c_off, c_on;
   size_t copy = 0;
   for (auto _ : state) {
     // Alternate which goes first, so neither always follows the other's cache state.
     const bool off_first = t_off.size() % 2 == 0;
-    const double a = call(copy++, off_first ? off : on);
-    const double b = call(copy++, off_first ? on : off);
+    double ca = 0, cb = 0;
+    const double a = call(copy++, off_first ? off : on, ca);
+    const double b = call(copy++, off_first ? on : off, cb);
     t_off.push_back(off_first ? a : b);
     t_on.push_back(off_first ? b : a);
+    c_off.push_back(off_first ? ca : cb);
+    c_on.push_back(off_first ? cb : ca);
     state.SetIterationTime(a + b);
   }
   const double min_off = *std::min_element(t_off.begin(), t_off.end());
@@ -111,6 +126,12 @@ void BM_BatchInvariantCost(benchmark::State& state) {
   state.counters["on us"] = min_on * 1e6;
   state.counters["cost % (min)"] = 100.0 * (min_on / min_off - 1.0);
   state.counters["cost % (median)"] = 100.0 * (median(t_on) / median(t_off) - 1.0);
+  if (off.threads == 1) {
+    state.counters["cost % (cpu min)"] =
+        100.0 * (*std::min_element(c_on.begin(), c_on.end()) /
+                     *std::min_element(c_off.begin(), c_off.end()) -
+                 1.0);
+  }
 }
 
 constexpr int kF32 = static_cast<int>(DType::F32);
@@ -143,8 +164,23 @@ void PrefillShapes(benchmark::internal::Benchmark* b) {
   }
 }
 
+// One thread, the cost in thread CPU time (for a loaded machine): decode and prefill sizes.
+void OneThreadShapes(benchmark::internal::Benchmark* b) {
+  for (int kernel : {kAuto, kAvx2}) {
+    for (int m : {1, 8, 9, 32}) b->Args({4096, 4096, m, 4, 1, 1, kF32, kExact, kernel});
+    for (int m : {1, 8, 32}) b->Args({4096, 4096, m, 8, 1, 1, kF32, kExact, kernel});
+    for (int m : {1, 8, 32}) b->Args({4096, 4096, m, 4, 1, 0, kF32, kExact, kernel});
+    b->Args({4096, 4096, 8, 4, 1, 1, kBF16, kExact, kernel});
+  }
+}
+
 }  // namespace
 
+BENCHMARK(BM_BatchInvariantCost)
+    ->Apply(OneThreadShapes)
+    ->UseManualTime()
+    ->Iterations(12)
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_BatchInvariantCost)
     ->Apply(DecodeShapes)
     ->UseManualTime()

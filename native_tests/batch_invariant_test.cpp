@@ -213,6 +213,20 @@ TEST_P(BatchInvariant, EveryKernelBothLayoutsEveryActivationDtype) {
   }
 }
 
+// AVX-512 4-bit with bf16 x takes the bf16-dot GEMV (rows paired, a zero row for an odd one);
+// without AVX512_BF16, the f32 table-lookup GEMV. Both, with blocks of odd and even sizes.
+TEST_P(BatchInvariant, Avx512Bf16ActivationsWithAndWithoutBf16Dot) {
+  const auto& cpu = detail::cpu_features();
+  if (!cpu.avx512) GTEST_SKIP() << "no AVX-512 (or capped by NX_QUANT_MAX_ISA)";
+  const Case s{KernelChoice::Avx512, GetParam(), 64, true, DType::BF16, Precision::Exact, 384, 21};
+  check_invariant(s, 500 + GetParam());
+  if (HasFatalFailure() || !cpu.avx512_bf16) return;
+  detail::CpuFeatures no_bf16 = cpu;
+  no_bf16.avx512_bf16 = false;
+  detail::ScopedCpuFeatures scoped(no_bf16);
+  check_invariant(s, 500 + GetParam());
+}
+
 TEST_P(BatchInvariant, Int8ModeEveryKernel) {
   const int bits = GetParam();
   auto each_kernel = [&] {
@@ -248,6 +262,9 @@ TEST_P(BatchInvariant, WithinTheBoundOfTheExactResult) {
       check_bound(s, 300 + bits, false);
       if (HasFatalFailure()) return;
     }
+    const Case sb{kernel, bits, 64, true, DType::BF16, Precision::Exact, 512, 40};
+    check_bound(sb, 350 + bits, false);
+    if (HasFatalFailure()) return;
     const Case s8{kernel, bits, 64, true, DType::F32, Precision::Int8, 512, 40};
     check_bound(s8, 400 + bits, has_int8_path(kernel, bits));
     if (HasFatalFailure()) return;

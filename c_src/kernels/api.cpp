@@ -283,8 +283,8 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
   const std::vector<float> xf = to_f32(x, x_dtype, m * k_dim);
   const KernelChoice kernel = resolve_kernel(options.kernel);
   if (options.batch_invariant) {  // its own plan: every m through row blocks of a GEMV
-    return detail::batch_invariant_matmul(xf.data(), m, w, transpose, out_dtype, out.data, kernel,
-                                          options);
+    return detail::batch_invariant_matmul(xf.data(), x_dtype, m, w, transpose, out_dtype, out.data,
+                                          kernel, options);
   }
 #if defined(__aarch64__)
   if (kernel == KernelChoice::Neon) {  // the NEON module plans the whole call (arm/neon)

@@ -1,9 +1,10 @@
 // ExecOptions::batch_invariant (see batch_invariant.h): every m runs through row blocks of a
 // decode GEMV, so the GEMV/GEMM boundary, whose two sides sum in different orders, is never
 // crossed. The kernels used here compute each output in an order fixed by the shape of W:
-//   AVX-512  transpose: 2 and 4 bits gemv_nk_f32lut (never the bf16-dot kernel, whose chains
-//            differ between a lone row and a pair), other widths gemv_nk; [K, N]: the sliced
-//            gemv_kn (slices depend on W's shape only); int8 (VNNI): gemv_nk_int8.
+//   AVX-512  transpose: 4 bits with bf16 x (AVX512_BF16) gemv_nk_4bit_bf16, every row in a
+//            pair (its chains differ between a lone row and a pair, so an odd block gets a
+//            zero row); 2 and 4 bits otherwise gemv_nk_f32lut, other widths gemv_nk; [K, N]:
+//            the sliced gemv_kn (slices depend on W's shape only); int8 (VNNI): gemv_nk_int8.
 //   AVX2     transpose: gemv_nk_lut (int8: gemv_nk_int8); [K, N]: the GEMM, whose microkernel
 //            sums each output over k in order whatever the number of rows beside it.
 //   NEON     gemv_nk / gemv_kn; int8: the dotprod kernel (the i8mm one pairs rows).
@@ -13,6 +14,8 @@
 #include "batch_invariant.h"
 
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "cpu_features.h"
 #include "int8_activations.h"
@@ -44,8 +47,8 @@ void* out_row(void* out, DType out_dtype, size_t i0, size_t n_dim) {
 
 }  // namespace
 
-void batch_invariant_matmul(const float* x, size_t m, const QuantizedMatrix& w, bool transpose,
-                            DType out_dtype, void* out, KernelChoice kernel,
+void batch_invariant_matmul(const float* x, DType x_dtype, size_t m, const QuantizedMatrix& w,
+                            bool transpose, DType out_dtype, void* out, KernelChoice kernel,
                             const ExecOptions& options) {
   const size_t k_dim = transpose ? w.cols : w.rows;
   const size_t n_dim = transpose ? w.rows : w.cols;
@@ -65,6 +68,29 @@ void batch_invariant_matmul(const float* x, size_t m, const QuantizedMatrix& w, 
         parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
           avx512::gemv_nk_int8(operand, w, out_dtype, begin, end, o);
         });
+      });
+    }
+    if (transpose && w.spec.bits == 4 && x_dtype == DType::BF16 && cpu.avx512_bf16) {
+      // bf16 x: one bf16 part per value, the fastest exact 4-bit GEMV; rows always in pairs.
+      std::vector<float> padded;
+      std::vector<uint8_t> scratch;
+      return for_row_blocks(m, [&](size_t i0, size_t mb) {
+        const float* xb = rows(i0);
+        void* o = out_row(out, out_dtype, i0, n_dim);
+        const size_t row_out = n_dim * dtype_size(out_dtype);
+        if (mb % 2 == 1) {
+          padded.assign((mb + 1) * k_dim, 0.0f);
+          std::copy(xb, xb + mb * k_dim, padded.begin());
+          scratch.resize((mb + 1) * row_out);
+          xb = padded.data();
+        }
+        const size_t mp = mb + mb % 2;
+        void* ob = mb % 2 == 1 ? scratch.data() : o;
+        const auto xs = avx512::prepare_bf16(xb, mp, k_dim, w.spec.group_size);
+        parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
+          avx512::gemv_nk_4bit_bf16(xs, w, out_dtype, begin, end, ob);
+        });
+        if (ob != o) std::memcpy(o, scratch.data(), mb * row_out);
       });
     }
     if (transpose && (w.spec.bits == 2 || w.spec.bits == 4)) {

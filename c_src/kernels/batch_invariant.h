@@ -16,9 +16,10 @@ namespace nx_quant::detail {
 // block in L1/L2; the order, and so the result, does not depend on this value.
 constexpr size_t kInvariantRowBlock = 8;
 
-// kernel: resolved (not Auto, not Reference; Reference is invariant by construction).
-void batch_invariant_matmul(const float* x, size_t m, const QuantizedMatrix& w, bool transpose,
-                            DType out_dtype, void* out, KernelChoice kernel,
+// kernel: resolved (not Auto, not Reference; Reference is invariant by construction). x_dtype:
+// the dtype x had (x itself is already f32), which alone picks the kernel, never x's values.
+void batch_invariant_matmul(const float* x, DType x_dtype, size_t m, const QuantizedMatrix& w,
+                            bool transpose, DType out_dtype, void* out, KernelChoice kernel,
                             const ExecOptions& options);
 
 }  // namespace nx_quant::detail
