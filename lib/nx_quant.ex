@@ -156,11 +156,14 @@ if Code.ensure_loaded?(Nx) do
 
     Option `:precision`: `:exact` (default, or `config :nx_quant, :matmul_precision`) or
     `:int8`, the opt-in fast mode for decode-shaped calls (see `NxQuant.Core.quantized_matmul/3`).
+    Option `:batch_invariant` (default `config :nx_quant, :batch_invariant`, else false): each
+    row's result bit-identical whatever the number of rows (see `NxQuant.Core.quantized_matmul/3`).
     """
     deftransform quantized_matmul(x, qw, opts \\ []) do
       fun = "NxQuant.quantized_matmul/3"
-      opts = Validate.keyword!(opts, [:out_type, :precision], fun)
+      opts = Validate.keyword!(opts, [:out_type, :precision, :batch_invariant], fun)
       precision = Validate.precision!(opts, fun)
+      batch_invariant = Validate.batch_invariant!(opts, fun)
       x = Nx.to_tensor(x)
 
       if tuple_size(qw.shape) != 2 do
@@ -194,7 +197,7 @@ if Code.ensure_loaded?(Nx) do
       call(
         template(out_shape, out_type, names),
         {x, qw},
-        [out_type: out_type, precision: precision],
+        [out_type: out_type, precision: precision, batch_invariant: batch_invariant],
         &__MODULE__.__quantized_matmul__/2
       )
     end
@@ -213,7 +216,10 @@ if Code.ensure_loaded?(Nx) do
           names: List.replace_at(x.names, rank - 1, nil)
       }
 
-      Backend.dot(out, x, [rank - 1], [], qw, [1], [], precision: opts[:precision])
+      Backend.dot(out, x, [rank - 1], [], qw, [1], [],
+        precision: opts[:precision],
+        batch_invariant: opts[:batch_invariant]
+      )
     end
 
     ## quantized_tensor, parts, config, quantized? ----------------------------------------

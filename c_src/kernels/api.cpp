@@ -1,7 +1,9 @@
 // Public entry points: validate everything, then one dispatch per operation to the plan of the
 // kernel set that runs (plan.h; microscaled modes to their own module).
 #include <string>
+#include <vector>
 
+#include "batch_invariant.h"
 #include "cpu_features.h"
 #include "microscaled/microscaled.h"
 #include "nx_quant/kernels.h"
@@ -193,6 +195,12 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
   }
   const KernelChoice kernel = resolve_kernel(options.kernel);
   const detail::Activations activations{x.data, x_dtype, m, k_dim};
+  if (options.batch_invariant && kernel != KernelChoice::Reference) {
+    // its own plan: every m through row blocks of a GEMV (batch_invariant.h)
+    std::vector<float> scratch;
+    return detail::batch_invariant_matmul(activations.f32(scratch), x_dtype, m, w, transpose,
+                                          out_dtype, out.data, kernel, options);
+  }
   detail::plan_for(kernel).quantized_matmul(activations, w, transpose, out_dtype, out.data,
                                             options);
 }

@@ -104,6 +104,7 @@ Common common_args(const Args& args, int tail) {
   c.out_dtype = args.dtype(tail + 1, "out_dtype");
   c.options.threads = args.integer(tail + 2, "threads", 0, kMaxThreads);
   c.options.precision = args.precision(tail + 3, "precision");
+  c.options.batch_invariant = args.batch_invariant(tail + 3);
   validate_quantized_batch(c.w, "w");
   const size_t rows = batch_matrix_rows(c.w);
   const size_t k = c.transpose ? c.w.stacked.cols : rows;

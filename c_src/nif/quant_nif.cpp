@@ -145,7 +145,8 @@ ERL_NIF_TERM quantized_matmul_impl(ErlNifEnv* env, int argc, const ERL_NIF_TERM 
     }
     const size_t mn = mul_or_fail(m, n, "m * n");
     mul_or_fail(mn, k, "m * n * k");
-    const ExecOptions options{threads, KernelChoice::Auto, precision};
+    ExecOptions options{threads, KernelChoice::Auto, precision};
+    options.batch_invariant = args.batch_invariant(7);
     // Calls estimated under ~1 ms stay on this (normal) scheduler: moving to a dirty one and
     // back costs tens of microseconds, more than the rest of the NIF layer.
     return run_scheduled(

@@ -224,12 +224,31 @@ nx_quant::QuantMode Args::mode(int i, const char* name) const {
 }
 
 nx_quant::Precision Args::precision(int i, const char* name) const {
+  ERL_NIF_TERM term = argv_[i];
+  int arity = 0;
+  const ERL_NIF_TERM* elements = nullptr;
+  if (enif_get_tuple(env_, term, &arity, &elements)) {
+    if (arity != 2 || !batch_invariant(i)) {
+      expected(i, name,
+               "one of :exact, :int8, {:exact, :batch_invariant}, {:int8, :batch_invariant}");
+    }
+    term = elements[0];
+  }
   char atom[8];
-  if (enif_get_atom(env_, argv_[i], atom, sizeof atom, ERL_NIF_LATIN1) > 0) {
+  if (enif_get_atom(env_, term, atom, sizeof atom, ERL_NIF_LATIN1) > 0) {
     if (std::strcmp(atom, "exact") == 0) return nx_quant::Precision::Exact;
     if (std::strcmp(atom, "int8") == 0) return nx_quant::Precision::Int8;
   }
-  expected(i, name, "one of :exact, :int8");
+  expected(i, name, "one of :exact, :int8, {:exact, :batch_invariant}, {:int8, :batch_invariant}");
+}
+
+bool Args::batch_invariant(int i) const {
+  int arity = 0;
+  const ERL_NIF_TERM* elements = nullptr;
+  char atom[16];
+  return enif_get_tuple(env_, argv_[i], &arity, &elements) && arity == 2 &&
+         enif_get_atom(env_, elements[1], atom, sizeof atom, ERL_NIF_LATIN1) > 0 &&
+         std::strcmp(atom, "batch_invariant") == 0;
 }
 
 ErlNifBinary Args::binary(int i, const char* name) const {

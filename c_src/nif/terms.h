@@ -64,8 +64,11 @@ class Args {
   DType dtype(int i, const char* name) const;
   // The atom affine, mxfp4, mxfp8 or nvfp4.
   nx_quant::QuantMode mode(int i, const char* name) const;
-  // The atom exact or int8.
+  // The atom exact or int8, alone or as {precision, :batch_invariant} (see batch_invariant).
   nx_quant::Precision precision(int i, const char* name) const;
+  // Whether the precision argument i is the tuple {precision, :batch_invariant}
+  // (ExecOptions::batch_invariant); precision(i, name) validates the term.
+  bool batch_invariant(int i) const;
   // A binary (no copy: the bytes stay owned by the term, valid for the whole call).
   ErlNifBinary binary(int i, const char* name) const;
 

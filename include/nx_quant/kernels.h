@@ -67,6 +67,13 @@ struct ExecOptions {
   int threads = 0;  // 0: the library default (see threading policy); 1: the calling thread only
   KernelChoice kernel = KernelChoice::Auto;
   Precision precision = Precision::Exact;
+  // quantized_matmul only: compute every output row in one fixed order that depends on that
+  // row of x and on W only, so a row's result is bit-identical whatever m, however the rows
+  // are split between calls, whatever the thread count (batch invariance: a batched server
+  // gives the same tokens as single requests). Every m then runs through row blocks of a decode
+  // GEMV (never the GEMM panels), which costs time from about 8 rows on (bench/RESULTS.md,
+  // "Batch invariance option"); with Precision::Int8 the int8 mode applies at every m.
+  bool batch_invariant = false;
 };
 
 // Throws InvalidArgument unless the matrix's spec, shape and buffer sizes are consistent.

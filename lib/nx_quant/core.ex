@@ -96,6 +96,14 @@ defmodule NxQuant.Core do
 
   The default comes from `config :nx_quant, matmul_precision: :exact | :int8`, which is also
   what `Nx.dot/2` on a quantized tensor uses.
+
+  `:batch_invariant` (default `config :nx_quant, batch_invariant: false`, which `Nx.dot/2`
+  uses too): when true, every output row is computed in one fixed order that depends on that
+  row of x and the weight only, so a row's result is bit-identical whatever the number of rows
+  in the call, however rows are split between calls and whatever `:threads` (a batched server
+  then gives the same tokens as single requests). Every size then runs through the decode
+  GEMV in blocks of 8 rows: free up to 8 rows on AVX2, slower for larger batches (prefill);
+  see the README. With `precision: :int8` the int8 mode then applies at every size.
   """
   @spec quantized_matmul(Dense.t(), QuantizedTensor.t(), keyword()) :: Dense.t()
   def quantized_matmul(x, qt, opts \\ []) do
@@ -103,11 +111,18 @@ defmodule NxQuant.Core do
     %Dense{data: data, shape: x_shape, type: x_type} = Validate.float_dense!(x, "#{fun} x")
     Validate.dense!(data, x_shape, x_type, "#{fun} x")
     qt = quantized!(qt, fun)
-    opts = Validate.keyword!(opts, [:transpose, :out_type, :threads, :precision], fun)
+
+    opts =
+      Validate.keyword!(
+        opts,
+        [:transpose, :out_type, :threads, :precision, :batch_invariant],
+        fun
+      )
+
     transpose = Validate.boolean_opt!(opts, :transpose, true, fun)
     out_type = Validate.float_type_opt!(opts, :out_type, x_type, fun)
     threads = Validate.threads!(opts, fun)
-    precision = Validate.precision!(opts, fun)
+    precision = Validate.kernel_precision!(opts, fun)
 
     if tuple_size(qt.shape) > 2 do
       kernel = {transpose, out_type, threads, precision}
@@ -185,14 +200,22 @@ defmodule NxQuant.Core do
     opts =
       Validate.keyword!(
         opts,
-        [:lhs_indices, :rhs_indices, :transpose, :out_type, :threads, :precision],
+        [
+          :lhs_indices,
+          :rhs_indices,
+          :transpose,
+          :out_type,
+          :threads,
+          :precision,
+          :batch_invariant
+        ],
         fun
       )
 
     transpose = Validate.boolean_opt!(opts, :transpose, true, fun)
     out_type = Validate.float_type_opt!(opts, :out_type, x_type, fun)
     threads = Validate.threads!(opts, fun)
-    precision = Validate.precision!(opts, fun)
+    precision = Validate.kernel_precision!(opts, fun)
     {w_batch, {rows, cols}} = Batched.split(qt.shape, qt.transposed)
     {k, n} = if transpose, do: {cols, rows}, else: {rows, cols}
     {x_batch, m} = x_dims!(x_shape, k, transpose, fun)

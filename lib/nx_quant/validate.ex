@@ -192,6 +192,42 @@ defmodule NxQuant.Validate do
     end
   end
 
+  @doc """
+  The `:batch_invariant` option of a quantized matmul (a boolean): every output row computed in
+  one fixed order, so a row's result is bit-identical whatever the number of rows in the call
+  or how rows are split between calls. When absent, the application environment's
+  `:batch_invariant` (default `false`).
+  """
+  def batch_invariant!(opts, fun) do
+    case Keyword.fetch(opts, :batch_invariant) do
+      {:ok, flag} when is_boolean(flag) ->
+        flag
+
+      {:ok, other} ->
+        raise ArgumentError,
+              "#{fun} option :batch_invariant must be a boolean, got: #{inspect(other)}"
+
+      :error ->
+        case Application.get_env(:nx_quant, :batch_invariant, false) do
+          flag when is_boolean(flag) ->
+            flag
+
+          other ->
+            raise ArgumentError,
+                  "config :nx_quant, :batch_invariant must be a boolean, got: #{inspect(other)}"
+        end
+    end
+  end
+
+  @doc """
+  What the matmul NIFs take as their precision argument: `precision!/2`'s atom, or
+  `{precision, :batch_invariant}` when `batch_invariant!/2` is true.
+  """
+  def kernel_precision!(opts, fun) do
+    precision = precision!(opts, fun)
+    if batch_invariant!(opts, fun), do: {precision, :batch_invariant}, else: precision
+  end
+
   @modes [:affine, :mxfp4, :mxfp8, :nvfp4]
 
   @doc "MLX's quantization modes, as atoms."
