@@ -20,7 +20,7 @@
 #include "cpu_features.h"
 #include "int8_activations.h"
 #include "parallel.h"
-#include "portable.h"
+#include "portable/portable.h"
 #if defined(__x86_64__)
 #include "simd_kernels.h"
 #include "x86/avx2/gemv_avx2.h"
