@@ -1,7 +1,5 @@
 // Public entry points: validate everything, then one dispatch per operation to the plan of the
 // kernel set that runs (plan.h; microscaled modes to their own module).
-#include <algorithm>
-#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -191,20 +189,12 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
     const KernelChoice kernel = options.kernel == KernelChoice::Reference
                                     ? KernelChoice::Reference
                                     : resolve_kernel(options.kernel);
-    if (!options.batch_invariant) {
-      microscaled::quantized_matmul(x.data, x_dtype, m, w, transpose, out_dtype, out.data, kernel,
-                                    options.threads);
-      return;
+    if (options.batch_invariant) {
+      return detail::batch_invariant_microscaled_matmul(x.data, x_dtype, m, w, transpose, out_dtype,
+                                                        out.data, kernel, options.threads);
     }
-    // batch_invariant: rows in blocks of at most 8, which always take the decode GEMV (its
-    // per-output order does not depend on the rows beside it), never the panel GEMM.
-    const size_t x_row = k_dim * dtype_size(x_dtype), out_row = n_dim * dtype_size(out_dtype);
-    for (size_t i = 0; i < m; i += 8) {
-      const size_t rows = std::min<size_t>(8, m - i);
-      microscaled::quantized_matmul(
-          static_cast<const uint8_t*>(x.data) + i * x_row, x_dtype, rows, w, transpose, out_dtype,
-          static_cast<uint8_t*>(out.data) + i * out_row, kernel, options.threads);
-    }
+    microscaled::quantized_matmul(x.data, x_dtype, m, w, transpose, out_dtype, out.data, kernel,
+                                  options.threads);
     return;
   }
   const KernelChoice kernel = resolve_kernel(options.kernel);

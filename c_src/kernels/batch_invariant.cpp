@@ -19,6 +19,7 @@
 
 #include "cpu_features.h"
 #include "int8_activations.h"
+#include "microscaled/microscaled.h"
 #include "parallel.h"
 #include "portable/portable.h"
 #if defined(__x86_64__)
@@ -194,6 +195,20 @@ void batch_invariant_matmul(const float* x, DType x_dtype, size_t m, const Quant
       portable::matmul(rows(i0), mb, w, transpose, out_dtype, begin, end, o);
     });
   });
+}
+
+void batch_invariant_microscaled_matmul(const void* x, DType x_dtype, size_t m,
+                                        const QuantizedMatrix& w, bool transpose, DType out_dtype,
+                                        void* out, KernelChoice kernel, int threads) {
+  const size_t k_dim = transpose ? w.cols : w.rows;
+  const size_t n_dim = transpose ? w.rows : w.cols;
+  const size_t x_row = k_dim * dtype_size(x_dtype), out_row = n_dim * dtype_size(out_dtype);
+  for (size_t i = 0; i < m; i += kInvariantRowBlock) {
+    const size_t rows = std::min(kInvariantRowBlock, m - i);
+    microscaled::quantized_matmul(static_cast<const uint8_t*>(x) + i * x_row, x_dtype, rows, w,
+                                  transpose, out_dtype, static_cast<uint8_t*>(out) + i * out_row,
+                                  kernel, threads);
+  }
 }
 
 }  // namespace nx_quant::detail

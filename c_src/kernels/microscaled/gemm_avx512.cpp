@@ -22,6 +22,7 @@
 #include "microscaled/codec.h"
 #include "microscaled/microscaled.h"
 #include "microscaled/tables.h"
+#include "x86/avx512/transpose_avx512.h"
 
 namespace nx_quant::microscaled::avx512 {
 
@@ -119,31 +120,6 @@ struct Decoder {
     v[1] = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), k256), s);
   }
 };
-
-// In-register 16 x 16 transpose: r[j] becomes column j.
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int h = 0; h < 2; ++h) {
-    for (int c = 0; c < 4; ++c) {
-      t[8 * h + c] = _mm512_shuffle_f32x4(r[8 * h + c], r[8 * h + 4 + c], 0x88);
-      t[8 * h + 4 + c] = _mm512_shuffle_f32x4(r[8 * h + c], r[8 * h + 4 + c], 0xdd);
-    }
-  }
-  for (int c = 0; c < 8; ++c) {
-    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
-    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
-  }
-}
 
 // c[r * ldc + 0..32) += sum_k x[r * ldx + k] * panel[k][0..32) for r < MR, k < kb (in order).
 template <int MR>
@@ -270,7 +246,7 @@ void gemm_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
             decode(n, col, k_dim - col < 32, v);
             r[j] = (kc & 16) ? v[1] : v[0];
           }
-          transpose16(r);
+          nx_quant::avx512::transpose16(r);
           for (size_t i = 0; i < 16; ++i)
             _mm512_store_ps(panel.get() + (kc + i) * kNR + half * 16, r[i]);
         }

@@ -99,11 +99,35 @@ inline __attribute__((always_inline)) void prefetch_block_scales(const Rows& w, 
   }
 }
 
+// The chunk loop of the 4-bit blocks: step(c, load mask, the NW rows' 16 group scales, lane
+// index) for every 128-value chunk c of the k columns. 16 groups' scales are loaded per 4
+// (mxfp4) or 2 (nvfp4) steps; a partial last step reads zeros.
+template <int NW, bool Nv, typename Step>
+inline __attribute__((always_inline)) void for_each_4bit_step(size_t k, const Rows& w, Step& step) {
+  constexpr int kGroupSize = Nv ? 16 : 32;
+  constexpr int kSteps = Nv ? 2 : 4;
+  const size_t full = k / 128, steps = (k + 127) / 128;
+  const __mmask64 tail_load = byte_mask(k % 128 / 2);
+  for (size_t c0 = 0; c0 < steps; c0 += kSteps) {
+    __m512 g16[NW];
+    NXQ_MS_UNROLL
+    for (int v = 0; v < NW; ++v)
+      g16[v] = scales16<Nv>(w.scales + v * w.groups, c0 * (128 / kGroupSize), w.groups);
+    if (c0 + kSteps <= full) {
+      NXQ_MS_UNROLL
+      for (int s = 0; s < kSteps; ++s) step(c0 + s, ~__mmask64{0}, g16, step_index<Nv>(s));
+    } else {
+      for (int s = 0; s < kSteps && c0 + s < steps; ++s) {
+        step(c0 + s, c0 + s < full ? ~__mmask64{0} : tail_load, g16, step_index<Nv>(s));
+      }
+    }
+  }
+}
+
 // 4-bit, f32 x: rows i0 .. i0+MR of x against the NW rows of w; sums[r * NW + v].
 template <int MR, int NW, bool Nv>
 void block4_f32(const XOperand& x, size_t i0, const Rows& w, float* sums) {
   const __m512 lut = _mm512_loadu_ps(kE2m1Values);
-  const int gs = Nv ? 16 : 32;
   const float* xr[MR];
   NXQ_MS_UNROLL
   for (int r = 0; r < MR; ++r) xr[r] = x.values.data() + (i0 + r) * x.row_stride;
@@ -147,24 +171,7 @@ void block4_f32(const XOperand& x, size_t i0, const Rows& w, float* sums) {
       for (int r = 0; r < MR; ++r) acc[r][v] = _mm512_fmadd_ps(t[r][v], scale, acc[r][v]);
     }
   };
-  // 16 groups' scales per 4 (mxfp4) or 2 (nvfp4) steps; a partial last step reads zeros.
-  constexpr int kSteps = Nv ? 2 : 4;
-  const size_t full = x.k / 128, steps = (x.k + 127) / 128;
-  const __mmask64 tail_load = byte_mask(x.k % 128 / 2);
-  for (size_t c0 = 0; c0 < steps; c0 += kSteps) {
-    __m512 g16[NW];
-    NXQ_MS_UNROLL
-    for (int v = 0; v < NW; ++v)
-      g16[v] = scales16<Nv>(w.scales + v * w.groups, c0 * (128 / gs), w.groups);
-    if (c0 + kSteps <= full) {
-      NXQ_MS_UNROLL
-      for (int s = 0; s < kSteps; ++s) step(c0 + s, ~__mmask64{0}, g16, step_index<Nv>(s));
-    } else {
-      for (int s = 0; s < kSteps && c0 + s < steps; ++s) {
-        step(c0 + s, c0 + s < full ? ~__mmask64{0} : tail_load, g16, step_index<Nv>(s));
-      }
-    }
-  }
+  for_each_4bit_step<NW, Nv>(x.k, w, step);
   NXQ_MS_UNROLL
   for (int r = 0; r < MR; ++r) {
     NXQ_MS_UNROLL
@@ -179,7 +186,6 @@ void block4_bf16(const XOperand& x, size_t i0, const Rows& w, float* sums) {
   for (int i = 0; i < 32; ++i)
     bf16_of[i] = static_cast<uint16_t>(f32_bits(kE2m1Values[i & 15]) >> 16);
   const __m512i table = _mm512_load_si512(bf16_of);
-  const int gs = Nv ? 16 : 32;
   constexpr int kChains = MR == 1 ? 2 : 1;
   const uint16_t* xw[MR];
   NXQ_MS_UNROLL
@@ -238,24 +244,7 @@ void block4_bf16(const XOperand& x, size_t i0, const Rows& w, float* sums) {
       }
     }
   };
-  // 16 groups' scales per 4 (mxfp4) or 2 (nvfp4) steps; a partial last step reads zeros.
-  constexpr int kSteps = Nv ? 2 : 4;
-  const size_t full = x.k / 128, steps = (x.k + 127) / 128;
-  const __mmask64 tail_load = byte_mask(x.k % 128 / 2);
-  for (size_t c0 = 0; c0 < steps; c0 += kSteps) {
-    __m512 g16[NW];
-    NXQ_MS_UNROLL
-    for (int v = 0; v < NW; ++v)
-      g16[v] = scales16<Nv>(w.scales + v * w.groups, c0 * (128 / gs), w.groups);
-    if (c0 + kSteps <= full) {
-      NXQ_MS_UNROLL
-      for (int s = 0; s < kSteps; ++s) step(c0 + s, ~__mmask64{0}, g16, step_index<Nv>(s));
-    } else {
-      for (int s = 0; s < kSteps && c0 + s < steps; ++s) {
-        step(c0 + s, c0 + s < full ? ~__mmask64{0} : tail_load, g16, step_index<Nv>(s));
-      }
-    }
-  }
+  for_each_4bit_step<NW, Nv>(x.k, w, step);
   NXQ_MS_UNROLL
   for (int r = 0; r < MR; ++r) {
     NXQ_MS_UNROLL

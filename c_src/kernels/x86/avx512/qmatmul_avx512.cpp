@@ -11,6 +11,7 @@
 #include "gemv_loops.h"
 #include "row_params_avx512.h"
 #include "simd_kernels.h"
+#include "transpose_avx512.h"
 #include "unpack_avx512.h"
 #include "unroll.h"
 
@@ -141,31 +142,6 @@ void gemv_block(const float* x, size_t k_dim, const float* xsum, size_t groups, 
 constexpr size_t kNR = kGemmBlock;  // output columns per panel (two zmm)
 constexpr size_t kKB = 256;         // K per panel: 256 x 32 f32 = 32 KB, L1/L2 resident
 constexpr int kMR = 6;              // rows of x per microkernel call: 12 accumulators
-
-// In-register 16 x 16 transpose: r[j] becomes column j.
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int h = 0; h < 2; ++h) {
-    for (int c = 0; c < 4; ++c) {
-      t[8 * h + c] = _mm512_shuffle_f32x4(r[8 * h + c], r[8 * h + 4 + c], 0x88);
-      t[8 * h + 4 + c] = _mm512_shuffle_f32x4(r[8 * h + c], r[8 * h + 4 + c], 0xdd);
-    }
-  }
-  for (int c = 0; c < 8; ++c) {
-    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
-    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);
-  }
-}
 
 // panel[k][0..32) = W[k0 + k][n0 .. n0 + 32) (W logical [K, N]), as f32 scale * q + bias.
 // transpose = true: W is stored [N, K]; rows past N are zero.
