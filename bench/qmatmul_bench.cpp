@@ -799,6 +799,35 @@ void Avx2GemmShapes(benchmark::internal::Benchmark* b) {
   for (int bits : {2, 3, 8}) b->Args({4096, 14336, 128, bits, 2, kAvx2, kExact, kF32});
 }
 
+// The per-ISA table (bench/RESULTS.md, "Per-ISA tables"): the 4096 x 14336 weight, 2
+// threads (every core of these machines), kernel Auto, so that NX_QUANT_MAX_ISA picks the ISA
+// the whole table runs on. GEMV: every width and microscaled mode, M = 1 .. 8, f32 and bf16 x,
+// exact, plus the int8 mode at 4 bits; each call paired with a read of as many bytes.
+void TableGemvShapes(benchmark::internal::Benchmark* b) {
+  for (int bits : {4, 2, 3, 5, 6, 8, 101, 102, 103}) {
+    for (int m : {1, 2, 4, 8}) {
+      for (int dtype : {kF32, kBF16}) b->Args({4096, 14336, m, bits, 2, kAuto, kExact, dtype, 1});
+    }
+  }
+  for (int m : {1, 8}) b->Args({4096, 14336, m, 4, 2, kAuto, kInt8, kF32, 1});
+}
+
+// GEMM (prefill): GFLOP/s against BM_FmaPeak/2 of the same run.
+void TableGemmShapes(benchmark::internal::Benchmark* b) {
+  for (int m : {32, 128, 512}) b->Args({4096, 14336, m, 4, 2, kAuto, kExact, kF32});
+  for (int bits : {2, 3, 8, 101}) b->Args({4096, 14336, 128, bits, 2, kAuto, kExact, kF32});
+}
+
+// Like for like with ggml's test-backend-ops perf (which multiplies the same weight every
+// call): the same weight every call, 4-bit g64 and mxfp4, M = 1, 8, 512, f32 x, 2 threads.
+void TableSameWeightShapes(benchmark::internal::Benchmark* b) {
+  for (int bits : {4, 101}) {
+    for (int m : {1, 8, 512}) b->Args({4096, 14336, m, bits, 2, kAuto, kExact, kF32});
+  }
+  // ggml's Q4_0 / Q4_K multiply int8 activations (Q8_0 / Q8_K): the int8 mode is the like for like.
+  for (int m : {1, 8}) b->Args({4096, 14336, m, 4, 2, kAuto, kInt8, kF32});
+}
+
 void DenseShapes(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2}) {
     for (auto [n, k] : {std::pair{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
@@ -837,6 +866,21 @@ BENCHMARK(BM_GemvVsRead)
     ->Name("BM_GemvVsReadAvx2")
     ->Apply(PairedAvx2Shapes)
     ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvVsRead)
+    ->Name("BM_TableGemv")
+    ->Apply(TableGemvShapes)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Quantized)
+    ->Name("BM_TableGemm")
+    ->Apply(TableGemmShapes)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_QuantizedCached)
+    ->Name("BM_TableSameWeight")
+    ->Apply(TableSameWeightShapes)
+    ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)->Apply(Shapes)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Quantized)
