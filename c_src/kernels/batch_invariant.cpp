@@ -3,7 +3,8 @@
 // crossed. The kernels used here compute each output in an order fixed by the shape of W:
 //   AVX-512  transpose: 4 bits with bf16 x (AVX512_BF16) gemv_nk_4bit_bf16, every row in a
 //            pair (its chains differ between a lone row and a pair, so an odd block gets a
-//            zero row); 2 and 4 bits otherwise gemv_nk_f32lut, other widths gemv_nk; [K, N]:
+//            zero row); 2 and 4 bits otherwise gemv_nk_f32lut, 3/5/6 bits AVX2's gemv_nk_lut,
+//            8 bits gemv_nk; [K, N]:
 //            the sliced gemv_kn (slices depend on W's shape only); int8 (VNNI): gemv_nk_int8.
 //   AVX2     transpose: gemv_nk_lut (int8: gemv_nk_int8); [K, N]: the GEMM, whose microkernel
 //            sums each output over k in order whatever the number of rows beside it.
@@ -100,6 +101,16 @@ void batch_invariant_matmul(const float* x, DType x_dtype, size_t m, const Quant
         void* o = out_row(out, out_dtype, i0, n_dim);
         parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
           avx512::gemv_nk_f32lut(xs, w, out_dtype, begin, end, o);
+        });
+      });
+    }
+    if (transpose && (w.spec.bits == 3 || w.spec.bits == 5 || w.spec.bits == 6)) {
+      // As plan_avx512.cpp: these widths take the AVX2 in-place GEMV on AVX-512 CPUs too.
+      return for_row_blocks(m, [&](size_t i0, size_t mb) {
+        const auto xs = avx2::prepare_lut(rows(i0), mb, k_dim, w.spec.group_size, w.spec.bits);
+        void* o = out_row(out, out_dtype, i0, n_dim);
+        parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
+          avx2::gemv_nk_lut(xs, w, out_dtype, begin, end, o);
         });
       });
     }

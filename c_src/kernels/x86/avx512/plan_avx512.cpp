@@ -6,6 +6,7 @@
 #include "parallel.h"
 #include "plan.h"
 #include "simd_kernels.h"
+#include "x86/avx2/gemv_avx2.h"
 
 namespace nx_quant::avx512 {
 
@@ -97,6 +98,14 @@ void quantized_matmul(const detail::Activations& x, const QuantizedMatrix& w, bo
     const auto xs = prepare_f32(xf, m, k_dim, w.spec.group_size, 2);
     return over_columns(
         8, [&](size_t begin, size_t end) { gemv_nk_f32lut(xs, w, out_dtype, begin, end, out); });
+  }
+  if (transpose && (bits == 3 || bits == 5 || bits == 6) && m < kGemvMaxRows) {
+    // 3, 5 and 6 bits: the AVX2 GEMV that isolates each value in place by one AND, with its L2
+    // prefetch, reads W from DRAM 1.5-2.5x faster than gemv_nk's generic unpacking below
+    // (bench/RESULTS.md, per-ISA tables); every AVX-512 CPU has AVX2 + FMA.
+    const auto xs = avx2::prepare_lut(xf, m, k_dim, w.spec.group_size, bits);
+    return over_columns(
+        8, [&](size_t begin, size_t end) { avx2::gemv_nk_lut(xs, w, out_dtype, begin, end, out); });
   }
   if (!transpose && m < kGemvKnMaxRows) return gemv_kn(xf, m, w, out_dtype, out, threads);
   if (transpose && m < kGemvMaxRows) {
