@@ -37,6 +37,27 @@ TEST(EstimatedMatmulNs, GrowsWithTheWork) {
   EXPECT_LT(estimated_matmul_ns(1, w, true), estimated_matmul_ns(1, w, false));
 }
 
+TEST(EstimatedMatmulNs, BatchInvariantCallsAreEstimatedAsTheirGemvRowBlocks) {
+  // batch_invariant runs 512 rows as 64 blocks of the 8-row decode GEMV, slower than the GEMM
+  // the estimate must not be the GEMM's (an underestimate keeps a long call on a normal
+  // scheduler).
+  for (int bits : {4, 3, 8}) {
+    const auto w = shape_only(4096, 4096, bits);
+    ExecOptions invariant;
+    invariant.batch_invariant = true;
+    EXPECT_GE(estimated_matmul_ns(512, w, true, invariant),
+              512 * estimated_matmul_ns(1, w, true, invariant))
+        << bits;
+    EXPECT_GE(estimated_matmul_ns(9, w, true, invariant),
+              16 * estimated_matmul_ns(1, w, true, invariant))
+        << bits;
+    EXPECT_GE(estimated_matmul_ns(512, w, true, invariant), estimated_matmul_ns(512, w, true))
+        << bits;
+    EXPECT_DOUBLE_EQ(estimated_matmul_ns(3, w, true, invariant), estimated_matmul_ns(3, w, true))
+        << bits;
+  }
+}
+
 TEST(EstimatedMatmulNs, PortableIsEstimatedSlowerThanSimd) {
   if (!detail::cpu_features().avx2_fma && !detail::cpu_features().neon) {
     GTEST_SKIP() << "no SIMD kernel on this CPU";

@@ -1,5 +1,6 @@
 // Public entry points: validate everything, then one dispatch per operation to the plan of the
 // kernel set that runs (plan.h; microscaled modes to their own module).
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -227,7 +228,17 @@ constexpr double kFreshOutputNsPerByte = 0.6;
 
 double estimated_matmul_ns(size_t m, const QuantizedMatrix& w, bool transpose,
                            const ExecOptions& options) {
-  return estimating_plan(options).estimated_matmul_ns(m, w, transpose);
+  const detail::KernelPlan& plan = estimating_plan(options);
+  if (options.batch_invariant && m > detail::kInvariantRowBlock) {
+    // Every m runs as row blocks of the decode GEMV (batch_invariant.h), 1.2-3x the GEMM's
+    // time from 16 rows on: estimated as whole blocks of rows at the one-row GEMV's rate, not
+    // as the GEMM the plan would pick.
+    const size_t blocks = (m + detail::kInvariantRowBlock - 1) / detail::kInvariantRowBlock;
+    return std::max(static_cast<double>(blocks * detail::kInvariantRowBlock) *
+                        plan.estimated_matmul_ns(1, w, transpose),
+                    plan.estimated_matmul_ns(m, w, transpose));
+  }
+  return plan.estimated_matmul_ns(m, w, transpose);
 }
 
 double estimated_quantize_ns(size_t rows, size_t cols, const QuantSpec& spec, DType dtype,
