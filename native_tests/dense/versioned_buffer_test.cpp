@@ -46,21 +46,26 @@ TEST(VersionedBuffer, EveryVersionReadsBackAsItWas) {
   for (size_t i = 0; i < count; ++i) data[i] = -static_cast<float>(i);
   std::vector<std::vector<float>> versions{std::vector<float>(data, data + count)};
   std::mt19937 rng(7);
-  for (int step = 0; step < 40; ++step) {
+  struct Write {
     Shape window;
     int64_t offset;
     std::vector<int64_t> strides;
+  };
+  // (Built by construction, not by assigning braced lists to empty vectors, which GCC 12's
+  // -Wnonnull flags falsely inside std::copy.)
+  auto next_write = [&](int step) -> Write {
     if (step % 2 == 0) {  // one position of every head: {4, 1, 8} at [0, pos, 0]
       const int64_t pos = static_cast<int64_t>(rng() % 16);
-      window = {4, 1, 8};
-      offset = pos * 8;
-      strides = {128, 8, 1};
-    } else {  // a block of positions and dims of one head
-      const int64_t h = rng() % 4, p = rng() % 12, d = rng() % 4;
-      window = {1 + static_cast<int64_t>(rng() % 4), 1 + static_cast<int64_t>(rng() % 4)};
-      offset = h * 128 + p * 8 + d;
-      strides = {8, 1};
+      return {{4, 1, 8}, pos * 8, {128, 8, 1}};
     }
+    // a block of positions and dims of one head
+    const int64_t h = rng() % 4, p = rng() % 12, d = rng() % 4;
+    const int64_t rows = 1 + static_cast<int64_t>(rng() % 4);
+    const int64_t cols = 1 + static_cast<int64_t>(rng() % 4);
+    return {{rows, cols}, h * 128 + p * 8 + d, {8, 1}};
+  };
+  for (int step = 0; step < 40; ++step) {
+    const auto [window, offset, strides] = next_write(step);
     EXPECT_EQ(buf.record_write(window, offset, strides), static_cast<uint64_t>(step + 1));
     write_window(data, window, offset, strides, 1000.0f * static_cast<float>(step + 1));
     versions.emplace_back(data, data + count);
