@@ -132,9 +132,11 @@ void quantize(ConstBuffer dense, DType dtype, size_t rows, size_t cols, const Qu
   validate_buffer(biases.data, biases.bytes, layout.biases_bytes, "biases", desc);
   auto* words = static_cast<uint32_t*>(packed.data);
   if (is_microscaled(spec.mode)) {
-    if (options.kernel != KernelChoice::Reference) resolve_kernel(options.kernel);
+    const KernelChoice kernel = options.kernel == KernelChoice::Reference
+                                    ? KernelChoice::Reference
+                                    : resolve_kernel(options.kernel);
     microscaled::quantize(dense.data, dtype, rows, cols, spec, words,
-                          static_cast<uint8_t*>(scales.data), options.threads);
+                          static_cast<uint8_t*>(scales.data), kernel, options.threads);
     return;
   }
   const KernelChoice kernel = resolve_kernel(options.kernel);
