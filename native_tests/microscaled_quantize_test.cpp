@@ -389,3 +389,37 @@ TEST(MicroscaledQuantize, ReferenceKernelChoiceRunsTheReference) {
     }
   }
 }
+
+TEST(MicroscaledQuantize, OrdinaryGroupsTakeTheFastPath) {
+  // (The byte-equality tests above would also pass if every group fell back to the reference.)
+  // With a global scale g (MLX's: the tensor's max|w|) group maxima up to g are ordinary.
+  for (const QuantSpec& spec : {kMxfp4, kMxfp8, kNvfp4, nvfp4_global(3000.0f)}) {
+    for (DType dtype : kAllDtypes) {
+      const fast::Context c(dtype, spec);
+      ASSERT_TRUE(c.fast());
+      fast::GroupScale s;
+      for (float amax : {0.0f, 1e-3f, 0.02f, 1.0f, 6.0f, 100.0f, 3000.0f}) {
+        EXPECT_TRUE(fast::group_scale(c, bit_cast<uint32_t>(amax), &s))
+            << mode_name(spec.mode) << " " << dtype_name(dtype) << " max " << amax;
+      }
+      EXPECT_FALSE(fast::group_scale(c, 0x7F800000u, &s));  // Inf
+      EXPECT_FALSE(fast::group_scale(c, 0x7FC00000u, &s));  // NaN
+    }
+  }
+  EXPECT_FALSE(fast::Context(DType::F32, nvfp4_global(-1.0f)).fast());
+  EXPECT_FALSE(fast::Context(DType::F32, nvfp4_global(1e-40f)).fast());  // 2688 / g = Inf
+}
+
+TEST(MicroscaledQuantize, EstimatesFollowTheKernel) {
+  ExecOptions reference, portable, best;
+  reference.kernel = KernelChoice::Reference;
+  portable.kernel = KernelChoice::Portable;
+  for (const QuantSpec& spec : {kMxfp4, kMxfp8, kNvfp4}) {
+    const double r = estimated_quantize_ns(4096, 4096, spec, DType::BF16, reference);
+    const double p = estimated_quantize_ns(4096, 4096, spec, DType::BF16, portable);
+    const double a = estimated_quantize_ns(4096, 4096, spec, DType::BF16, best);
+    EXPECT_GT(r, 4 * p);
+    EXPECT_GE(p, a);
+    EXPECT_GT(a, 4096.0 * 4096.0 * 0.5);  // never below what the fastest kernel measured
+  }
+}

@@ -96,6 +96,10 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
       }
       scales[r * groups + g] = s.byte;
       uint32_t* words = packed + r * words_per_row + g * words_per_group;
+      if (s.zero_codes) {
+        for (size_t w = 0; w < words_per_group; ++w) words[w] = 0;
+        continue;
+      }
       if (spec.bits == 8) {
         for (size_t w = 0; w < words_per_group; ++w) {
           uint32_t word = 0;

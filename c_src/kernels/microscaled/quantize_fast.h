@@ -15,9 +15,10 @@
 //     (a tie then falls into the lower interval): the exponent and top two mantissa bits index a
 //     16-entry table. native_tests/microscaled_quantize_test.cpp checks it against the
 //     reference's argmin for all 65,536 f16 and bf16 patterns and around every f32 boundary;
-//   - anything outside those conditions (a NaN or Inf in the group, an f32-subnormal scale, an
-//     nvfp4 scale that encodes to 0, a q beyond kFastQMax) goes through the reference for that
-//     group alone (reference_group).
+//   - anything outside those conditions (a NaN or Inf in the group, an f32-subnormal scale, a q
+//     beyond kFastQMax) goes through the reference for that
+//     group alone (reference_group). (An nvfp4 scale that encodes to 0 is no exception: every
+//     code is then 0, GroupScale::zero_codes.)
 #pragma once
 
 #include <cstddef>
@@ -82,6 +83,9 @@ struct Context {
 struct GroupScale {
   uint8_t byte;
   float factor;
+  // nvfp4 whose scale encodes to 0 (max|w| / 6 times the encoding factor below E4M3's 2^-10):
+  // every element is divided by 0, so every q is +-Inf or NaN and every code 0.
+  bool zero_codes;
 };
 
 // The group's scale from max|w|'s bit pattern (sign cleared); false: the group must take the
@@ -93,10 +97,13 @@ inline bool group_scale(const Context& c, uint32_t amax_bits, GroupScale* out) {
   if (c.mode == QuantMode::Nvfp4) {
     const uint8_t byte = e4m3_from_f32(scale * c.encode);
     const float divisor = c.e4m3[byte];
-    if (!(divisor > 0.0f)) return false;
+    if (divisor == 0.0f) {
+      *out = {byte, divisor, true};
+      return true;
+    }
     const float qmax = round_to_dtype(amax / divisor, c.dtype) * c.encode;
     if (!(qmax <= kFastQMax)) return false;
-    *out = {byte, divisor};
+    *out = {byte, divisor, false};
     return true;
   }
   int e = 0;
@@ -109,7 +116,7 @@ inline bool group_scale(const Context& c, uint32_t amax_bits, GroupScale* out) {
   if (e < c.e_min || e > c.e_max) return false;
   const float factor = bit_cast<float>(static_cast<uint32_t>(127 - e) << 23);
   if (c.bits == 4 && !(round_to_dtype(amax * factor, c.dtype) <= kFastQMax)) return false;
-  *out = {static_cast<uint8_t>(e + 127), factor};
+  *out = {static_cast<uint8_t>(e + 127), factor, false};
   return true;
 }
 

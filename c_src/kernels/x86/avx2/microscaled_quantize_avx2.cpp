@@ -124,6 +124,11 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
           fast::reference_group(dense, T, cols, spec, r, g, packed, scales);
           continue;
         }
+        if (s.zero_codes) {
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(words), _mm_setzero_si128());
+          scales[r * groups + g] = s.byte;
+          continue;
+        }
         const __m256 d = _mm256_set1_ps(s.factor);
         const __m256i c0 = e2m1_codes(_mm256_mul_ps(round8<T>(_mm256_div_ps(v0, d)), encode));
         const __m256i c1 = e2m1_codes(_mm256_mul_ps(round8<T>(_mm256_div_ps(v1, d)), encode));

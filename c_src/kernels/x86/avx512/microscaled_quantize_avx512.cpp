@@ -109,6 +109,11 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
           fast::reference_group(dense, T, cols, spec, r, g, packed, scales);
           continue;
         }
+        if (s.zero_codes) {
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(words), _mm_setzero_si128());
+          scales[r * groups + g] = s.byte;
+          continue;
+        }
         const __m512 q =
             _mm512_mul_ps(round16<T>(_mm512_div_ps(v, _mm512_set1_ps(s.factor))), encode);
         const __m128i bytes = _mm512_cvtepi32_epi8(e2m1_codes(q));
