@@ -90,7 +90,7 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
         amax_bits = std::max(amax_bits, bit_cast<uint32_t>(v[i]) & 0x7FFFFFFFu);
       }
       GroupScale s;
-      if (!c.fast() || !group_scale(c, amax_bits, &s)) {
+      if (!c.fast() || !group_scale<T>(c, amax_bits, &s)) {
         reference_group(dense, T, cols, spec, r, g, packed, scales);
         continue;
       }

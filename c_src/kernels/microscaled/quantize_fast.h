@@ -89,11 +89,13 @@ struct GroupScale {
 };
 
 // The group's scale from max|w|'s bit pattern (sign cleared); false: the group must take the
-// reference.
-inline bool group_scale(const Context& c, uint32_t amax_bits, GroupScale* out) {
+// reference. T is c.dtype (a template parameter for the kernels' sake).
+template <DType T>
+inline __attribute__((always_inline)) bool group_scale(const Context& c, uint32_t amax_bits,
+                                                       GroupScale* out) {
   if (amax_bits >= 0x7F800000u) return false;  // Inf or NaN
   const float amax = bit_cast<float>(amax_bits);
-  const float scale = round_to_dtype(amax / c.maxval, c.dtype);
+  const float scale = round_to_dtype(amax / c.maxval, T);
   if (c.mode == QuantMode::Nvfp4) {
     const uint8_t byte = e4m3_from_f32(scale * c.encode);
     const float divisor = c.e4m3[byte];
@@ -101,7 +103,7 @@ inline bool group_scale(const Context& c, uint32_t amax_bits, GroupScale* out) {
       *out = {byte, divisor, true};
       return true;
     }
-    const float qmax = round_to_dtype(amax / divisor, c.dtype) * c.encode;
+    const float qmax = round_to_dtype(amax / divisor, T) * c.encode;
     if (!(qmax <= kFastQMax)) return false;
     *out = {byte, divisor, false};
     return true;
@@ -115,9 +117,20 @@ inline bool group_scale(const Context& c, uint32_t amax_bits, GroupScale* out) {
   }
   if (e < c.e_min || e > c.e_max) return false;
   const float factor = bit_cast<float>(static_cast<uint32_t>(127 - e) << 23);
-  if (c.bits == 4 && !(round_to_dtype(amax * factor, c.dtype) <= kFastQMax)) return false;
+  if (c.bits == 4 && !(round_to_dtype(amax * factor, T) <= kFastQMax)) return false;
   *out = {static_cast<uint8_t>(e + 127), factor, false};
   return true;
+}
+
+inline bool group_scale(const Context& c, uint32_t amax_bits, GroupScale* out) {
+  switch (c.dtype) {
+    case DType::F32:
+      return group_scale<DType::F32>(c, amax_bits, out);
+    case DType::F16:
+      return group_scale<DType::F16>(c, amax_bits, out);
+    default:
+      return group_scale<DType::BF16>(c, amax_bits, out);
+  }
 }
 
 // Group g of row r (cols values per row) through the reference: its scale byte and its words.

@@ -120,7 +120,7 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
       if (spec.mode == QuantMode::Nvfp4) {
         const __m256 v0 = load8<T>(dense, base), v1 = load8<T>(dense, base + 8);
         const uint32_t amax = reduce_max(_mm256_max_epu32(abs_bits(v0), abs_bits(v1)));
-        if (!fast_ok || !fast::group_scale(c, amax, &s)) {
+        if (!fast_ok || !fast::group_scale<T>(c, amax, &s)) {
           fast::reference_group(dense, T, cols, spec, r, g, packed, scales);
           continue;
         }
@@ -141,7 +141,7 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
           v[j] = load8<T>(dense, base + 8 * j);
           m = _mm256_max_epu32(m, abs_bits(v[j]));
         }
-        if (!fast::group_scale(c, reduce_max(m), &s)) {
+        if (!fast::group_scale<T>(c, reduce_max(m), &s)) {
           fast::reference_group(dense, T, cols, spec, r, g, packed, scales);
           continue;
         }

@@ -105,7 +105,7 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
       fast::GroupScale s;
       if (spec.mode == QuantMode::Nvfp4) {
         const __m512 v = load16<T>(dense, base);
-        if (!fast_ok || !fast::group_scale(c, _mm512_reduce_max_epu32(abs_bits(v)), &s)) {
+        if (!fast_ok || !fast::group_scale<T>(c, _mm512_reduce_max_epu32(abs_bits(v)), &s)) {
           fast::reference_group(dense, T, cols, spec, r, g, packed, scales);
           continue;
         }
@@ -122,7 +122,7 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
       } else {
         const __m512 v0 = load16<T>(dense, base), v1 = load16<T>(dense, base + 16);
         const uint32_t amax = _mm512_reduce_max_epu32(_mm512_max_epu32(abs_bits(v0), abs_bits(v1)));
-        if (!fast::group_scale(c, amax, &s)) {
+        if (!fast::group_scale<T>(c, amax, &s)) {
           fast::reference_group(dense, T, cols, spec, r, g, packed, scales);
           continue;
         }
