@@ -231,7 +231,7 @@ TEST(MicroscaledQuantize, RandomRowsOfSeveralScalesMatchTheReference) {
   for (const QuantSpec& spec : kAllSpecs) {
     for (DType dtype : kAllDtypes) {
       for (float scale : {1.0f, 0.02f, 1e-5f, 300.0f, 6e4f, 1e-30f, 1e30f}) {
-        const size_t rows = 7, cols = 192;
+        const size_t rows = 5, cols = 1120;  // 35 mx groups: two blocks of 16 and a tail
         auto values = random_values(rows * cols, 17, cols);
         for (auto& v : values) v *= scale;
         expect_all_kernels_match(TypedBuffer(dtype, values), rows, cols, spec,
@@ -259,7 +259,7 @@ TEST(MicroscaledQuantize, SpecialValuesMatchTheReference) {
   for (const QuantSpec& spec : kAllSpecs) {
     for (DType dtype : kAllDtypes) {
       const size_t gs = static_cast<size_t>(spec.group_size);
-      const size_t rows = 5, cols = gs * 12;
+      const size_t rows = 5, cols = gs * 40;
       std::vector<float> values(rows * cols);
       std::normal_distribution<float> normal(0.0f, 1.0f);
       for (size_t i = 0; i < values.size(); ++i) {
@@ -364,7 +364,7 @@ TEST(MicroscaledQuantize, TailShapesAndOddGlobalScalesMatchTheReference) {
   for (const QuantSpec& spec : specs) {
     for (DType dtype : kAllDtypes) {
       for (size_t rows : {1, 2, 3}) {
-        for (size_t groups : {1, 2, 3, 5}) {
+        for (size_t groups : {1, 2, 3, 5, 15, 16, 17, 33}) {
           const size_t cols = groups * static_cast<size_t>(spec.group_size);
           const auto values =
               random_values(rows * cols, static_cast<uint32_t>(rows * 31 + groups), cols);

@@ -88,6 +88,70 @@ inline __m128i pack_nibbles(__m512i c0, __m512i c1) {
   return _mm256_cvtepi16_epi8(pairs);
 }
 
+// One mx group's 32 elements times factor (2^-e), rounded, encoded and stored.
+template <DType T>
+inline void encode_mx(__m512 v0, __m512 v1, __m512 factor, int bits, uint32_t* words) {
+  const __m512 q0 = round16<T>(_mm512_mul_ps(v0, factor));
+  const __m512 q1 = round16<T>(_mm512_mul_ps(v1, factor));
+  if (bits == 4) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(words),
+                     pack_nibbles(e2m1_codes(q0), e2m1_codes(q1)));
+  } else {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(words), _mm512_cvtepi32_epi8(e4m3_codes(q0)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(words + 4), _mm512_cvtepi32_epi8(e4m3_codes(q1)));
+  }
+}
+
+// 16 mx groups at once (512 values from `base`): fast::group_scale<T> lane by lane (its
+// bisected thresholds gathered by exponent), then each group encoded, or the reference's.
+template <DType T>
+void mx_block16(const fast::Context& c, const void* dense, size_t cols, const QuantSpec& spec,
+                size_t r, size_t g0, uint32_t* packed, uint8_t* scales) {
+  const size_t base = r * cols + g0 * 32;
+  const size_t groups = cols / 32;
+  const size_t words_per_group = static_cast<size_t>(spec.bits);  // 32 * bits / 32
+  alignas(64) uint32_t amax[16];
+  for (int j = 0; j < 16; ++j) {
+    const __m512 v0 = load16<T>(dense, base + 32 * j), v1 = load16<T>(dense, base + 32 * j + 16);
+    amax[j] = _mm512_reduce_max_epu32(_mm512_max_epu32(abs_bits(v0), abs_bits(v1)));
+  }
+  const __m512i a = _mm512_load_si512(amax);
+  const __mmask16 finite = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000));
+  const __m512 scale = round16<T>(_mm512_div_ps(_mm512_castsi512_ps(a), _mm512_set1_ps(c.maxval)));
+  const __m512i sb = _mm512_castps_si512(scale);
+  const __m512i exponent = _mm512_srli_epi32(sb, 23);
+  const __m512i thr =
+      _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), finite, exponent, c.thresholds, 4);
+  const __mmask16 up =
+      _mm512_cmpge_epu32_mask(_mm512_and_si512(sb, _mm512_set1_epi32(0x7FFFFF)), thr);
+  const __mmask16 zero = _mm512_cmpeq_epi32_mask(sb, _mm512_setzero_si512());
+  __m512i e = _mm512_sub_epi32(exponent, _mm512_set1_epi32(127));
+  e = _mm512_mask_add_epi32(e, up, e, _mm512_set1_epi32(1));
+  e = _mm512_mask_mov_epi32(e, zero, _mm512_setzero_si512());
+  __mmask16 ok = finite & (zero | _mm512_cmpneq_epi32_mask(exponent, _mm512_setzero_si512()));
+  ok &= _mm512_cmpge_epi32_mask(e, _mm512_set1_epi32(c.e_min)) &
+        _mm512_cmple_epi32_mask(e, _mm512_set1_epi32(c.e_max));
+  const __m512i factor_bits = _mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(127), e), 23);
+  if (spec.bits == 4) {
+    const __m512 qmax =
+        round16<T>(_mm512_mul_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(factor_bits)));
+    ok &= _mm512_cmp_ps_mask(qmax, _mm512_set1_ps(fast::kFastQMax), _CMP_LE_OQ);
+  }
+  alignas(64) float factor[16];
+  _mm512_store_si512(factor, factor_bits);
+  _mm_mask_storeu_epi8(scales + r * groups + g0, ok,
+                       _mm512_cvtepi32_epi8(_mm512_add_epi32(e, _mm512_set1_epi32(127))));
+  for (int j = 0; j < 16; ++j) {
+    if (!((ok >> j) & 1)) {
+      fast::reference_group(dense, T, cols, spec, r, g0 + j, packed, scales);
+      continue;
+    }
+    const __m512 v0 = load16<T>(dense, base + 32 * j), v1 = load16<T>(dense, base + 32 * j + 16);
+    encode_mx<T>(v0, v1, _mm512_set1_ps(factor[j]), spec.bits,
+                 packed + r * groups * words_per_group + (g0 + j) * words_per_group);
+  }
+}
+
 template <DType T>
 void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begin, size_t row_end,
           uint32_t* packed, uint8_t* scales) {
@@ -99,7 +163,11 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
   const bool fast_ok = c.fast();
   const __m512 encode = _mm512_set1_ps(c.encode);
   for (size_t r = row_begin; r < row_end; ++r) {
-    for (size_t g = 0; g < groups; ++g) {
+    size_t g = 0;
+    if (spec.mode != QuantMode::Nvfp4) {
+      for (; g + 16 <= groups; g += 16) mx_block16<T>(c, dense, cols, spec, r, g, packed, scales);
+    }
+    for (; g < groups; ++g) {
       const size_t base = r * cols + g * gs;
       uint32_t* words = packed + r * words_per_row + g * words_per_group;
       fast::GroupScale s;
@@ -126,17 +194,7 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
           fast::reference_group(dense, T, cols, spec, r, g, packed, scales);
           continue;
         }
-        const __m512 factor = _mm512_set1_ps(s.factor);
-        const __m512 q0 = round16<T>(_mm512_mul_ps(v0, factor));
-        const __m512 q1 = round16<T>(_mm512_mul_ps(v1, factor));
-        if (spec.bits == 4) {
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(words),
-                           pack_nibbles(e2m1_codes(q0), e2m1_codes(q1)));
-        } else {
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(words), _mm512_cvtepi32_epi8(e4m3_codes(q0)));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(words + 4),
-                           _mm512_cvtepi32_epi8(e4m3_codes(q1)));
-        }
+        encode_mx<T>(v0, v1, _mm512_set1_ps(s.factor), spec.bits, words);
       }
       scales[r * groups + g] = s.byte;
     }
