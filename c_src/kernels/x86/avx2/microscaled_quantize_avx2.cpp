@@ -102,6 +102,127 @@ inline __m128i pack_nibbles(__m256i bytes) {
   return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
 }
 
+// The lanes where a < b, for non-negative int32 patterns.
+inline __m256i less(__m256i a, __m256i b) {
+  return _mm256_cmpgt_epi32(b, a);
+}
+
+// 8 mx groups at once (256 values from `base`): fast::group_scale<T> lane by lane (its bisected
+// thresholds gathered by exponent), then each group encoded, or the reference's.
+template <DType T>
+void mx_block8(const fast::Context& c, const void* dense, size_t cols, const QuantSpec& spec,
+               size_t r, size_t g0, uint32_t* packed, uint8_t* scales) {
+  const size_t base = r * cols + g0 * 32;
+  const size_t groups = cols / 32;
+  const size_t words_per_group = static_cast<size_t>(spec.bits);  // 32 * bits / 32
+  alignas(32) uint32_t amax[8];
+  for (int j = 0; j < 8; ++j) {
+    __m256i m = _mm256_setzero_si256();
+    for (int k = 0; k < 4; ++k)
+      m = _mm256_max_epu32(m, abs_bits(load8<T>(dense, base + 32 * j + 8 * k)));
+    amax[j] = reduce_max(m);
+  }
+  const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(amax));
+  const __m256i finite = less(a, _mm256_set1_epi32(0x7F800000));
+  const __m256 scale = round8<T>(_mm256_div_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(c.maxval)));
+  const __m256i sb = _mm256_castps_si256(scale);
+  const __m256i exponent = _mm256_srli_epi32(sb, 23);
+  const __m256i thr = _mm256_mask_i32gather_epi32(
+      _mm256_setzero_si256(), reinterpret_cast<const int*>(c.thresholds), exponent, finite, 4);
+  const __m256i up = _mm256_andnot_si256(
+      less(_mm256_and_si256(sb, _mm256_set1_epi32(0x7FFFFF)), thr), _mm256_set1_epi32(1));
+  const __m256i zero = _mm256_cmpeq_epi32(sb, _mm256_setzero_si256());
+  __m256i e = _mm256_add_epi32(_mm256_sub_epi32(exponent, _mm256_set1_epi32(127)), up);
+  e = _mm256_andnot_si256(zero, e);
+  __m256i ok = _mm256_and_si256(
+      finite,
+      _mm256_or_si256(zero, _mm256_xor_si256(_mm256_cmpeq_epi32(exponent, _mm256_setzero_si256()),
+                                             _mm256_set1_epi32(-1))));
+  ok = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(c.e_min), e), ok);
+  ok = _mm256_andnot_si256(_mm256_cmpgt_epi32(e, _mm256_set1_epi32(c.e_max)), ok);
+  const __m256i factor_bits = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(127), e), 23);
+  if (spec.bits == 4) {
+    const __m256 qmax =
+        round8<T>(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(factor_bits)));
+    ok = _mm256_and_si256(
+        ok, _mm256_castps_si256(_mm256_cmp_ps(qmax, _mm256_set1_ps(fast::kFastQMax), _CMP_LE_OQ)));
+  }
+  const int ok_bits = _mm256_movemask_ps(_mm256_castsi256_ps(ok));
+  alignas(32) float factor[8];
+  alignas(32) int32_t byte[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(factor), factor_bits);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(byte), _mm256_add_epi32(e, _mm256_set1_epi32(127)));
+  for (int j = 0; j < 8; ++j) {
+    if (!((ok_bits >> j) & 1)) {
+      fast::reference_group(dense, T, cols, spec, r, g0 + j, packed, scales);
+      continue;
+    }
+    scales[r * groups + g0 + j] = static_cast<uint8_t>(byte[j]);
+    const __m256 f = _mm256_set1_ps(factor[j]);
+    __m256i codes[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256 q = round8<T>(_mm256_mul_ps(load8<T>(dense, base + 32 * j + 8 * k), f));
+      codes[k] = spec.bits == 4 ? e2m1_codes(q) : e4m3_codes(q);
+    }
+    const __m256i bytes = pack_bytes(codes[0], codes[1], codes[2], codes[3]);
+    uint32_t* words = packed + r * groups * words_per_group + (g0 + j) * words_per_group;
+    if (spec.bits == 4) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(words), pack_nibbles(bytes));
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(words), bytes);
+    }
+  }
+}
+
+// 8 nvfp4 groups at once (128 values from `base`), as mx_block8 (the E4M3 scale byte by
+// e4m3_codes, its value gathered from the table).
+template <DType T>
+void nv_block8(const fast::Context& c, const void* dense, size_t cols, const QuantSpec& spec,
+               size_t r, size_t g0, uint32_t* packed, uint8_t* scales) {
+  const size_t base = r * cols + g0 * 16;
+  const size_t groups = cols / 16;
+  alignas(32) uint32_t amax[8];
+  for (int j = 0; j < 8; ++j) {
+    amax[j] = reduce_max(_mm256_max_epu32(abs_bits(load8<T>(dense, base + 16 * j)),
+                                          abs_bits(load8<T>(dense, base + 16 * j + 8))));
+  }
+  const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(amax));
+  const __m256 encode = _mm256_set1_ps(c.encode);
+  const __m256i finite = less(a, _mm256_set1_epi32(0x7F800000));
+  const __m256 scale = round8<T>(_mm256_div_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(6.0f)));
+  const __m256i byte = e4m3_codes(_mm256_mul_ps(scale, encode));
+  const __m256 divisor = _mm256_i32gather_ps(c.e4m3, byte, 4);
+  const __m256 zero = _mm256_cmp_ps(divisor, _mm256_setzero_ps(), _CMP_EQ_OQ);
+  const __m256 qmax =
+      _mm256_mul_ps(round8<T>(_mm256_div_ps(_mm256_castsi256_ps(a), divisor)), encode);
+  const __m256 ok = _mm256_and_ps(
+      _mm256_castsi256_ps(finite),
+      _mm256_or_ps(zero, _mm256_cmp_ps(qmax, _mm256_set1_ps(fast::kFastQMax), _CMP_LE_OQ)));
+  const int ok_bits = _mm256_movemask_ps(ok), zero_bits = _mm256_movemask_ps(zero);
+  alignas(32) float div[8];
+  alignas(32) int32_t bytes[8];
+  _mm256_store_ps(div, divisor);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bytes), byte);
+  const __m256 e = encode;
+  for (int j = 0; j < 8; ++j) {
+    uint32_t* words = packed + (r * groups + g0 + j) * 2;
+    if (!((ok_bits >> j) & 1)) {
+      fast::reference_group(dense, T, cols, spec, r, g0 + j, packed, scales);
+      continue;
+    }
+    scales[r * groups + g0 + j] = static_cast<uint8_t>(bytes[j]);
+    if ((zero_bits >> j) & 1) {
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(words), _mm_setzero_si128());
+      continue;
+    }
+    const __m256 d = _mm256_set1_ps(div[j]);
+    const __m256 v0 = load8<T>(dense, base + 16 * j), v1 = load8<T>(dense, base + 16 * j + 8);
+    const __m256i c0 = e2m1_codes(_mm256_mul_ps(round8<T>(_mm256_div_ps(v0, d)), e));
+    const __m256i c1 = e2m1_codes(_mm256_mul_ps(round8<T>(_mm256_div_ps(v1, d)), e));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(words), pack_nibbles(pack_bytes(c0, c1, c0, c1)));
+  }
+}
+
 template <DType T>
 void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begin, size_t row_end,
           uint32_t* packed, uint8_t* scales) {
@@ -113,7 +234,13 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
   const bool fast_ok = c.fast();
   const __m256 encode = _mm256_set1_ps(c.encode);
   for (size_t r = row_begin; r < row_end; ++r) {
-    for (size_t g = 0; g < groups; ++g) {
+    size_t g = 0;
+    if (spec.mode != QuantMode::Nvfp4) {
+      for (; g + 8 <= groups; g += 8) mx_block8<T>(c, dense, cols, spec, r, g, packed, scales);
+    } else if (fast_ok) {
+      for (; g + 8 <= groups; g += 8) nv_block8<T>(c, dense, cols, spec, r, g, packed, scales);
+    }
+    for (; g < groups; ++g) {
       const size_t base = r * cols + g * gs;
       uint32_t* words = packed + r * words_per_row + g * words_per_group;
       fast::GroupScale s;
