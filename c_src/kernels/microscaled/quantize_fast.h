@@ -7,7 +7,9 @@
 //     half to even) is a step function of the scale within each binade 2^k <= scale < 2^(k+1):
 //     k below a threshold mantissa, k + 1 from it on. The thresholds are found once per dtype by
 //     bisection on the reference's own expression (std::log2 and all; e8m0_thresholds), and the
-//     divisor 2^e is then exact, so w / 2^e is w * 2^-e;
+//     divisor 2^e is then exact, so w / 2^e is w * 2^-e. The tests check the thresholds against
+//     that expression for every f16 and bf16 scale and around every f32 step (a disabled test
+//     does every normal f32 scale, ~2^31 of them: it passed);
 //   - E2M1 elements: for |q| <= kFastQMax every difference q - entry that can decide the
 //     reference's argmin is exact (Sterbenz) and the others are farther by more than their
 //     rounding error, so its result is the nearest entry, ties to the smaller magnitude, -0 and

@@ -1,8 +1,9 @@
 // AVX2 microscaled quantize (mxfp4, mxfp8, nvfp4): the fast quantizer of
 // microscaled/quantize_fast.h with 8 lanes, as the AVX-512 one (x86/avx512/
-// microscaled_quantize_avx512.cpp) does it: values as f32, max|w| from the sign-cleared bit
-// patterns, the scale on the scalar side (or the reference for that group), each element scaled,
-// rounded to the dtype and encoded lane by lane (E2M1's 16-entry table by vpshufb).
+// microscaled_quantize_avx512.cpp) does it: blocks of 8 groups whose scales are computed
+// together (fast::group_scale's steps, thresholds / E4M3 values gathered), each element scaled,
+// rounded to the dtype and encoded lane by lane (E2M1's 16-entry table by vpshufb); a row's last
+// groups one by one.
 #include <immintrin.h>
 
 #include "microscaled/quantize_fast.h"

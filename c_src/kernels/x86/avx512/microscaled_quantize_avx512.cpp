@@ -1,10 +1,12 @@
 // AVX-512 microscaled quantize (mxfp4, mxfp8, nvfp4): the fast quantizer of
-// microscaled/quantize_fast.h with 16 lanes. Per group: its values as f32 (bf16 shifted, f16
-// through vcvtph2ps), max|w| as the unsigned maximum of the sign-cleared bit patterns, the scale
-// on the scalar side (fast::group_scale, or the reference for that group), then each element
-// times 2^-e (mx) or divided by the E4M3 scale (nvfp4), rounded to the dtype (bf16 by integer
-// round-to-nearest-even, which keeps subnormals, unlike vcvtneps2bf16; f16 by vcvtps2ph) and
-// encoded lane by lane exactly as fast::e2m1_code / e4m3_from_f32 do.
+// microscaled/quantize_fast.h with 16 lanes. Blocks of 16 groups: their values as f32 (bf16
+// shifted, f16 through vcvtph2ps), each max|w| as the unsigned maximum of the sign-cleared bit
+// patterns, then fast::group_scale's steps for the 16 groups at once (the E8M0 thresholds or the
+// E4M3 values gathered), any group outside the fast domain through the reference; then each
+// element times 2^-e (mx) or divided by the E4M3 scale (nvfp4), rounded to the dtype (bf16 by
+// integer round-to-nearest-even, which keeps subnormals, unlike vcvtneps2bf16; f16 by
+// vcvtps2ph) and encoded lane by lane exactly as fast::e2m1_code / e4m3_from_f32 do. A row's
+// last groups (fewer than 16) go one by one through the scalar fast::group_scale.
 #include <immintrin.h>
 
 #include "microscaled/quantize_fast.h"
