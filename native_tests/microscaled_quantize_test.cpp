@@ -139,6 +139,7 @@ TEST(MicroscaledQuantize, E2m1CodeIsTheReferenceArgminForEvery16BitPattern) {
       ++checked;
       ASSERT_EQ(fast::e2m1_code(q), argmin_e2m1(q, dtype)) << dtype_name(dtype) << " q " << q;
       ASSERT_EQ(fast::e2m1_code(q), argmin_e2m1(q, DType::F32)) << "f32 differences, q " << q;
+      ASSERT_EQ(fast::e2m1_code_by_compares(q), fast::e2m1_code(q)) << "q " << q;
     }
     EXPECT_GT(checked, 30000u);
   }
@@ -156,6 +157,7 @@ TEST(MicroscaledQuantize, E2m1CodeIsTheReferenceArgminAroundEveryF32Boundary) {
         const float q = sign * f32_from_bits(static_cast<uint32_t>(b));
         if (!(std::fabs(q) <= fast::kFastQMax)) continue;
         ASSERT_EQ(fast::e2m1_code(q), argmin_e2m1(q, DType::F32)) << "q " << q;
+        ASSERT_EQ(fast::e2m1_code_by_compares(q), fast::e2m1_code(q)) << "q " << q;
       }
     }
   }
@@ -168,6 +170,8 @@ TEST(MicroscaledQuantize, E2m1CodeIsTheReferenceArgminAroundEveryF32Boundary) {
     const float r = f32_from_bits(static_cast<uint32_t>(rng()) % 0x41800001u |
                                   (static_cast<uint32_t>(rng()) & 0x80000000u));
     ASSERT_EQ(fast::e2m1_code(r), argmin_e2m1(r, DType::F32)) << "q " << r;
+    ASSERT_EQ(fast::e2m1_code_by_compares(r), fast::e2m1_code(r)) << "q " << r;
+    ASSERT_EQ(fast::e2m1_code_by_compares(q), fast::e2m1_code(q)) << "q " << q;
   }
 }
 

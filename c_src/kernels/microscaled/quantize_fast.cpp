@@ -71,6 +71,18 @@ inline float round_to(float v) {
   }
 }
 
+// e4m3_from_f32 (codec.h) with its three cases computed and selected, as the SIMD kernels do.
+inline uint32_t e4m3_branchless(float x) {
+  const uint32_t u = bit_cast<uint32_t>(x);
+  const uint32_t sign = (u >> 24) & 0x80u;
+  const uint32_t bits = u & 0x7FFFFFFFu;
+  const uint32_t small = bit_cast<uint32_t>(bit_cast<float>(bits) + 16384.0f) - 0x46800000u;
+  const uint32_t normal = (bits - (120u << 23) + 0x7FFFFu + ((bits >> 20) & 1u)) >> 20;
+  uint32_t magnitude = bits < 0x3C800000u ? small : normal;
+  magnitude = bits >= 0x43E00000u ? 0x7Eu : magnitude;
+  return (magnitude & 0xFFu) | sign;
+}
+
 template <DType T>
 void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begin, size_t row_end,
           uint32_t* packed, uint8_t* scales) {
@@ -101,24 +113,27 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
         continue;
       }
       if (spec.bits == 8) {
+        uint32_t code[32];
+        for (size_t i = 0; i < gs; ++i) code[i] = e4m3_branchless(round_to<T>(v[i] * s.factor));
         for (size_t w = 0; w < words_per_group; ++w) {
-          uint32_t word = 0;
-          for (size_t j = 0; j < 4; ++j) {
-            const float q = round_to<T>(v[4 * w + j] * s.factor);
-            word |= static_cast<uint32_t>(e4m3_from_f32(q)) << (8 * j);
-          }
-          words[w] = word;
+          const uint32_t* k = code + 4 * w;
+          words[w] = k[0] | k[1] << 8 | k[2] << 16 | k[3] << 24;
         }
         continue;
       }
+      // Straight-line loops over the group (q, then codes, then bytes) that compilers vectorize.
+      float q[32];
+      if (nv) {
+        for (size_t i = 0; i < gs; ++i) q[i] = round_to<T>(v[i] / s.factor) * c.encode;
+      } else {
+        for (size_t i = 0; i < gs; ++i) q[i] = round_to<T>(v[i] * s.factor);
+      }
+      uint32_t code[32];
+      for (size_t i = 0; i < gs; ++i) code[i] = e2m1_code_by_compares(q[i]);
       for (size_t w = 0; w < words_per_group; ++w) {
-        uint32_t word = 0;
-        for (size_t j = 0; j < 8; ++j) {
-          const float x = v[8 * w + j];
-          const float q = nv ? round_to<T>(x / s.factor) * c.encode : round_to<T>(x * s.factor);
-          word |= e2m1_code(q) << (4 * j);
-        }
-        words[w] = word;
+        const uint32_t* k = code + 8 * w;
+        words[w] = k[0] | k[1] << 4 | k[2] << 8 | k[3] << 12 | k[4] << 16 | k[5] << 20 |
+                   k[6] << 24 | k[7] << 28;
       }
     }
   }

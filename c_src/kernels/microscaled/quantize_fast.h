@@ -54,6 +54,17 @@ inline uint32_t e2m1_code(float q) {
   return static_cast<uint32_t>(a) > kQuarterBits ? code : 0u;
 }
 
+// e2m1_code by seven comparisons with the midpoints' bit patterns (a tie is not above its
+// midpoint: the smaller magnitude), for loops a compiler vectorizes; tested equal to it.
+inline uint32_t e2m1_code_by_compares(float q) {
+  const uint32_t bits = bit_cast<uint32_t>(q);
+  const uint32_t a = bits & 0x7FFFFFFFu;
+  const uint32_t magnitude = (a > kQuarterBits) + (a > 0x3F400000u) + (a > 0x3FA00000u) +
+                             (a > 0x3FE00000u) + (a > 0x40200000u) + (a > 0x40600000u) +
+                             (a > 0x40A00000u);  // 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5
+  return magnitude | ((bits >> 28) & 8u & (0u - static_cast<uint32_t>(a > kQuarterBits)));
+}
+
 // For each biased f32 exponent E (1..254) of a normal scale, the smallest 23-bit mantissa from
 // which the reference's E8M0 exponent is E - 126 instead of E - 127 (2^23: never).
 const uint32_t* e8m0_thresholds(DType dtype);
