@@ -237,10 +237,10 @@ double estimated_quantize_ns(size_t rows, size_t cols, const QuantSpec& spec, DT
   // Measured (bench machine, loaded): ~1.1 ns per value with AVX2/AVX-512, ~7 portable.
   const double values = static_cast<double>(rows) * static_cast<double>(cols);
   if (is_microscaled(spec.mode)) {
-    // Measured (BM_QuantizeMicroscaled: bf16 4096 x 4096, 1 thread, CPU time on a loaded
-    // machine, real time up to 3x that): ~0.3-0.45 ns per value with AVX-512, ~0.55-0.8 AVX2,
-    // ~3.4-6 portable C++ (which NEON runs too), 5.6-35 the scalar reference; about 2-3x that
-    // here, plus the page faults of the fresh output.
+    // Measured (BM_QuantizeMicroscaled: bf16 4096 x 4096, 1 thread, shared machine): ~0.3-0.46
+    // ns per value with AVX-512, ~0.6-0.8 AVX2, ~1.7-3.3 portable C++ (which NEON runs too),
+    // 6-36 the scalar reference (real time up to 3x that when the machine was loaded); about
+    // 2-3x that here, plus the page faults of the fresh output.
     KernelChoice kernel = KernelChoice::Portable;
     try {
       kernel = options.kernel == KernelChoice::Reference ? KernelChoice::Reference
@@ -250,7 +250,7 @@ double estimated_quantize_ns(size_t rows, size_t cols, const QuantSpec& spec, DT
     const double per_value = kernel == KernelChoice::Reference ? 80.0
                              : kernel == KernelChoice::Avx512  ? 1.0
                              : kernel == KernelChoice::Avx2    ? 1.8
-                                                               : 12.0;
+                                                               : 8.0;
     const double out_bytes = spec.bits / 8.0 + 1.0 / spec.group_size;
     return values * (per_value + out_bytes * kFreshOutputNsPerByte);
   }
