@@ -276,26 +276,38 @@ void BM_Dequantize(benchmark::State& state) {
                          benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Arguments as BM_Dequantize's; bits >= 100 a microscaled mode as in quantized_set (101 mxfp4,
+// 102 mxfp8, 103 nvfp4), whose kernel may also be 1 (Reference: the scalar oracle).
 void BM_Quantize(benchmark::State& state) {
   if (!kernel_available(state, static_cast<KernelChoice>(state.range(2)))) return;
   const size_t rows = 4096, cols = 4096;
-  const int bits = static_cast<int>(state.range(0));
-  const QuantSpec spec{bits, 64};
+  const int bits_arg = static_cast<int>(state.range(0));
+  const QuantMode mode =
+      bits_arg >= 100 ? static_cast<QuantMode>(bits_arg - 100) : QuantMode::Affine;
+  const bool micro = is_microscaled(mode);
+  const int bits = micro ? (mode == QuantMode::Mxfp8 ? 8 : 4) : bits_arg;
+  const int group = micro ? (mode == QuantMode::Nvfp4 ? 16 : 32) : 64;
+  const QuantSpec spec{bits, group, mode};
   const auto dense = random_bf16(rows * cols, 2);
   std::vector<uint32_t> packed(rows * cols * bits / 32);
-  std::vector<uint16_t> scales(rows * cols / 64), biases(rows * cols / 64);
+  // uint8 scales and no biases for the microscaled modes
+  std::vector<uint16_t> scales(rows * cols / group), biases(micro ? 0 : rows * cols / group);
+  const size_t scale_bytes = micro ? scales.size() : scales.size() * 2;
   ExecOptions options;
   options.threads = static_cast<int>(state.range(1));
   options.kernel = static_cast<KernelChoice>(state.range(2));
   for (auto _ : state) {
     quantize({dense.data(), dense.size() * 2}, DType::BF16, rows, cols, spec,
-             {packed.data(), packed.size() * 4}, {scales.data(), scales.size() * 2},
+             {packed.data(), packed.size() * 4}, {scales.data(), scale_bytes},
              {biases.data(), biases.size() * 2}, options);
     benchmark::DoNotOptimize(packed.data());
   }
-  const double bytes = dense.size() * 2 + packed.size() * 4 + scales.size() * 4;
+  const double bytes = dense.size() * 2 + packed.size() * 4 + scale_bytes * (micro ? 1 : 2);
   state.counters["GB/s"] =
       benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["ns/value"] = benchmark::Counter(
+      static_cast<double>(rows * cols) * 1e-9,
+      benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 
 // memcpy of 64 MB over `threads` threads: the read+write ceiling the conversions compare with.
@@ -322,6 +334,18 @@ void ConversionArgs(benchmark::internal::Benchmark* b) {
     for (int threads : {1, 2}) {
       for (int bits : {4, 3, 6, 8}) b->Args({bits, threads, kernel});
     }
+  }
+}
+
+// The microscaled quantizer: each mode on every kernel, 1 thread (and Auto on 2).
+void MicroscaledQuantizeArgs(benchmark::internal::Benchmark* b) {
+  for (int mode : {101, 102, 103}) {
+    for (int kernel :
+         {static_cast<int>(KernelChoice::Auto), static_cast<int>(KernelChoice::Avx2),
+          static_cast<int>(KernelChoice::Portable), static_cast<int>(KernelChoice::Reference)}) {
+      b->Args({mode, 1, kernel});
+    }
+    b->Args({mode, 2, static_cast<int>(KernelChoice::Auto)});
   }
 }
 
@@ -927,5 +951,10 @@ BENCHMARK(BM_EigenDense)->Apply(DenseShapes)->UseRealTime()->Unit(benchmark::kMi
 BENCHMARK(BM_Copy)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Dequantize)->Apply(ConversionArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Quantize)->Apply(ConversionArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Quantize)
+    ->Name("BM_QuantizeMicroscaled")
+    ->Apply(MicroscaledQuantizeArgs)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Reference)->Args({512, 4096, 1, 4, 1, 0, 0})->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

@@ -4,15 +4,23 @@
 
 #include "cpu_features.h"
 #include "microscaled/microscaled.h"
+#include "microscaled/quantize_fast.h"
 #include "parallel.h"
 
 namespace nx_quant::microscaled {
 
 void quantize(const void* dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
-              uint32_t* packed, uint8_t* scales, int threads) {
-  // One implementation, the reference: MLX's per-operation dtype rounding is the point here.
+              uint32_t* packed, uint8_t* scales, KernelChoice kernel, int threads) {
+  // Every choice but Reference runs the fast quantizer (quantize_fast.h), byte for byte the
+  // reference's results; the SIMD kernels where the choice has them.
+  auto run = fast::quantize_rows;
+  if (kernel == KernelChoice::Reference) run = reference::quantize_rows;
+#if defined(__x86_64__)
+  if (kernel == KernelChoice::Avx512) run = avx512::quantize_rows;
+  if (kernel == KernelChoice::Avx2) run = avx2::quantize_rows;
+#endif
   detail::parallel_for(rows, 1, threads, [&](size_t begin, size_t end) {
-    reference::quantize_rows(dense, dtype, cols, spec, begin, end, packed, scales);
+    run(dense, dtype, cols, spec, begin, end, packed, scales);
   });
 }
 

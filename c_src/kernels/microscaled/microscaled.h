@@ -18,7 +18,7 @@ namespace nx_quant::microscaled {
 
 // Entry points (api.cpp routes here after validating; kernel is resolved: never Auto).
 void quantize(const void* dense, DType dtype, size_t rows, size_t cols, const QuantSpec& spec,
-              uint32_t* packed, uint8_t* scales, int threads);
+              uint32_t* packed, uint8_t* scales, KernelChoice kernel, int threads);
 void dequantize(const QuantizedMatrix& w, void* out, bool transpose_out, KernelChoice kernel,
                 int threads);
 void quantized_matmul(const void* x, DType x_dtype, size_t m, const QuantizedMatrix& w,
