@@ -1,6 +1,6 @@
-// AVX2 GEMV of the microscaled modes with transpose = true (w is [N, K]), any m (rows of x in
-// pairs), W one row at a time, prefetched into L2 a few rows ahead (scale bytes too): 4-bit rows
-// through a vpshufb table lookup and one AND (or shift) + vcvtdq2ps per weight position
+// AVX2 GEMV of the microscaled modes with transpose = true (w is [N, K]), any m (up to 4 rows
+// of x per pass), W one row at a time, prefetched into L2 a few rows ahead (scale bytes too): 4-bit
+// rows through a vpshufb table lookup and one AND (or shift) + vcvtdq2ps per weight position
 // (rows_dot4), mxfp8 bytes as f16 bit patterns through vcvtph2ps (rows_dot8). f32 FMAs, exact
 // products, f32 sums; a row's result does not depend on m (each row of x runs the same code).
 #include <immintrin.h>
@@ -203,23 +203,35 @@ void gemv_rows(const float* x, size_t m, const QuantizedMatrix& w, DType out_dty
   const auto* scales = static_cast<const uint8_t*>(w.scales.data);
   const float global = Nv && w.spec.global_scale != 0.0f ? w.spec.global_scale / 2688.0f : 1.0f;
   const size_t stride = Bits == 4 ? (k + 63) / 64 * 72 : k;  // x from prepare_x4, or as it is
-  float sums[2];
+  constexpr size_t kMaxRows = 4;  // rows of x per pass over a W row (sharing its decode)
+  float sums[kMaxRows];
   for (size_t n = n_begin; n < n_end; ++n) {
     const uint8_t* rb = bytes + n * row_bytes;
     const uint8_t* rs = scales + n * groups;
-    for (size_t i0 = 0; i0 < m; i0 += 2) {
-      const size_t mr = std::min<size_t>(2, m - i0);
+    for (size_t i0 = 0; i0 < m; i0 += kMaxRows) {
+      const size_t mr = std::min(kMaxRows, m - i0);
       const float* xi = x + i0 * stride;
-      if constexpr (Bits == 4) {
-        if (mr == 2) {
-          rows_dot4<2, Nv>(xi, stride, k, rb, row_bytes, rs, groups, sums);
+      auto run = [&](auto rows) {
+        constexpr int MR = decltype(rows)::value;
+        if constexpr (Bits == 4) {
+          rows_dot4<MR, Nv>(xi, stride, k, rb, row_bytes, rs, groups, sums);
         } else {
-          rows_dot4<1, Nv>(xi, stride, k, rb, row_bytes, rs, groups, sums);
+          rows_dot8<MR>(xi, k, rb, row_bytes, rs, groups, sums);
         }
-      } else if (mr == 2) {
-        rows_dot8<2>(xi, k, rb, row_bytes, rs, groups, sums);
-      } else {
-        rows_dot8<1>(xi, k, rb, row_bytes, rs, groups, sums);
+      };
+      switch (mr) {
+        case 1:
+          run(std::integral_constant<int, 1>{});
+          break;
+        case 2:
+          run(std::integral_constant<int, 2>{});
+          break;
+        case 3:
+          run(std::integral_constant<int, 3>{});
+          break;
+        default:
+          run(std::integral_constant<int, 4>{});
+          break;
       }
       for (size_t i = 0; i < mr; ++i) {
         store_from_f32(out, out_dtype, (i0 + i) * w.rows + n, sums[i] * global);
