@@ -20,7 +20,7 @@ namespace nx_quant::microscaled::avx2 {
 namespace {
 
 // W is read one row at a time (one stream; a row of 4096 columns is 2 or 4 KB and stays in L1
-// while the pairs of x rows pass over it) and prefetched into L2 this many rows ahead, its
+// while the groups of up to 4 x rows pass over it) and prefetched into L2 this many rows ahead, its
 // scale bytes too. (Two rows per pass had GCC share each x load between the rows and keep
 // the shared vectors and the accumulators on the stack: a store per load.)
 constexpr size_t kPrefetchRows = 8;
