@@ -86,7 +86,8 @@ void gemm_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype
 }  // namespace avx512
 namespace avx2 {
 // x for the 4-bit gemv_nk: per 64 columns 9 vectors of 8, vector 2p + h holding columns
-// 8l + 2p + h times 2^(-8p) / 2, the last 6 * the sum of columns 8l .. 8l+7; zero past K.
+// 8l + 2p + h times 2^(-8p) / 2 (p < 3; 2^-1 for p = 3), the last -6 * the sum of columns
+// 8l .. 8l+7; zero past K.
 // mxfp8 takes x as it is.
 std::vector<float> prepare_x4(const float* x, size_t m, size_t k);
 void gemv_nk(const float* x, size_t m, const QuantizedMatrix& w, DType out_dtype, size_t n_begin,
