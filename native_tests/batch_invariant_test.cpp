@@ -30,21 +30,6 @@ std::vector<KernelChoice> kernels_here() {
   return kernels;
 }
 
-const char* kernel_name(KernelChoice k) {
-  switch (k) {
-    case KernelChoice::Portable:
-      return "portable";
-    case KernelChoice::Avx2:
-      return "avx2";
-    case KernelChoice::Avx512:
-      return "avx512";
-    case KernelChoice::Neon:
-      return "neon";
-    default:
-      return "other";
-  }
-}
-
 bool same_bits(float a, float b) {
   return std::memcmp(&a, &b, sizeof a) == 0;
 }

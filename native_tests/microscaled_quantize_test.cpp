@@ -88,21 +88,6 @@ Packed run_kernel(const TypedBuffer& dense, size_t rows, size_t cols, const Quan
   return p;
 }
 
-const char* kernel_name(KernelChoice k) {
-  switch (k) {
-    case KernelChoice::Portable:
-      return "portable";
-    case KernelChoice::Avx2:
-      return "avx2";
-    case KernelChoice::Avx512:
-      return "avx512";
-    case KernelChoice::Neon:
-      return "neon";
-    default:
-      return "other";
-  }
-}
-
 // Every runnable kernel's bytes equal the reference's; the message names the first difference.
 void expect_all_kernels_match(const TypedBuffer& dense, size_t rows, size_t cols,
                               const QuantSpec& spec, const std::string& what) {

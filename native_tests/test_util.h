@@ -13,6 +13,22 @@
 
 namespace nx_quant::testing {
 
+// A kernel choice's name, for test messages.
+inline const char* kernel_name(KernelChoice k) {
+  switch (k) {
+    case KernelChoice::Portable:
+      return "portable";
+    case KernelChoice::Avx2:
+      return "avx2";
+    case KernelChoice::Avx512:
+      return "avx512";
+    case KernelChoice::Neon:
+      return "neon";
+    default:
+      return "other";
+  }
+}
+
 inline constexpr DType kAllDtypes[] = {DType::F32, DType::F16, DType::BF16};
 inline constexpr int kAllBits[] = {2, 3, 4, 5, 6, 8};
 inline constexpr int kAllGroupSizes[] = {32, 64, 128};
