@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "gemv_loops.h"
+
 namespace nx_quant::microscaled::fast {
 
 int e8m0_exponent_reference(float scale, DType dtype) {
@@ -172,14 +174,9 @@ void reference_group(const void* dense, DType dtype, size_t cols, const QuantSpe
 
 void quantize_rows(const void* dense, DType dtype, size_t cols, const QuantSpec& spec,
                    size_t row_begin, size_t row_end, uint32_t* packed, uint8_t* scales) {
-  switch (dtype) {
-    case DType::F32:
-      return rows<DType::F32>(dense, cols, spec, row_begin, row_end, packed, scales);
-    case DType::F16:
-      return rows<DType::F16>(dense, cols, spec, row_begin, row_end, packed, scales);
-    default:
-      return rows<DType::BF16>(dense, cols, spec, row_begin, row_end, packed, scales);
-  }
+  detail::with_dtype(dtype, [&](auto d) {
+    rows<decltype(d)::value>(dense, cols, spec, row_begin, row_end, packed, scales);
+  });
 }
 
 }  // namespace nx_quant::microscaled::fast

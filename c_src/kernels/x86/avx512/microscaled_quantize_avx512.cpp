@@ -9,6 +9,7 @@
 // last groups (fewer than 16) go one by one through the scalar fast::group_scale.
 #include <immintrin.h>
 
+#include "gemv_loops.h"
 #include "microscaled/quantize_fast.h"
 
 namespace nx_quant::microscaled::avx512 {
@@ -252,14 +253,9 @@ void rows(const void* dense, size_t cols, const QuantSpec& spec, size_t row_begi
 
 void quantize_rows(const void* dense, DType dtype, size_t cols, const QuantSpec& spec,
                    size_t row_begin, size_t row_end, uint32_t* packed, uint8_t* scales) {
-  switch (dtype) {
-    case DType::F32:
-      return rows<DType::F32>(dense, cols, spec, row_begin, row_end, packed, scales);
-    case DType::F16:
-      return rows<DType::F16>(dense, cols, spec, row_begin, row_end, packed, scales);
-    default:
-      return rows<DType::BF16>(dense, cols, spec, row_begin, row_end, packed, scales);
-  }
+  detail::with_dtype(dtype, [&](auto d) {
+    rows<decltype(d)::value>(dense, cols, spec, row_begin, row_end, packed, scales);
+  });
 }
 
 }  // namespace nx_quant::microscaled::avx512
