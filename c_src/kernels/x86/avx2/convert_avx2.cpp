@@ -22,6 +22,7 @@
 #include "gemv_loops.h"
 #include "nx_quant/reference.h"
 #include "simd_kernels.h"
+#include "x86/avx2/load_avx2.h"
 
 namespace nx_quant::avx2 {
 
@@ -235,19 +236,6 @@ void dequantize_rows(const QuantizedMatrix& w, size_t row_begin, size_t row_end,
 }
 
 namespace {
-
-// 8 values of dtype D as f32 (exact).
-template <DType D>
-inline __m256 load8(const void* data, size_t index) {
-  if constexpr (D == DType::F32) {
-    return _mm256_loadu_ps(static_cast<const float*>(data) + index);
-  } else {
-    const __m128i h = _mm_loadu_si128(
-        reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(data) + index));
-    if constexpr (D == DType::F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  }
-}
 
 // Lane-wise max / min folded to one value. The lanes hold no NaN (max_ps(v, acc) never lets
 // one in), so the order of the comparisons cannot change the group's parameters.

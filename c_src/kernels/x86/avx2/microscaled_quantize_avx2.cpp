@@ -8,25 +8,13 @@
 
 #include "gemv_loops.h"
 #include "microscaled/quantize_fast.h"
+#include "x86/avx2/load_avx2.h"
 
 namespace nx_quant::microscaled::avx2 {
 
 namespace {
 
-template <DType T>
-inline __m256 load8(const void* data, size_t i) {
-  if constexpr (T == DType::F32) {
-    return _mm256_loadu_ps(static_cast<const float*>(data) + i);
-  } else {
-    const __m128i h =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(data) + i));
-    if constexpr (T == DType::F16) {
-      return _mm256_cvtph_ps(h);
-    } else {
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-  }
-}
+using nx_quant::avx2::load8;
 
 template <DType T>
 inline __m256 round8(__m256 v) {
