@@ -833,7 +833,9 @@ void TableGemvShapes(benchmark::internal::Benchmark* b) {
       for (int dtype : {kF32, kBF16}) b->Args({4096, 14336, m, bits, 2, kAuto, kExact, dtype, 1});
     }
   }
-  for (int m : {1, 8}) b->Args({4096, 14336, m, 4, 2, kAuto, kInt8, kF32, 1});
+  for (int bits : {4, 101, 103}) {  // the int8 mode: affine 4-bit, mxfp4, nvfp4
+    for (int m : {1, 8}) b->Args({4096, 14336, m, bits, 2, kAuto, kInt8, kF32, 1});
+  }
 }
 
 // GEMM (prefill): GFLOP/s against BM_FmaPeak/2 of the same run.
@@ -849,7 +851,9 @@ void TableSameWeightShapes(benchmark::internal::Benchmark* b) {
     for (int m : {1, 8, 512}) b->Args({4096, 14336, m, bits, 2, kAuto, kExact, kF32});
   }
   // ggml's Q4_0 / Q4_K multiply int8 activations (Q8_0 / Q8_K): the int8 mode is the like for like.
-  for (int m : {1, 8}) b->Args({4096, 14336, m, 4, 2, kAuto, kInt8, kF32});
+  for (int bits : {4, 101}) {  // ggml's MXFP4 also multiplies Q8_0 activations
+    for (int m : {1, 8}) b->Args({4096, 14336, m, bits, 2, kAuto, kInt8, kF32});
+  }
 }
 
 void DenseShapes(benchmark::internal::Benchmark* b) {

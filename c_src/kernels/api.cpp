@@ -188,16 +188,17 @@ void quantized_matmul(ConstBuffer x, DType x_dtype, size_t m, const QuantizedMat
                       dtype_name(out_dtype));
   resolve_kernel(options.kernel);  // an unavailable explicit choice fails before any work
   if (m == 0 || n_dim == 0) return;
-  if (is_microscaled(w.spec.mode)) {  // Precision::Int8 has no microscaled path: exact
+  if (is_microscaled(w.spec.mode)) {  // Precision::Int8: mxfp4 and nvfp4 (microscaled.h)
     const KernelChoice kernel = options.kernel == KernelChoice::Reference
                                     ? KernelChoice::Reference
                                     : resolve_kernel(options.kernel);
     if (options.batch_invariant) {
       return detail::batch_invariant_microscaled_matmul(x.data, x_dtype, m, w, transpose, out_dtype,
-                                                        out.data, kernel, options.threads);
+                                                        out.data, kernel, options.threads,
+                                                        options.precision);
     }
     microscaled::quantized_matmul(x.data, x_dtype, m, w, transpose, out_dtype, out.data, kernel,
-                                  options.threads);
+                                  options.threads, options.precision);
     return;
   }
   const KernelChoice kernel = resolve_kernel(options.kernel);

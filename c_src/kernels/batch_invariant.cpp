@@ -210,7 +210,8 @@ void batch_invariant_matmul(const float* x, DType x_dtype, size_t m, const Quant
 
 void batch_invariant_microscaled_matmul(const void* x, DType x_dtype, size_t m,
                                         const QuantizedMatrix& w, bool transpose, DType out_dtype,
-                                        void* out, KernelChoice kernel, int threads) {
+                                        void* out, KernelChoice kernel, int threads,
+                                        Precision precision) {
   const size_t k_dim = transpose ? w.cols : w.rows;
   const size_t n_dim = transpose ? w.rows : w.cols;
   const size_t x_row = k_dim * dtype_size(x_dtype), out_row = n_dim * dtype_size(out_dtype);
@@ -218,7 +219,7 @@ void batch_invariant_microscaled_matmul(const void* x, DType x_dtype, size_t m,
     const size_t rows = std::min(kInvariantRowBlock, m - i);
     microscaled::quantized_matmul(static_cast<const uint8_t*>(x) + i * x_row, x_dtype, rows, w,
                                   transpose, out_dtype, static_cast<uint8_t*>(out) + i * out_row,
-                                  kernel, threads);
+                                  kernel, threads, precision);
   }
 }
 

@@ -24,9 +24,11 @@ void batch_invariant_matmul(const float* x, DType x_dtype, size_t m, const Quant
 
 // The same for microscaled modes (x as passed, any dtype): rows in blocks of
 // kInvariantRowBlock, each through the microscaled decode GEMV, never its panel GEMM (which sums
-// in another order). kernel: resolved, or Reference.
+// in another order); with Precision::Int8 the E2M1 modes' int8 GEMV at every m. kernel:
+// resolved, or Reference.
 void batch_invariant_microscaled_matmul(const void* x, DType x_dtype, size_t m,
                                         const QuantizedMatrix& w, bool transpose, DType out_dtype,
-                                        void* out, KernelChoice kernel, int threads);
+                                        void* out, KernelChoice kernel, int threads,
+                                        Precision precision);
 
 }  // namespace nx_quant::detail

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "microscaled/int8/int8.h"
 #include "microscaled/microscaled.h"
 #include "microscaled/quantize_fast.h"
 #include "parallel.h"
@@ -36,8 +37,8 @@ void dequantize(const QuantizedMatrix& w, void* out, bool transpose_out, KernelC
 }
 
 void quantized_matmul(const void* x, DType x_dtype, size_t m, const QuantizedMatrix& w,
-                      bool transpose, DType out_dtype, void* out, KernelChoice kernel,
-                      int threads) {
+                      bool transpose, DType out_dtype, void* out, KernelChoice kernel, int threads,
+                      Precision precision) {
   if (kernel == KernelChoice::Reference) {
     reference::quantized_matmul(x, x_dtype, m, w, transpose, out_dtype, out);
     return;
@@ -46,6 +47,30 @@ void quantized_matmul(const void* x, DType x_dtype, size_t m, const QuantizedMat
   const size_t n_dim = transpose ? w.rows : w.cols;
   std::vector<float> xf(m * k_dim);
   for (size_t i = 0; i < xf.size(); ++i) xf[i] = load_as_f32(x, x_dtype, i);
+  if (precision == Precision::Int8 && transpose && m <= kGemvMaxRows &&
+      int8::has_int8_path(w.spec.mode) && kernel != KernelChoice::Neon) {
+    const auto xa =
+        detail::quantize_activations(xf.data(), m, k_dim, static_cast<size_t>(w.spec.group_size));
+#if defined(__x86_64__)
+    if (kernel == KernelChoice::Avx512 || kernel == KernelChoice::Avx2) {
+      const auto xo = int8::prepare(xa, w.spec.mode);
+      const detail::CpuFeatures& cpu = detail::cpu_features();
+      const bool evex = kernel == KernelChoice::Avx512 && cpu.avx512_vnni;
+      detail::parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
+        if (evex) {
+          int8::gemv_avx512(xo, w, out_dtype, begin, end, out);
+        } else {
+          int8::gemv_avx2(xo, w, out_dtype, begin, end, out, cpu.avx_vnni);
+        }
+      });
+      return;
+    }
+#endif
+    detail::parallel_for(n_dim, 8, threads, [&](size_t begin, size_t end) {
+      int8::gemv_portable(xa, w, out_dtype, begin, end, out);
+    });
+    return;
+  }
 #if defined(__x86_64__)
   if (kernel == KernelChoice::Avx512 || kernel == KernelChoice::Avx2) {
     const bool avx512 = kernel == KernelChoice::Avx512;

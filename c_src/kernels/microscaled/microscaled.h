@@ -21,8 +21,11 @@ void quantize(const void* dense, DType dtype, size_t rows, size_t cols, const Qu
               uint32_t* packed, uint8_t* scales, KernelChoice kernel, int threads);
 void dequantize(const QuantizedMatrix& w, void* out, bool transpose_out, KernelChoice kernel,
                 int threads);
+// precision Int8 takes the int8 path of the E2M1 modes (int8/int8.h) for transpose = true and
+// m <= kGemvMaxRows on every kernel but Reference and Neon; otherwise it computes exactly.
 void quantized_matmul(const void* x, DType x_dtype, size_t m, const QuantizedMatrix& w,
-                      bool transpose, DType out_dtype, void* out, KernelChoice kernel, int threads);
+                      bool transpose, DType out_dtype, void* out, KernelChoice kernel, int threads,
+                      Precision precision = Precision::Exact);
 
 // The scalar reference: every MLX operation of fp_quantize / fp_dequantize replayed one value
 // at a time, each result rounded to the dtype MLX computes it in.

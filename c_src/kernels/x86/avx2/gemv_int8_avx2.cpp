@@ -30,6 +30,7 @@
 
 #include "gemv_loops.h"
 #include "unroll.h"
+#include "x86/avx2/dpbusd_vex.h"
 #include "x86/avx2/gemv_avx2.h"
 #include "x86/avx2/gemv_common_avx2.h"
 
@@ -70,14 +71,6 @@ constexpr int source_chunk(int p) {
 template <int Bits>
 constexpr int source_dword(int t, int p) {
   return Bits == 2 ? 4 * (p / 4) + 2 * (p % 2) + t : 4 * (p / 4) + (p % 2) + 2 * t;
-}
-
-// acc + sum of the 4 byte products w (unsigned) x x (signed) in each int32 lane: AVX-VNNI's
-// vpdpbusd (VEX-encoded: the AVX-512 EVEX form needs AVX512_VNNI), as inline assembly so that
-// this file needs no compiler flag beyond AVX2, and is only run where the CPU has it.
-NXQ_ALWAYS_INLINE inline __m256i dpbusd_vex(__m256i acc, __m256i w, __m256i x) {
-  asm("%{vex%} vpdpbusd %[x], %[w], %[acc]" : [acc] "+x"(acc) : [w] "x"(w), [x] "x"(x));
-  return acc;
 }
 
 // The int32 dots of one pair: lane p sums the values of T0's and T1's dword p times x's int8
