@@ -70,15 +70,49 @@ defmodule NxQuant.PrecisionTest do
     exact = Ref.rows(exact_out)
     fast = Ref.rows(fast_out)
 
-    %{biases: biases} = Core.parts(qt)
     w_rows = Ref.rows(Core.dequantize(qt))
+
+    bias_rows =
+      case Core.parts(qt) do
+        # microscaled: no biases
+        %{biases: nil} ->
+          Enum.map(w_rows, fn row -> List.duplicate(0.0, div(length(row), group_size)) end)
+
+        %{biases: biases} ->
+          Ref.rows(biases)
+      end
 
     for {x_row, exact_row, fast_row} <- Enum.zip([Ref.rows(x), exact, fast]) do
       for {e, f, b} <-
-            Enum.zip([exact_row, fast_row, bound(x_row, w_rows, Ref.rows(biases), group_size)]) do
+            Enum.zip([exact_row, fast_row, bound(x_row, w_rows, bias_rows, group_size)]) do
         assert abs(f - e) <= b, "int8 #{f} vs exact #{e}: beyond the bound #{b}"
       end
     end
+  end
+
+  for mode <- [:mxfp4, :nvfp4] do
+    test "#{mode}: int8 within the bound of exact (exact bits where no int8 path runs)" do
+      qt = Core.quantize(Ref.random_dense({24, 384}, {:f, 32}, 4), mode: unquote(mode))
+      x = Ref.random_dense({3, 384}, {:f, 32}, 104)
+      exact_out = Core.quantized_matmul(x, qt, precision: :exact)
+      fast_out = Core.quantized_matmul(x, qt, precision: :int8)
+
+      if TestCpu.microscaled_int8_approximates?() do
+        assert fast_out != exact_out
+        # no biases: scale * E2M1 is the dequantized weight itself
+        assert_within_bound(x, qt, qt.config.group_size, exact_out, fast_out)
+      else
+        assert fast_out == exact_out
+      end
+    end
+  end
+
+  test "mxfp8 computes exactly in the int8 mode" do
+    qt = Core.quantize(Ref.random_dense({16, 256}, {:f, 32}, 5), mode: :mxfp8)
+    x = Ref.random_dense({2, 256}, {:f, 32}, 6)
+
+    assert Core.quantized_matmul(x, qt, precision: :int8) ==
+             Core.quantized_matmul(x, qt, precision: :exact)
   end
 
   test "shapes the fast mode does not cover compute exactly" do

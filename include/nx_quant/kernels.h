@@ -58,9 +58,11 @@ enum class KernelChoice : uint8_t {
 //          bits; NEON dotprod or i8mm); each weight group then adds
 //          scale * sum_blocks(d * int_dot) + bias * sum(x), the last with x's exact f32 sum.
 //          The extra error per output is at most sum_k |scale_k * q_k| * d_k / 2 (see
-//          README); results stay deterministic. Other shapes, and kernels without an int8 path
-//          (AVX-512 without VNNI; AVX2 at 3, 5 and 6 bits; NEON without dotprod), compute
-//          exactly. Reference always computes exactly.
+//          README); results stay deterministic. mxfp4 and nvfp4 take the same route with
+//          twice their E2M1 values as the integers (every kernel but NEON; README, "The int8
+//          mode of mxfp4 and nvfp4"); mxfp8 computes exactly. Other shapes, and kernels
+//          without an int8 path (AVX-512 without VNNI; AVX2 at 3, 5 and 6 bits; NEON without
+//          dotprod), compute exactly. Reference always computes exactly.
 enum class Precision : uint8_t { Exact = 0, Int8 = 1 };
 
 struct ExecOptions {

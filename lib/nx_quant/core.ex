@@ -91,8 +91,9 @@ defmodule NxQuant.Core do
       rows of x), as llama.cpp does: x is quantized to int8 in blocks of 32 values and
       multiplied with the packed values by integer dot products (AVX-512 VNNI), about 2x
       faster; the added error per output is at most `sum_k |scale_k * q_k| * d_k / 2`
-      (`d` = the block's max |x| / 127), see the README. Other shapes, and CPUs without
-      VNNI, compute exactly.
+      (`d` = the block's max |x| / 127), see the README. mxfp4 and nvfp4 take the same
+      route with twice their E2M1 values as the integers (every CPU but ARM's); mxfp8, other
+      shapes, and kernels without an int8 path compute exactly.
 
   The default comes from `config :nx_quant, matmul_precision: :exact | :int8`, which is also
   what `Nx.dot/2` on a quantized tensor uses.

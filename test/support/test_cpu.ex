@@ -16,4 +16,10 @@ defmodule NxQuant.TestCpu do
       %{} -> true
     end
   end
+
+  # Whether Precision int8 approximates for the E2M1 microscaled modes (mxfp4, nvfp4): every
+  # kernel but NEON's (mxfp8 always computes exactly).
+  def microscaled_int8_approximates? do
+    not match?(%{neon: true}, NxQuant.NIF.cpu_info())
+  end
 end
