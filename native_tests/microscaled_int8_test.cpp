@@ -33,8 +33,14 @@ struct Codes {
     packed.resize(rows * cols * spec.bits / 32);
     scales.resize(rows * cols / spec.group_size);
     for (auto& word : packed) word = static_cast<uint32_t>(rng());
-    for (auto& s : scales) {
+    for (size_t i = 0; i < scales.size(); ++i) {
+      uint8_t& s = scales[i];
       const uint32_t r = static_cast<uint32_t>(rng());
+      // every 13th scale an edge code: E8M0 0 (2^-127), E4M3 0x7F / 0xFF (+-480, as MLX)
+      if (i % 13 == 5) {
+        s = spec.mode == QuantMode::Nvfp4 ? (i % 2 ? 0x7F : 0xFF) : 0;
+        continue;
+      }
       // nvfp4: E4M3 0 .. 448 (subnormals too); mxfp4/mxfp8: 2^-20 .. 2^9
       s = spec.mode == QuantMode::Nvfp4 ? static_cast<uint8_t>(r % 0x7F)
                                         : static_cast<uint8_t>(107 + r % 30);

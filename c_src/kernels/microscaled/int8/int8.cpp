@@ -1,5 +1,5 @@
-// The int8 mode of the E2M1 modes: x's layout for the SIMD kernels, the row scales they share,
-// and the portable loop (see int8.h).
+// The int8 mode of the E2M1 modes: x's layout for the SIMD kernels and the portable loop (see
+// int8.h).
 #include "microscaled/int8/int8.h"
 
 #include "microscaled/tables.h"

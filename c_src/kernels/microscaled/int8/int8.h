@@ -64,7 +64,7 @@ Int8Operand prepare(const detail::Int8Activations& xa, QuantMode mode);
 // The group (0 .. 128 / group_size - 1) of the pair that lane p sums.
 int group_of_lane(bool nvfp4, int p);
 
-// The scales of W row n as f32, each halved (the codes are twice the values) and times nvfp4's
+// (The portable loop.) The scales of W row n as f32, each halved (the codes are twice the values) and times nvfp4's
 // global factor, then 8 zeros (a last partial pair's lanes past the row read 0).
 void row_scales(const QuantizedMatrix& w, size_t n, float* out);
 
