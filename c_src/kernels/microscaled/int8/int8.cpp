@@ -36,7 +36,6 @@ void row_scales(const QuantizedMatrix& w, size_t n, float* out) {
 Int8Operand prepare(const detail::Int8Activations& xa, QuantMode mode) {
   Int8Operand x;
   x.m = xa.m;
-  x.k = xa.k;
   x.nvfp4 = mode == QuantMode::Nvfp4;
   x.pairs = (xa.k + kPairValues - 1) / kPairValues;  // xa.k_padded holds whole pairs
   x.q.assign(x.m * x.pairs * kPairValues, 0);

@@ -53,7 +53,7 @@ constexpr int source_value(bool nvfp4, int t, int j, int p, int i) {
 // 2t + j: byte 4p + i holds source_value(t, j, p, i)), then per lane the block's d and
 // 12 * the lane's sum of xq. Zero past K.
 struct Int8Operand {
-  size_t m = 0, k = 0, pairs = 0;
+  size_t m = 0, pairs = 0;
   bool nvfp4 = false;
   std::vector<int8_t> q;      // [m][pairs][128]
   std::vector<float> d;       // [m][pairs][8]
